@@ -1,0 +1,29 @@
+"""Command line: parse and validate, then hand over to the stage that does the work.
+
+Every subcommand lives in the module of its concern and is registered here.
+"""
+from __future__ import annotations
+
+import click
+
+from bench import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bench")
+def main() -> None:
+    """Benchmark and profile vision backbones (PVT, ViT, ResNet) for dense prediction."""
+
+
+def _register() -> None:
+    from bench.flops import flops_command
+    from bench.runner import run_command
+
+    main.add_command(run_command, "run")
+    main.add_command(flops_command, "flops")
+
+
+_register()
+
+if __name__ == "__main__":
+    main()
