@@ -25,5 +25,25 @@ def _register() -> None:
 
 _register()
 
+
+def entry() -> None:
+    """Console-script entry: click's own usage errors (bad option, bad choice) also come out as
+    one line and exit code 2, like our BadInput errors."""
+    import sys
+
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

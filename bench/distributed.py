@@ -1,0 +1,129 @@
+"""Who am I in the job: rank, world size and device, from whatever launched us.
+
+Reads the standard environments so multi-node runs need no new code: torchrun / the DeepSpeed
+launcher (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or plain ``srun`` tasks
+(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST; the rendezvous host is the first
+node of the list, port from MASTER_PORT or derived from the job id). Backend: NCCL on CUDA, gloo
+on CPU. Collectives time out after ``timeout_s`` so a dead rank ends the job instead of hanging it.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _slurm_env_to_torch() -> None:
+    """Translate an srun task's SLURM_* variables into torch's, when no launcher set them."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = first_slurm_host_addr()
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def first_slurm_host_addr() -> str:
+    """Address of the first node of SLURM_JOB_NODELIST (its NodeAddr, which may differ from the
+    node name on emulated or multi-homed clusters)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+    try:
+        first = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()[0]
+        node = subprocess.run(["scontrol", "show", "node", first], capture_output=True, text=True, timeout=30).stdout
+        for token in node.split():
+            if token.startswith("NodeAddr="):
+                return token.split("=", 1)[1]
+        return first
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "127.0.0.1"
+
+
+def launched_distributed() -> bool:
+    """True when a launcher started several processes for us."""
+    _slurm_env_to_torch()
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
+    """Initialise the process group when launched with several ranks; a world of 1 otherwise."""
+    _slurm_env_to_torch()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend=backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank, world_size=world_size
+            )
+    return DistContext(rank, world_size, local_rank, local_world, dev, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's ``obj`` on every rank (e.g. the run directory chosen by rank 0)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_max(value: float, ctx: DistContext) -> float:
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_gather_floats(value: float, ctx: DistContext) -> list[float]:
+    if not ctx.distributed:
+        return [value]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return [float(v) for v in out]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()

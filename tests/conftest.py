@@ -1,0 +1,30 @@
+"""Shared test helpers: run the real CLI in a subprocess, find the reference files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+SHAPES_FILE = REFERENCE / "pvt_v1_state_dict_shapes.json"
+
+
+def run_bench(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it (``python -m bench.cli`` == the ``bench`` script)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def official_shapes() -> dict:
+    if not SHAPES_FILE.exists():
+        pytest.skip(f"reference file missing: {SHAPES_FILE}")
+    return json.loads(SHAPES_FILE.read_text())
