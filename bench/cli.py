@@ -17,10 +17,12 @@ def main() -> None:
 
 def _register() -> None:
     from bench.flops import flops_command
+    from bench.profile import profile_command
     from bench.runner import run_command
 
     main.add_command(run_command, "run")
     main.add_command(flops_command, "flops")
+    main.add_command(profile_command, "profile")
 
 
 _register()

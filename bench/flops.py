@@ -93,7 +93,9 @@ def stage_groups(model: nn.Module) -> dict[str, list[str]]:
 
 def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int = 1, cross_check: bool = True) -> FlopReport:
     """Count params and MACs of ``model`` on one ``batch x 3 x height x width`` input (eval mode)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # fvcore imports torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

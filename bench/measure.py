@@ -187,8 +187,9 @@ def measure_cell(cell: Cell, ctx: DistContext, opts: CellOptions) -> dict:
         if opts.profile_dir is not None:
             from bench.profile import profile_cell
 
-            worker = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_rank{ctx.rank}"
-            out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, opts.profile_dir, worker)
+            # One TensorBoard run per cell, one worker per rank.
+            cell_dir = opts.profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{opts.engine}_w{ctx.world_size}"
+            out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
         del step, model, trainer
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         if isinstance(exc, KeyboardInterrupt):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import click
 from typing import Callable
 
 import torch
@@ -54,3 +56,15 @@ def profile_cell(step: Callable[[], object], device: torch.device, trace_dir: Pa
     whole = sum(totals.values()) or 1.0
     traces = sorted(trace_dir.glob(f"{worker}.*.pt.trace.json"), key=lambda p: p.stat().st_mtime)
     return {k: v / whole for k, v in totals.items()}, str(traces[-1]) if traces else ""
+
+
+@click.command("profile", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+def profile_command(run_args: tuple[str, ...]) -> None:
+    """`bench run --profile` (inference cells unless --modes says otherwise): one torch.profiler
+    trace per cell under RUN_DIR/traces/<cell>/rank<N>.*.pt.trace.json, and each record's
+    op-category breakdown. View: tensorboard --logdir RUN_DIR/traces (torch-tb-profiler plugin)."""
+    from bench.runner import run_command
+
+    with run_command.make_context("bench profile", ["--modes", "infer", *run_args, "--profile"]) as ctx:
+        run_command.invoke(ctx)

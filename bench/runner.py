@@ -187,6 +187,11 @@ def _sweep(ctx: DistContext, models, sizes, modes, batches, budget, dtype, chann
                 run_dir.append(rec)
             new_records.append(rec)
             progress.advance(task)
+            if ctx.distributed and rec["status"] == "error":
+                # Ranks may now be out of step (a peer died, a collective failed): end the job
+                # rather than let the next cell's collectives wait on a rank that is gone.
+                console.print(f"[red]rank {ctx.rank}: cell {cell.key} failed in a {world}-rank job: {rec['error']}; ending the job")
+                return 1
     if ctx.is_main:
         _summary(console, new_records, run_dir)
         if not no_report:

@@ -1,0 +1,70 @@
+"""A sweep killed mid-way loses no finished cell, leaves no torn line, and resumes; SIGUSR1
+(SLURM preemption) stops at a cell boundary with exit code 99."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.record import read_records
+from conftest import REPO, run_bench
+
+ARGS = ["run", "--models", "resnet18", "--res", "64,96,128", "--modes", "infer,train", "--budget", "0.5", "--no-report"]
+
+
+def _start(out):
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *ARGS, "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(out, n, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(read_records(out / "records.jsonl"))) >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    raise AssertionError("cells did not finish in time")
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path):
+    out = tmp_path / "r"
+    proc = _start(out)
+    _wait_for_records(out, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert 2 <= len(lines) < 6
+    finished = [json.loads(line) for line in lines]  # every line whole
+    resumed = run_bench(*ARGS, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"skipping {len(finished)} finished cells" in resumed.stderr
+    records = list(read_records(out / "records.jsonl"))
+    assert len(records) == 6 and len({r["cell_key"] for r in records}) == 6
+    assert records[: len(finished)] == finished
+
+
+def test_sigusr1_stops_at_cell_boundary_with_code_99(tmp_path):
+    out = tmp_path / "p"
+    proc = _start(out)
+    _wait_for_records(out, 1, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 99, err[-2000:]
+    assert "preempted" in err
+    records = list(read_records(out / "records.jsonl"))
+    assert 1 <= len(records) < 6 and all(r["status"] == "ok" for r in records)
+
+
+def test_batch_auto_finds_the_cap(tmp_path):
+    out = tmp_path / "auto"
+    proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "infer", "--batch", "auto",
+                     "--max-batch", "6", "--budget", "0.2", "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (rec,) = list(read_records(out / "records.jsonl"))
+    assert rec["batch"] == 6 and rec["cell_key"].endswith("|auto")
+    assert [t["batch"] for t in rec["batch_search"]] == [1, 2, 4, 6]
