@@ -23,7 +23,7 @@ from bench.distributed import DistContext, all_gather_floats, all_reduce_max
 from bench.engines import DTYPES, build_trainer
 from bench.memory import PeakMemory, free_memory, is_oom
 from bench.plan import Cell
-from bench.speed import measure
+from bench.speed import measure, measure_lockstep
 
 
 @dataclass
@@ -140,16 +140,9 @@ def find_max_batch(cell: Cell, ctx: DistContext, opts: CellOptions) -> tuple[int
 
 
 def _agreed_measure(step, ctx: DistContext, budget_s: float):
-    """``speed.measure`` for one rank, or a lock-step variant for several (same iteration
-    counts everywhere, so collectives inside the step never wait on a rank that stopped)."""
     if not ctx.distributed:
         return measure(step, ctx.device, budget_s)
-    from bench.speed import Timing, _time_block
-
-    warm = _time_block(step, ctx.device, 2)
-    per_iter_ms = all_reduce_max(warm[-1], ctx)
-    n = int(all_reduce_max(max(3, min(1000, (budget_s * 1e3 - sum(warm)) // max(per_iter_ms, 1e-3))), ctx))
-    return Timing(times_ms=_time_block(step, ctx.device, n), warmup_iters=2, warmup_ms=sum(warm))
+    return measure_lockstep(step, ctx.device, budget_s, lambda v: all_reduce_max(v, ctx))
 
 
 def measure_cell(cell: Cell, ctx: DistContext, opts: CellOptions) -> dict:

@@ -33,7 +33,7 @@ class Timing:
         return ordered[min(len(ordered) - 1, max(0, int(round(0.9 * len(ordered) + 0.5)) - 1))]
 
 
-def _time_block(step: Callable[[], object], device: torch.device, n: int) -> list[float]:
+def time_block(step: Callable[[], object], device: torch.device, n: int) -> list[float]:
     """Run ``step`` n times and return per-iteration milliseconds."""
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -68,7 +68,7 @@ def measure(
     warm: list[float] = []
     t_start = time.perf_counter()
     while len(warm) < max_warmup:
-        warm += _time_block(step, device, 1)
+        warm += time_block(step, device, 1)
         if len(warm) >= 2 and abs(warm[-1] - warm[-2]) <= steady_tolerance * warm[-2]:
             break
         if time.perf_counter() - t_start > budget_s / 3:
@@ -80,10 +80,22 @@ def measure(
     # Time in blocks so a slow-down mid-cell doesn't blow the budget by much.
     while len(times) < n:
         block = min(n - len(times), max(1, n // 4))
-        times += _time_block(step, device, block)
+        times += time_block(step, device, block)
         if len(times) >= min_iters and time.perf_counter() - t_start > budget_s * 1.5:
             break
     return Timing(times_ms=times, warmup_iters=len(warm), warmup_ms=sum(warm))
+
+
+def measure_lockstep(
+    step: Callable[[], object], device: torch.device, budget_s: float, agree_max: Callable[[float], float]
+) -> Timing:
+    """``measure`` for several ranks whose step holds collectives: two warm-up iterations, then
+    an iteration count every rank agrees on (``agree_max`` = all-reduce max), so no rank stops
+    while another still waits in a collective."""
+    warm = time_block(step, device, 2)
+    per_iter_ms = max(agree_max(warm[-1]), 1e-3)
+    n = int(agree_max(max(3, min(1000, (budget_s * 1e3 - sum(warm)) // per_iter_ms))))
+    return Timing(times_ms=time_block(step, device, n), warmup_iters=len(warm), warmup_ms=sum(warm))
 
 
 def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, budget_s: float = 1.0) -> float:
