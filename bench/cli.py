@@ -19,10 +19,12 @@ def _register() -> None:
     from bench.flops import flops_command
     from bench.profile import profile_command
     from bench.runner import run_command
+    from bench.slurm import slurm_group
 
     main.add_command(run_command, "run")
     main.add_command(flops_command, "flops")
     main.add_command(profile_command, "profile")
+    main.add_command(slurm_group, "slurm")
 
 
 _register()
