@@ -18,6 +18,7 @@ def main() -> None:
 def _register() -> None:
     from bench.flops import flops_command
     from bench.profile import profile_command
+    from bench.report import report_command
     from bench.runner import run_command
     from bench.slurm import slurm_group
 
@@ -25,6 +26,7 @@ def _register() -> None:
     main.add_command(flops_command, "flops")
     main.add_command(profile_command, "profile")
     main.add_command(slurm_group, "slurm")
+    main.add_command(report_command, "report")
 
 
 _register()
