@@ -171,8 +171,10 @@ def _sweep(ctx: DistContext, models, sizes, modes, batches, budget, dtype, chann
                 return PREEMPTED_EXIT
             progress.update(task, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
             key = (cell.model, cell.height, cell.width)
-            if key not in flops_cache:  # counted once per model x resolution, batch 1, on CPU
-                flops_cache[key] = count_flops(build_model(cell.model), cell.model, cell.height, cell.width, cross_check=False)
+            if key not in flops_cache:  # counted once per model x resolution (batch 1, CPU, rank 0)
+                counted = count_flops(build_model(cell.model), cell.model, cell.height, cell.width,
+                                      cross_check=False) if ctx.is_main else None
+                flops_cache[key] = broadcast_object(counted, ctx)
             fl = flops_cache[key]
             rec = _base_record(cell, ctx, fl, engine, zero, dtype, run_dir, device_name(ctx.device), channels_last, use_compile, grad_clip)
             rec.update(measure_cell(cell, ctx, opts))
