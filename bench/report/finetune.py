@@ -1,0 +1,130 @@
+"""The fine-tune section: detection and segmentation scores per backbone (with the paper's
+for the same backbone), loss curves and final metrics."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from bench.report.load import finetune_cells, is_missing
+from bench.report.plots import PANELS_PER_ROW, PlotSpec, figure, one_legend, panel_grid, slanted_xticks
+from bench.report.references import DENSE_NOTES, paper_dense_score
+from bench.report.tables import Cell, Metric, Table, metric_table
+
+# Fine-tune scores are recorded as fractions and shown in percent, like the paper's. The
+# untrained and majority-class scores are the floor a fine-tune has to clear, not contenders.
+FINETUNE_METRICS = [
+    Metric("map", "mAP (%)", "max", 100.0),
+    Metric("ap50", "AP50 (%)", "max", 100.0),
+    Metric("ap75", "AP75 (%)", "max", 100.0),
+    Metric("untrained_map", "mAP untrained (%)", "", 100.0),
+    Metric("miou", "mIoU (%)", "max", 100.0),
+    Metric("pixel_acc", "pixel acc. (%)", "max", 100.0),
+    Metric("untrained_miou", "mIoU untrained (%)", "", 100.0),
+    Metric("majority_miou", "mIoU majority class (%)", "", 100.0),
+    Metric("final_loss", "final loss", "min"),
+    Metric("throughput", "throughput (img/s)", "max"),
+    Metric("peak_mem_mb", "peak memory (MB)", "min"),
+]
+METRIC_NAMES = {m.field: m.header for m in FINETUNE_METRICS}
+
+TASK_TITLES = {"det": "Fine-tunes: detection (RetinaNet)", "seg": "Fine-tunes: segmentation (Semantic FPN)"}
+PAPER_DENSE_HEADERS = {"det": "paper RetinaNet AP (%)", "seg": "paper Semantic FPN mIoU (%)"}
+FINETUNE_ID_COLUMNS = [("res", "res"), ("model", "model"), ("pretrained_text", "pretrained"),
+                       ("setup", "run"), ("run_id", "run id")]
+
+
+def finetune_tables(df: pd.DataFrame) -> list[Table]:
+    """One table per fine-tune task: the scores per backbone, and the paper's for the same one."""
+    tables = []
+    finetunes = finetune_cells(df)
+    for task in dict.fromkeys(finetunes["mode"]):
+        part = finetunes[finetunes["mode"] == task].copy()
+        # The mean over the last tenth of the steps where recorded: one noisy step says little.
+        last = pd.Series([_final_loss(c) for c in part["loss_curve"]], index=part.index)
+        part["final_loss"] = part["loss_last_mean"].fillna(last)
+        part["pretrained_text"] = part["pretrained"].map(lambda p: "—" if is_missing(p) else ("yes" if p else "no"))
+        part = part.sort_values(["pixels", "model_order", "pretrained_text", "series_order"], kind="stable")
+        table = metric_table(f"finetune-{task}", TASK_TITLES.get(task, f"Fine-tunes: {task}"),
+                             part.reset_index(drop=True), FINETUNE_ID_COLUMNS, FINETUNE_METRICS, ["res"])
+        # The paper's score goes just before the status column.
+        table.columns.insert(len(table.columns) - 1, PAPER_DENSE_HEADERS.get(task, "paper"))
+        for row, model in zip(table.rows, part["model"]):
+            row.insert(len(row) - 1, Cell(paper_dense_score(model, task), kind="num"))
+        tables.append(table)
+    if tables:
+        tables[-1].notes = DENSE_NOTES  # once, below the last fine-tune table
+    return tables
+
+
+def _final_loss(curve: Any) -> float:
+    if isinstance(curve, list) and curve:
+        try:
+            return float(curve[-1])
+        except (TypeError, ValueError):
+            return float("nan")
+    return float("nan")
+
+
+def _labelled_finetunes(df: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tune records with a "backbone" label (the model, plus the run when there are
+    several) and a readable "init" (pretrained or scratch)."""
+    part = finetune_cells(df).copy()
+    several_runs = part["series"].nunique() > 1
+    part["backbone"] = part["model"] + (" · " + part["series"] if several_runs else "")
+    part["init"] = part["pretrained"].map(lambda p: "pretrained" if p is True else ("scratch" if p is False else "?"))
+    return part
+
+
+def plot_loss_curves(df: pd.DataFrame):
+    """Training loss against step, one panel per task."""
+    import seaborn as sns
+
+    part = _labelled_finetunes(df)
+    part = part[part["loss_curve"].map(lambda c: isinstance(c, list) and bool(c))]
+    if part.empty:
+        return None
+    long = part.assign(step=part["loss_curve"].map(lambda c: list(range(1, len(c) + 1)))).explode(["loss_curve", "step"])
+    long["loss"] = pd.to_numeric(long["loss_curve"], errors="coerce")
+    long["step"] = pd.to_numeric(long["step"])
+    modes = list(dict.fromkeys(long["mode"]))
+    order = {"hue_order": list(dict.fromkeys(long["backbone"])), "style_order": list(dict.fromkeys(long["init"]))}
+    fig, axes = figure(5.5 * len(modes) + 3, 4, ncols=len(modes))
+    for ax, mode in zip(axes, modes):
+        sns.lineplot(long[long["mode"] == mode], x="step", y="loss", hue="backbone", style="init", errorbar=None,
+                     ax=ax, **order)
+        ax.set_title(mode)
+    one_legend(axes, axes[-1])
+    return fig
+
+
+def plot_finetune_metrics(df: pd.DataFrame):
+    """Bars of each final metric per backbone, pretrained and scratch side by side."""
+    import seaborn as sns
+
+    part = _labelled_finetunes(df)
+    part = part[part["status"] == "ok"]
+    metrics = [m for m in ("map", "ap50", "ap75", "miou", "pixel_acc") if part[m].notna().any()]
+    if part.empty or not metrics:
+        return None
+    long = part.melt(id_vars=["backbone", "init", "mode"], value_vars=metrics, var_name="metric").dropna(subset=["value"])
+    long["value"] = long["value"] * 100
+    inits = list(dict.fromkeys(long["init"]))
+    fig, axes = panel_grid(len(metrics), 4.2, 3.4)
+    for ax, metric in zip(axes, metrics):
+        sns.barplot(long[long["metric"] == metric], x="backbone", y="value", hue="init", hue_order=inits,
+                    errorbar=None, ax=ax)
+        ax.set_title(METRIC_NAMES[metric])
+        ax.set_ylabel("%")
+        ax.set_xlabel("")
+        ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))
+        slanted_xticks(ax)
+    # Top right: the legend widens the last column only.
+    one_legend(axes, axes[min(len(axes), PANELS_PER_ROW) - 1])
+    return fig
+
+
+FINETUNE_PLOTS: list[PlotSpec] = [
+    ("Fine-tune loss curves", "Training loss per step, per backbone; dashes: pretrained or from scratch.", plot_loss_curves),
+    ("Fine-tune metrics", "Final metrics per backbone.", plot_finetune_metrics),
+]

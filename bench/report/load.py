@@ -1,0 +1,158 @@
+"""Run directories -> one DataFrame of records, with the labels and sort keys every table and
+plot of the report uses, so that no view has to re-derive them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bench.errors import BadInput
+from bench.record import ENV, RECORDS, read_records
+
+RECORD_FIELDS = [
+    "model", "family", "res", "height", "width", "mode", "batch", "device", "device_name",
+    "dtype", "engine", "zero", "world_size", "global_batch", "params", "gmacs", "gflops",
+    "stage_gmacs", "latency_ms", "latency_p90_ms", "throughput", "per_rank_step_ms",
+    "scaling_efficiency", "peak_mem_mb", "mfu", "peak_tflops", "op_breakdown", "status", "error",
+    "iters", "wall_s", "loadavg_1m", "run_id", "timestamp", "map", "ap50", "ap75", "miou",
+    "pixel_acc", "loss_curve", "pretrained", "untrained_map", "untrained_miou", "majority_miou",
+    "loss_last_mean",
+]
+NUMERIC_FIELDS = (
+    "params", "gmacs", "latency_ms", "latency_p90_ms", "throughput", "per_rank_step_ms",
+    "scaling_efficiency", "peak_mem_mb", "mfu", "map", "ap50", "ap75", "miou", "pixel_acc",
+    "untrained_map", "untrained_miou", "majority_miou", "loss_last_mean",
+)
+# The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
+FINETUNE_MODES = ("det", "seg")
+
+
+@dataclass
+class Run:
+    """One run directory: its environment and its records."""
+
+    path: Path
+    env: dict[str, Any]
+    records: list[dict[str, Any]]
+    run_id: str = ""  # unique among the runs of one report (see load_runs)
+
+
+def load_runs(paths: Iterable[Path]) -> list[Run]:
+    """Load every run; a run id that two of them share (a copied directory) gets a "#2" suffix,
+    so each run keeps its own column and line."""
+    runs = [load_run(Path(p)) for p in paths]
+    seen: dict[str, int] = {}
+    for run in runs:
+        base = str(run.env.get("run_id") or _first(run.records, "run_id") or run.path.name)
+        seen[base] = seen.get(base, 0) + 1
+        run.run_id = base if seen[base] == 1 else f"{base} #{seen[base]}"
+    return runs
+
+
+def load_run(path: Path) -> Run:
+    """Read a run directory; a missing directory or one with no records is bad input."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BadInput(f"run directory '{path}' does not exist; pass a directory written by `bench run --out DIR`")
+    records_path = path / RECORDS
+    if not records_path.is_file():
+        raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
+    records = [r for r in read_records(records_path) if isinstance(r, dict)]
+    if not records:
+        raise BadInput(f"'{records_path}' holds no finished cell; run `bench run --out {path}` to fill it")
+    env: dict[str, Any] = {}
+    env_path = path / ENV
+    if env_path.is_file():
+        try:
+            loaded = json.loads(env_path.read_text())
+            env = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            env = {}
+    return Run(path=path, env=env, records=records)
+
+
+def _first(records: Iterable[dict], key: str) -> Any:
+    return next((r.get(key) for r in records if r.get(key) is not None), None)
+
+
+def is_missing(v: Any) -> bool:
+    """None or NaN: what a record field that was not written looks like once in a frame."""
+    return v is None or v != v
+
+
+def records_frame(runs: list[Run]) -> pd.DataFrame:
+    """All records of all runs in one frame, with the labels and sort keys the report needs.
+
+    ``setup`` is "<device_name> · <engine> ×<world_size>", ``series`` adds the run id so two runs
+    of the same set-up (two commits, say) stay apart.
+    """
+    rows = []
+    for run_index, run in enumerate(runs):
+        for r in run.records:
+            row = {**{k: r.get(k) for k in RECORD_FIELDS}, "run_id": run.run_id, "run_index": run_index}
+            row["device_name"] = row["device_name"] or run.env.get("device_name") or row["device"]
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "run_index"])
+    df = df.astype({"model": "object", "res": "object", "mode": "object"})
+    df["model"] = df["model"].map(lambda m: "?" if is_missing(m) else str(m))
+    df["mode"] = df["mode"].map(lambda m: "infer" if is_missing(m) else str(m))
+    df["engine"] = df["engine"].fillna("none").astype(str)
+    # bench run records the step time of every rank; the slowest one sets the pace.
+    df["per_rank_step_ms"] = df["per_rank_step_ms"].map(_slowest_rank)
+    df["world_size"] = pd.to_numeric(df["world_size"], errors="coerce").fillna(1).astype(int)
+    df["device_name"] = df["device_name"].fillna("unknown device").astype(str)
+    df["status"] = df["status"].fillna("ok").astype(str)
+    df["res"] = [_res_label(r) for r in df[["res", "height", "width"]].to_dict("records")]
+    df["pixels"] = [_pixels(r) for r in df[["res", "height", "width"]].to_dict("records")]
+    for col in NUMERIC_FIELDS:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    engine = df["engine"] + [f" ZeRO-{int(z)}" if e == "deepspeed" and pd.notna(z) else "" for e, z in zip(df["engine"], df["zero"])]
+    df["setup"] = df["device_name"] + " · " + engine + " ×" + df["world_size"].astype(str)
+    df["series"] = df["setup"] + " · " + df["run_id"]
+    # Order of first appearance: the order the user asked for models and runs.
+    df["model_order"] = df["model"].map({m: i for i, m in enumerate(dict.fromkeys(df["model"]))})
+    df["series_order"] = df["series"].map({s: i for i, s in enumerate(dict.fromkeys(df["series"]))})
+    return df
+
+
+def performance_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The infer/train cells: everything but the fine-tunes."""
+    return df[~df["mode"].isin(FINETUNE_MODES)]
+
+
+def finetune_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The fine-tune cells (detection, segmentation)."""
+    return df[df["mode"].isin(FINETUNE_MODES)]
+
+
+def _slowest_rank(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        numbers = [x for x in v if isinstance(x, (int, float))]
+        return max(numbers) if numbers else None
+    return v
+
+
+def _res_label(r: dict) -> str:
+    """"224", or "HxW" for a non-square cell recorded by height and width only."""
+    if not is_missing(r.get("res")):
+        return str(r["res"])
+    h, w = r.get("height"), r.get("width")
+    if is_missing(h):
+        return "?"
+    h, w = int(h), int(h if is_missing(w) else w)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def _pixels(r: dict) -> float:
+    """Pixels per image: the x axis of the plots and the sort key of the tables."""
+    h, w = r.get("height"), r.get("width")
+    if not is_missing(h):
+        return float(h) * float(h if is_missing(w) else w)
+    try:
+        sides = [float(s) for s in str(r.get("res")).lower().split("x")]
+        return sides[0] * sides[-1]
+    except ValueError:
+        return float("nan")

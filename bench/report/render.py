@@ -1,0 +1,142 @@
+"""Rendering: the report's tables in page order, as a self-contained HTML page (jinja2, with
+the template in bench/templates), as CSV or as Markdown, written atomically to a file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import __version__
+from bench.errors import BadInput
+from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
+from bench.report.load import FINETUNE_MODES, Run, load_runs, records_frame
+from bench.report.plots import PERF_PLOTS, make_plots
+from bench.report.references import PAPER_TABLE2, reference_table, throughput_reference_table
+from bench.report.tables import Table, as_text, comparison_table, perf_tables, status_text
+
+FORMATS = ("html", "csv", "md")
+TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
+ENV_ORDER = ["run_id", "started_at", "command", "hostname", "platform", "python", "torch", "cuda",
+             "device_name", "cpu", "threads", "nproc", "git_commit", "git_dirty"]
+PER_CELL_TABLES = ("results-", "finetune")  # key prefixes of the tables with one row per cell
+
+
+def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
+    """Render the report of ``run_dirs`` to ``out`` (written atomically) and return its path."""
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown report format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if not run_dirs:
+        raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
+    runs = load_runs(run_dirs)
+    df = records_frame(runs)
+    tables = all_tables(df)
+    if fmt == "html":
+        text = render_html(runs, df, tables)
+    elif fmt == "csv":
+        text = render_csv(tables)
+    else:
+        text = render_md(runs, tables)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def all_tables(df: pd.DataFrame) -> list[Table]:
+    """Every table of the report, in page order: the Markdown export is all of them, the CSV
+    the per-cell ones (see render_csv)."""
+    tables = perf_tables(df)
+    for extra in (comparison_table(df), reference_table(df), throughput_reference_table(df)):
+        if extra is not None:
+            tables.append(extra)
+    return tables + finetune_tables(df)
+
+
+def report_title(runs: list[Run]) -> str:
+    return "bench report: " + ", ".join(r.run_id for r in runs)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+
+def render_html(runs: list[Run], df: pd.DataFrame, tables: list[Table]) -> str:
+    return _template_env().get_template(TEMPLATE).render(
+        title=report_title(runs),
+        version=__version__,
+        runs=[environment(r, df) for r in runs],
+        tables=tables,
+        perf_plots=make_plots(df, PERF_PLOTS),
+        finetune_plots=make_plots(df, FINETUNE_PLOTS),
+        reference_models=list(PAPER_TABLE2),
+        finetune_keys=[f"finetune-{task}" for task in FINETUNE_MODES],
+    )
+
+
+def _template_env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("bench", "templates"),  # bench/templates, beside this package
+        autoescape=True,  # every record and env string is escaped; the template never uses |safe
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def environment(run: Run, df: pd.DataFrame) -> dict[str, Any]:
+    """What the page says about one run: its set-ups, counts by status, how busy the machine
+    was while the cells ran (a shared machine slows every timing), and its env.json."""
+    part = df[df["run_id"] == run.run_id]
+    loads = pd.to_numeric(part["loadavg_1m"], errors="coerce").dropna()
+    cores = run.env.get("nproc")
+    items = [(k, as_text(run.env.get(k))) for k in ENV_ORDER if k in run.env]
+    items += [(k, as_text(v)) for k, v in run.env.items() if k not in ENV_ORDER and k != "packages"]
+    packages = run.env.get("packages") if isinstance(run.env.get("packages"), dict) else {}
+    return {
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "setups": list(dict.fromkeys(part["setup"])),
+        "counts": {status_text(s, None): int(n) for s, n in part["status"].value_counts(sort=False).items()},
+        "fields": items,
+        "packages": sorted((str(k), as_text(v)) for k, v in packages.items()),
+        "has_env": bool(run.env),
+        "load": f"{loads.min():.1f}–{loads.max():.1f}" if len(loads) else None,
+        "cores": cores,
+        "busy": bool(len(loads)) and isinstance(cores, (int, float)) and loads.max() > cores,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# CSV and Markdown
+# --------------------------------------------------------------------------------------------
+
+
+def render_csv(tables: list[Table]) -> str:
+    """The tables with one row per cell (infer, train, fine-tunes), stacked into one CSV whose
+    first column names the table. The side-by-side and reference tables are views of the same
+    rows (plus the paper's constants) with other columns; they are in the HTML and Markdown."""
+    frames = [t.to_frame().assign(table=t.key).loc[:, lambda f: ["table", *t.columns]]
+              for t in tables if t.key.startswith(PER_CELL_TABLES)]
+    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def render_md(runs: list[Run], tables: list[Table]) -> str:
+    """Every table as a Markdown section; best cells in bold, the notes below each table."""
+    parts = [f"# {report_title(runs)}", ""]
+    for t in tables:
+        # A "|" or a line break in a cell (a model name, an error message) would end the cell.
+        frame = t.to_frame(mark_best="**").map(lambda text: " ".join(text.split()).replace("|", r"\|"))
+        frame.columns = [c.replace("|", r"\|") for c in frame.columns]
+        # disable_numparse: tabulate would otherwise re-format "13.20" as "13.2".
+        parts += [f"## {t.title}", "", frame.to_markdown(index=False, disable_numparse=True), ""]
+        parts += [f"- {note}" for note in t.notes]
+        if t.notes:
+            parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,231 @@
+"""Tables: the one structure the HTML page, the CSV and the Markdown are all rendered from, so
+they cannot disagree; the number and status formatting of every cell; the best-value marks; and
+the performance tables (per mode, and runs side by side)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from bench.report.load import performance_cells
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+    kind: str = ""  # a CSS class: "num", "oom", "error", "missing"
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    group_starts: set[int] = field(default_factory=set)  # row indices that start a new group
+
+    def to_frame(self, mark_best: str = "") -> pd.DataFrame:
+        """Cell texts; ``mark_best`` wraps best cells (Markdown: "**")."""
+        data = [[f"{mark_best}{c.text}{mark_best}" if c.best and mark_best else c.text for c in row] for row in self.rows]
+        return pd.DataFrame(data, columns=self.columns)
+
+
+@dataclass(frozen=True)
+class Metric:
+    field: str
+    header: str
+    better: str  # "min", "max", or "" for a reference value that is never marked
+    scale: float = 1.0
+
+
+# Best per column, among the "ok" cells of the same resolution and batch (comparing a 224 cell
+# with an 800 one says nothing): the largest throughput, MFU and scaling efficiency; the
+# smallest params, GMACs, latency, step time and memory (the cheaper model for the same job).
+PERF_METRICS = [
+    Metric("params", "params (M)", "min", 1e-6),
+    Metric("gmacs", "GMACs", "min"),
+    Metric("latency_ms", "latency (ms, median)", "min"),
+    Metric("latency_p90_ms", "latency p90 (ms)", "min"),
+    Metric("throughput", "throughput (img/s)", "max"),
+    Metric("per_rank_step_ms", "step per rank (ms)", "min"),
+    Metric("peak_mem_mb", "peak memory (MB)", "min"),
+    Metric("mfu", "MFU (%)", "max", 100.0),
+    Metric("scaling_efficiency", "scaling efficiency (%)", "max", 100.0),
+]
+
+PERF_ID_COLUMNS = [("res", "res"), ("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
+                   ("setup", "run"), ("run_id", "run id")]
+
+
+# --------------------------------------------------------------------------------------------
+# Cell texts
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_number(x: float) -> str:
+    """Four or so significant digits, never scientific notation for ordinary magnitudes."""
+    ax = abs(x)
+    if ax >= 100:
+        return f"{x:.0f}" if ax >= 1000 else f"{x:.1f}"
+    if ax >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def fmt_optional(x: float | None) -> str:
+    """A reference figure that may not exist for this model or GPU: the number, or "—"."""
+    return fmt_number(x) if x is not None else "—"
+
+
+def as_text(v: Any) -> str:
+    """A record or env value as cell text: "—" for nothing, 3 rather than 3.0."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def status_text(status: str, error: Any) -> str:
+    if status == "ok":
+        return "ok"
+    if status == "oom":
+        return "OOM"
+    if status == "error":
+        return f"error: {error}" if error else "error"
+    return str(status)
+
+
+def status_kind(status: str) -> str:
+    """The CSS class of a cell's status: none for ok, "oom", or "error" for anything else."""
+    return "" if status == "ok" else ("oom" if status == "oom" else "error")
+
+
+def status_cell(status: str, error: Any) -> Cell:
+    """A cell that says how a benchmark cell ended (with its error, if one is given)."""
+    return Cell(status_text(status, error), kind=status_kind(status))
+
+
+def number_cell(value: float, best: bool = False) -> Cell:
+    return Cell(fmt_number(float(value)), best, "num")
+
+
+def missing_cell(text: str = "—") -> Cell:
+    return Cell(text, kind="missing")
+
+
+# --------------------------------------------------------------------------------------------
+# Building tables
+# --------------------------------------------------------------------------------------------
+
+
+def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[str, str]],
+                 metrics: list[Metric], group_by: list[str], notes: list[str] | None = None) -> Table:
+    """Rows of ``df`` as a table: identity columns, the metrics that have any value, status.
+
+    A metric cell of an OOM or failed cell shows that status instead of a gap; an ok cell that
+    did not measure the metric shows "—".
+    """
+    metrics = [m for m in metrics if df[m.field].notna().any()]
+    best = {m.field: _best_in_group(df, m, group_by) for m in metrics}
+
+    rows: list[list[Cell]] = []
+    group_starts: set[int] = set()
+    previous_group = None
+    for i, (idx, r) in enumerate(df.iterrows()):
+        group = tuple(r[g] for g in group_by)
+        if group != previous_group:
+            group_starts.add(i)
+            previous_group = group
+        row = [Cell(as_text(r[c])) for c, _ in id_columns]
+        for m in metrics:
+            v = r[m.field]
+            if pd.notna(v):
+                row.append(number_cell(float(v) * m.scale, bool(best[m.field].loc[idx])))
+            elif r["status"] != "ok":
+                row.append(status_cell(r["status"], None))
+            else:
+                row.append(missing_cell())
+        row.append(status_cell(r["status"], r["error"]))
+        rows.append(row)
+    columns = [h for _, h in id_columns] + [m.header for m in metrics] + ["status"]
+    return Table(key, title, columns, rows, notes or [], group_starts)
+
+
+def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.Series:
+    """Which rows hold the best "ok" value of ``metric`` in their group; only where there is a
+    choice: two or more values that are not all the same. A reference metric is never best."""
+    if not metric.better:
+        return pd.Series(False, index=df.index)
+    values = df[metric.field].where(df["status"] == "ok")
+    groups = values.groupby([df[g] for g in group_by], dropna=False, sort=False)
+    target = groups.transform("max" if metric.better == "max" else "min")
+    return (values == target) & (groups.transform("nunique") >= 2)
+
+
+def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Resolution-major (the best marks compare models at one resolution), then model, batch,
+    run."""
+    return df.sort_values(["pixels", "res", "model_order", "batch", "series_order", "dtype"],
+                          na_position="last", kind="stable")
+
+
+def perf_tables(df: pd.DataFrame) -> list[Table]:
+    """One table per mode (infer, train, ...), rows model × resolution × batch × run."""
+    tables = []
+    perf = performance_cells(df)
+    for mode in dict.fromkeys(perf["mode"]):
+        part = sort_cells(perf[perf["mode"] == mode]).reset_index(drop=True)
+        tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part,
+                                   PERF_ID_COLUMNS, PERF_METRICS, ["res", "batch"]))
+    return tables
+
+
+def comparison_table(df: pd.DataFrame) -> Table | None:
+    """Throughput of each run side by side, and each run's speed relative to the first, for
+    every model × resolution × mode × batch × dtype; only when there is more than one run or
+    set-up."""
+    perf = performance_cells(df)
+    series = list(dict.fromkeys(perf.sort_values("series_order", kind="stable")["series"]))
+    if len(series) < 2:
+        return None
+    first = series[0]
+    key = ["mode", "res", "model", "batch", "dtype"]
+    columns = key + [f"throughput (img/s): {s}" for s in series] + \
+              [f"speed vs first: {s}" for s in series[1:]]
+    rows, group_starts, previous = [], set(), None
+    mode_order = {m: i for i, m in enumerate(dict.fromkeys(perf["mode"]))}
+    ordered = sort_cells(perf).sort_values("mode", key=lambda m: m.map(mode_order), kind="stable")
+    for values, part in ordered.groupby(key, sort=False, dropna=False):
+        by_series = {s: g.iloc[0] for s, g in part.groupby("series", sort=False)}
+        thr = {s: by_series[s]["throughput"] if s in by_series and by_series[s]["status"] == "ok" else None
+               for s in series}
+        present = [v for v in thr.values() if v is not None and pd.notna(v)]
+        best = max(present) if len(present) >= 2 else None
+        row = [Cell(as_text(v)) for v in values]
+        for s in series:
+            row.append(_comparison_cell(by_series.get(s), thr[s], best))
+        for s in series[1:]:
+            base, other = thr[first], thr[s]
+            if base is not None and other is not None and pd.notna(base) and pd.notna(other) and base > 0:
+                row.append(Cell(f"{other / base:.2f}×", kind="num"))
+            else:
+                row.append(missing_cell())
+        if values[:2] != previous:  # a new mode or resolution
+            group_starts.add(len(rows))
+            previous = values[:2]
+        rows.append(row)
+    return Table("comparison", "Runs side by side: throughput", columns, rows, [], group_starts)
+
+
+def _comparison_cell(record: pd.Series | None, throughput: Any, best: float | None) -> Cell:
+    if record is None:
+        return missing_cell("not run")
+    if record["status"] != "ok":
+        return status_cell(record["status"], record["error"])
+    if throughput is None or pd.isna(throughput):
+        return missing_cell()
+    return number_cell(throughput, best is not None and throughput == best)
