@@ -13,9 +13,13 @@ from bench import __version__
 @click.version_option(__version__, prog_name="bench")
 def main() -> None:
     """Benchmark and profile vision backbones (PVT, ViT, ResNet) for dense prediction."""
+    from bench.environment import flush_denormals
+
+    flush_denormals()  # before any torch op starts the OpenMP worker threads
 
 
 def _register() -> None:
+    from bench.finetune import finetune_command
     from bench.flops import flops_command
     from bench.profile import profile_command
     from bench.report import report_command
@@ -27,6 +31,7 @@ def _register() -> None:
     main.add_command(profile_command, "profile")
     main.add_command(slurm_group, "slurm")
     main.add_command(report_command, "report")
+    main.add_command(finetune_command, "finetune")
 
 
 _register()

@@ -12,6 +12,21 @@ from pathlib import Path
 
 import torch
 
+_FLUSH_DENORMAL: bool | None = None
+
+
+def flush_denormals() -> bool:
+    """Flush denormal floats to zero (FTZ/DAZ) on CPU, for every command, first thing.
+
+    Losses drive gradients of confident predictions below 1e-38; x86 CPUs compute on such
+    denormals 10-100x slower (a RetinaNet step measured 5 s instead of 0.25 s), a cost GPUs don't
+    pay. The flag is per thread and OpenMP workers copy it when they start, so it must be set
+    before torch's first parallel op. Recorded in env.json."""
+    global _FLUSH_DENORMAL
+    _FLUSH_DENORMAL = torch.set_flush_denormal(True)
+    return _FLUSH_DENORMAL
+
+
 PACKAGES = ("torch", "torchvision", "timm", "fvcore", "deepspeed", "numpy", "pandas", "pycocotools", "bench")
 
 
@@ -69,4 +84,5 @@ def collect_env(command: str, device: torch.device | None = None, run_id: str | 
         "git_dirty": bool(status) if status is not None else None,
         "packages": versions,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "flush_denormal": _FLUSH_DENORMAL,
     }

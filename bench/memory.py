@@ -8,6 +8,8 @@ Importing torch and timm alone costs ~0.9 GB of RSS, hence growth rather than ab
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 from pathlib import Path
 
@@ -39,7 +41,7 @@ class PeakMemory:
         self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
 
     def __enter__(self) -> "PeakMemory":
-        gc.collect()
+        free_memory(self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -60,11 +62,27 @@ class PeakMemory:
             self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
 
 
+def _malloc_trim():
+    libc_name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(libc_name).malloc_trim if libc_name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def free_memory(device: torch.device) -> None:
-    """Between cells: drop garbage and cached blocks so one cell's memory doesn't count in the next."""
+    """Between cells: drop garbage and cached blocks so one cell's memory doesn't count in the next.
+
+    On CPU, glibc keeps freed heap pages resident; a later cell reusing them would not grow RSS
+    and its peak would read low. ``malloc_trim(0)`` hands them back to the kernel first."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    elif _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def is_oom(exc: BaseException) -> bool:

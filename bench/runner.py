@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,25 +21,11 @@ from bench.distributed import DistContext, all_reduce_max, barrier, broadcast_ob
 from bench.engines import DTYPES, ENGINES
 from bench.errors import BadInput
 from bench.measure import CellOptions, measure_cell
+from bench.preempt import PREEMPTED_EXIT, StopFlag
 from bench.plan import Cell, make_cells, parse_batches, parse_models, parse_modes, parse_resolutions
 from bench.record import RunDir, new_run_id
 
-PREEMPTED_EXIT = 99
 FINISHED = ("ok", "oom")
-
-
-class _StopFlag:
-    """Set by SIGUSR1/SIGTERM; checked at cell boundaries."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
 
 
 def config_key(rec: dict) -> tuple:
@@ -154,8 +139,7 @@ def _sweep(ctx: DistContext, models, sizes, modes, batches, budget, dtype, chann
     if len(todo) < len(cells):
         console.print(f"[yellow]resume:[/] skipping {len(cells) - len(todo)} finished cells in {run_dir.path}: "
                       + ", ".join(c.key for c in cells if c.key in done))
-    stop = _StopFlag()
-    stop.install()
+    stop = StopFlag().install()
     opts = CellOptions(budget_s=budget, dtype=dtype, channels_last=channels_last, compile=use_compile, engine=engine,
                        zero=zero, grad_clip=grad_clip, ds_config=ds_config,
                        profile_dir=run_dir.path / "traces" if profile else None, max_batch=max_batch)

@@ -154,7 +154,7 @@ def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, scri
     """The batch script for ``plan``; with ``cells``, an array with one task per cell."""
     import jinja2
 
-    from bench.runner import PREEMPTED_EXIT
+    from bench.preempt import PREEMPTED_EXIT
 
     o = plan["options"]
     launch, nproc = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])

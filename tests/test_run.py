@@ -87,3 +87,16 @@ def test_flops_unknown_model_is_one_line(tmp_path):
     proc = run_bench("flops", "--models", "resnet18,nonexistent_net")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "unknown model" in proc.stderr
+
+
+def test_peak_memory_does_not_depend_on_the_cell_before(tiny_run, tmp_path):
+    """A cell's CPU peak must not read low because an earlier cell left freed pages resident."""
+    out, _ = tiny_run
+    after = next(r for r in read_records(out / "records.jsonl")
+                 if (r["model"], r["res"], r["mode"], r["batch"]) == ("pvt_tiny", "64", "train", 1))
+    alone_dir = tmp_path / "alone"
+    proc = run_bench("run", "--models", "pvt_tiny", "--res", "64", "--modes", "train", "--batch", "1",
+                     "--budget", "0.2", "--out", str(alone_dir), "--no-report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (alone,) = list(read_records(alone_dir / "records.jsonl"))
+    assert after["peak_mem_mb"] == pytest.approx(alone["peak_mem_mb"], rel=0.25)

@@ -8,11 +8,14 @@ official config's ``add_extra_convs="on_input"``), five outputs in all.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn as nn
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
@@ -38,11 +41,15 @@ class BackboneFPN(nn.Module):
         return self.fpn(OrderedDict((f"c{2 ** (i + 2)}", maps[i]) for i in FPN_LEVELS))
 
 
+HEAD_NORMS = ("none", "gn")
+
+
 def build_retinanet(
     backbone: nn.Module,
     num_classes: int,
     image_size: tuple[int, int],
     fpn_channels: int = 256,
+    head_norm: str = "none",
     **retinanet_kwargs,
 ) -> RetinaNet:
     """torchvision RetinaNet over ``backbone``.
@@ -52,7 +59,12 @@ def build_retinanet(
     the data pipeline already delivers that size and the transform only normalises and pads to a
     multiple of 32. Anchors are torchvision's defaults, which are the paper's (sizes 32-512 on
     P3-P7, three scales per octave, ratios 0.5/1/2).
+
+    ``head_norm="none"`` is the paper's head (plain convs); ``"gn"`` puts GroupNorm after each
+    head conv (torchvision's RetinaNet v2 head), which trains far more steadily from scratch.
     """
+    if head_norm not in HEAD_NORMS:
+        raise ValueError(f"head_norm must be one of {HEAD_NORMS}")
     height, width = image_size
     model = RetinaNet(
         BackboneFPN(backbone, fpn_channels),
@@ -63,6 +75,14 @@ def build_retinanet(
         image_std=list(IMAGENET_STD),
         **retinanet_kwargs,
     )
+    if head_norm == "gn":
+        groups = math.gcd(32, fpn_channels)
+        model.head = RetinaNetHead(
+            fpn_channels,
+            model.anchor_generator.num_anchors_per_location()[0],
+            num_classes,
+            norm_layer=partial(nn.GroupNorm, groups),
+        )
     # ViT's simple pyramid computes a stride-4 map RetinaNet never reads; its parameters would
     # get no gradient (and make DDP fail), so they are frozen and left out of the count.
     model.unreached_parameters = freeze_unreached_parameters(model.backbone, image_size)

@@ -1,0 +1,292 @@
+"""bench finetune: the metrics, the command's input errors, checkpoint loading, and real learning
+on CPU through the COCO and ADE20K loaders (fixtures written by the synthetic generator)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.data import write_ade20k_fixture, write_coco_fixture
+from bench.finetune import build_task_model, finetune_command
+from bench.metrics import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
+from bench.record import read_records
+from conftest import REPO
+from slurm_cluster import slurm_one  # noqa: F401  (fixture: a private one-node Slurm cluster)
+
+# Every record carries these, whatever the task.
+COMMON_FIELDS = {
+    "model", "family", "res", "height", "width", "mode", "task", "steps", "batch", "device", "dtype", "engine",
+    "world_size", "params", "pretrained", "checkpoint", "checkpoint_unused_keys", "loss_curve", "loss_first",
+    "loss_last", "loss_last_mean", "step_time_ms", "throughput", "peak_mem_mb", "lr", "status", "error",
+    "timestamp", "cell_key", "run_id",
+}
+DET_FIELDS = {"map", "ap50", "ap75", "untrained_map", "untrained_ap50"}
+SEG_FIELDS = {"miou", "pixel_acc", "untrained_miou", "majority_miou"}
+
+
+def run_finetune_cli(*args: str, timeout: float = 600, launcher: list[str] | None = None,
+                     env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command in a fresh process, as a user runs it (a fresh process also lets the CLI switch
+    off denormals before torch starts its worker threads)."""
+    cmd = [*(launcher or [sys.executable]), "-m", "bench.cli", "finetune", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def _boxes(*rows):
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
+def test_coco_metrics_score_perfect_shifted_and_missing_detections():
+    targets = [{"boxes": _boxes([0, 0, 20, 20], [30, 30, 60, 50]), "labels": torch.tensor([1, 2])}]
+    perfect = [{"boxes": targets[0]["boxes"], "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}]
+    assert coco_box_metrics(targets, perfect, num_classes=3) == pytest.approx({"map": 1.0, "ap50": 1.0, "ap75": 1.0})
+    # Shifted by a quarter of the size: IoU 0.6, a hit at 0.5 and a miss at 0.75.
+    shifted = [{"boxes": _boxes([5, 0, 25, 20], [37.5, 30, 67.5, 50]), "scores": torch.tensor([0.9, 0.8]),
+                "labels": torch.tensor([1, 2])}]
+    scores = coco_box_metrics(targets, shifted, num_classes=3)
+    assert scores["ap50"] == pytest.approx(1.0) and scores["ap75"] == 0.0 and 0.0 < scores["map"] < 0.5
+    wrong_class = [{**perfect[0], "labels": torch.tensor([2, 1])}]
+    assert coco_box_metrics(targets, wrong_class, num_classes=3)["ap50"] == 0.0
+    nothing = [{"boxes": _boxes(), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    assert coco_box_metrics(targets, nothing, num_classes=3) == {"map": 0.0, "ap50": 0.0, "ap75": 0.0}
+
+
+def test_segmentation_metrics_by_hand():
+    target = torch.tensor([[0, 0, 1, 1], [0, 0, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 2]])
+    confusion = confusion_matrix(pred, target, num_classes=3)
+    assert confusion.sum() == 7  # the ignored pixel is left out
+    scores = segmentation_metrics(confusion)
+    # IoU: class 0: 3 / (4 + 4 - 3) = 0.6; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: 0 / (1 + 0) = 0.
+    assert scores["iou_per_class"] == pytest.approx([0.6, 2 / 3, 0.0])
+    assert scores["miou"] == pytest.approx((0.6 + 2 / 3) / 3)
+    assert scores["pixel_acc"] == pytest.approx(5 / 7)
+    chance = majority_class_metrics(confusion)  # "all class 0": IoU 4/7 for class 0, 0 for the others
+    assert chance["miou"] == pytest.approx((4 / 7) / 3) and chance["pixel_acc"] == pytest.approx(4 / 7)
+
+
+# ---------------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--task", "seg", "--models", "pvt_nano"], "unknown model 'pvt_nano'"),
+        (["--task", "seg", "--res", "100"], "bad resolution '100'"),
+        (["--task", "seg", "--data", "imagenet:/x"], "bad --data 'imagenet:/x'"),
+        (["--task", "det", "--data", "ade20k:/x"], "--task seg"),
+        (["--task", "seg", "--models", "resnet18", "--checkpoint", "resnet18"], "give MODEL=PATH"),
+        (["--task", "seg", "--models", "resnet18", "--checkpoint", "vit_t=/x.pth"], "not in --models"),
+        (["--task", "seg", "--models", "resnet18", "--checkpoint", "resnet18=/nonexistent/r18.pth"],
+         "/nonexistent/r18.pth"),
+        (["--task", "seg", "--engine", "none", "--nproc", "2"], "--engine ddp"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragment, tmp_path):
+    result = CliRunner().invoke(finetune_command, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.output
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_official_pvt_checkpoint_loads_into_the_detector(tmp_path):
+    from models import create_model
+
+    official = create_model("pvt_tiny")  # the classification model, as the official .pth holds it
+    path = tmp_path / "pvt_tiny.pth"
+    torch.save({"model": official.state_dict()}, path)
+    detector = build_task_model("det", "pvt_tiny", 4, (64, 64), str(path))
+    body = detector.backbone.body
+    assert torch.equal(body.patch_embed1.proj.weight, official.patch_embed1.proj.weight)
+    assert torch.equal(body.block4[1].mlp.fc2.weight, official.block4[1].mlp.fc2.weight)
+    assert {"head.weight", "head.bias", "cls_token", "norm.weight", "norm.bias"} <= set(body.checkpoint_unused_keys)
+
+
+@pytest.mark.parametrize("name, timm_name, suffix", [("vit_t", "vit_tiny_patch16_224", ".safetensors"),
+                                                      ("resnet18", "resnet18", ".pth")])
+def test_timm_checkpoint_loads_into_the_segmenter(tmp_path, name, timm_name, suffix):
+    import timm
+    from safetensors.torch import save_file
+
+    reference = timm.create_model(timm_name, pretrained=False)  # the classification model
+    path = tmp_path / f"{name}{suffix}"
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    backbone = build_task_model("seg", name, 4, (64, 64), str(path)).backbone
+    loaded = backbone.checkpoint_target.state_dict()
+    assert loaded and all(torch.equal(v, state[k]) for k, v in loaded.items())
+    head = ["head.bias", "head.weight"] if name == "vit_t" else ["fc.bias", "fc.weight"]
+    assert backbone.checkpoint_unused_keys == head
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def _records(out: Path) -> list[dict]:
+    return list(read_records(out / "records.jsonl"))
+
+
+def test_every_family_runs_both_tasks_and_records_the_start(tmp_path):
+    """Smoke over the three families and both heads on the synthetic source: complete records,
+    and pretrained/scratch recorded per backbone."""
+    from models import create_model
+
+    checkpoint = tmp_path / "pvt_tiny.pth"
+    torch.save({"model": create_model("pvt_tiny").state_dict()}, checkpoint)
+    for task, fields in (("det", DET_FIELDS), ("seg", SEG_FIELDS)):
+        out = tmp_path / task
+        proc = run_finetune_cli(
+            "--task", task, "--models", "pvt_tiny,vit_t,resnet18", "--res", "64", "--steps", "2", "--batch", "2",
+            "--train-images", "4", "--val-images", "2", "--fpn-channels", "32",
+            "--checkpoint", f"pvt_tiny={checkpoint}", "--out", str(out),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = _records(out)
+        assert [r["model"] for r in records] == ["pvt_tiny", "vit_t", "resnet18"]
+        assert [r["family"] for r in records] == ["pvt", "vit", "resnet"]
+        for r in records:
+            assert r["status"] == "ok", r.get("error")
+            assert COMMON_FIELDS | fields <= set(r), (COMMON_FIELDS | fields) - set(r)
+            assert r["mode"] == task and r["cell_key"] == f"{r['model']}|64|{task}"
+            assert len(r["loss_curve"]) == 2 and r["world_size"] == 1 and r["engine"] == "none"
+        pvt, vit, resnet = records
+        assert pvt["pretrained"] and pvt["checkpoint"] == str(checkpoint)
+        assert "head.weight" in pvt["checkpoint_unused_keys"]
+        assert not vit["pretrained"] and vit["checkpoint"] is None and not resnet["pretrained"]
+        env = json.loads((out / "env.json").read_text())
+        assert env["kind"] == "finetune" and env["settings"]["task"] == task
+
+
+def _assert_loss_falls(record: dict) -> None:
+    assert record["loss_last_mean"] < 0.7 * record["loss_first_mean"], record["loss_curve"]
+
+
+def test_segmentation_learns_through_the_ade20k_loader(tmp_path):
+    root = write_ade20k_fixture(tmp_path / "ade", train_images=192, val_images=32, height=64, width=64, seed=0)
+    out = tmp_path / "out"
+    proc = run_finetune_cli(
+        "--task", "seg", "--models", "resnet18", "--res", "64", "--steps", "60", "--batch", "8", "--lr", "1e-3",
+        "--data", f"ade20k:{root}", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = _records(out)
+    assert r["status"] == "ok" and r["data"] == f"ade20k:{root}" and r["num_classes"] == 4
+    _assert_loss_falls(r)
+    # Well clear of the same network untrained and of "everything is background".
+    assert r["miou"] > r["untrained_miou"] + 0.15, r
+    assert r["miou"] > r["majority_miou"] + 0.1, r
+    assert r["pixel_acc"] > r["majority_pixel_acc"], r
+
+
+def test_detection_learns_through_the_coco_loader(tmp_path):
+    root = write_coco_fixture(tmp_path / "coco", train_images=192, val_images=32, height=64, width=64, seed=0)
+    out = tmp_path / "out"
+    # From scratch on CPU: a narrower FPN and the GroupNorm head (torchvision's v2) learn in 200
+    # steps what the paper's head needs far longer for.
+    proc = run_finetune_cli(
+        "--task", "det", "--models", "resnet18", "--res", "64", "--steps", "200", "--batch", "8", "--lr", "3e-4",
+        "--fpn-channels", "128", "--head-norm", "gn", "--data", f"coco:{root}", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = _records(out)
+    assert r["status"] == "ok" and r["num_classes"] == 4 and r["head_norm"] == "gn" and r["lr"] == 3e-4
+    _assert_loss_falls(r)
+    assert r["ap50"] > r["untrained_ap50"] + 0.2, r
+    assert r["map"] > r["untrained_map"] + 0.04, r
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_under_torchrun(tmp_path):
+    """Two gloo ranks: one record, written once, scored on both ranks' shards; vit_t's unread
+    stride-4 branch would make DDP fail if it were not frozen."""
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631"]
+    proc = run_finetune_cli(
+        "--task", "det", "--models", "vit_t", "--res", "64", "--steps", "3", "--batch", "2", "--train-images", "8",
+        "--val-images", "4", "--fpn-channels", "32", "--engine", "ddp", "--out", str(out),
+        launcher=torchrun, env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = _records(out)
+    assert r["status"] == "ok" and (r["engine"], r["world_size"], r["global_batch"]) == ("ddp", 2, 4)
+    assert len(r["loss_curve"]) == 3 and r["frozen_unreached_params"]
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_ranks_under_torchrun(tmp_path):
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29632"]
+    proc = run_finetune_cli(
+        "--task", "seg", "--models", "resnet18", "--res", "64", "--steps", "3", "--batch", "2", "--train-images", "8",
+        "--val-images", "4", "--fpn-channels", "32", "--engine", "deepspeed", "--zero", "2", "--out", str(out),
+        launcher=torchrun, env={"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = _records(out)
+    assert r["status"] == "ok" and (r["engine"], r["zero"], r["world_size"]) == ("deepspeed", 2, 2)
+    assert len(r["loss_curve"]) == 3
+
+
+@pytest.mark.slow
+def test_signal_stops_between_cells_and_a_rerun_resumes(tmp_path):
+    """SLURM's preemption signal: the cell under way finishes, the sweep stops with exit 99, and
+    the same command again runs only the cells not yet recorded."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = ["--task", "seg", "--models", "resnet18,vit_t,pvt_tiny", "--res", "64", "--steps", "3", "--batch", "2",
+            "--train-images", "4", "--val-images", "2", "--fpn-channels", "32", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "finetune", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "records.jsonl").exists() or not _records(out):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)  # while the second cell runs
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 99, stderr[-2000:]
+    assert [r["model"] for r in _records(out)] == ["resnet18", "vit_t"]
+    again = run_finetune_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("resume:") == 2
+    assert [r["model"] for r in _records(out)] == ["resnet18", "vit_t", "pvt_tiny"]
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_fine_tune_as_two_ddp_ranks(slurm_one, tmp_path):
+    """Under SLURM without torchrun: each srun task is a rank (SLURM_PROCID / SLURM_NTASKS)."""
+    out = tmp_path / "out"
+    script = tmp_path / "job.sbatch"
+    command = [sys.executable, "-m", "bench.cli", "finetune", "--task", "seg", "--models", "resnet18", "--res", "64",
+               "--steps", "2", "--batch", "2", "--train-images", "8", "--val-images", "4", "--fpn-channels", "32",
+               "--engine", "ddp", "--out", str(out)]
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --ntasks=2\n#SBATCH --cpus-per-task=1\n"
+        f"#SBATCH --output={tmp_path}/slurm-%j.out\n"
+        f"cd {REPO}\nexport PYTHONPATH={REPO} OMP_NUM_THREADS=1\n"
+        f"srun {shlex.join(command)}\n"
+    )
+    submitted = slurm_one.run("sbatch", str(script))
+    job = submitted.stdout.split()[-1]
+    log = tmp_path / f"slurm-{job}.out"
+    assert slurm_one.wait_job(job, timeout=300) == ["COMPLETED"], log.read_text() if log.exists() else slurm_one.logs()
+    (r,) = _records(out)
+    assert r["status"] == "ok" and (r["engine"], r["world_size"]) == ("ddp", 2)
