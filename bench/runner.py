@@ -133,7 +133,7 @@ def _sweep(ctx: DistContext, models, sizes, modes, batches, budget, dtype, chann
     barrier(ctx)
     cells = make_cells(models, sizes, modes, batches)
     world = ctx.world_size
-    config = (engine if engine != "none" or world == 1 else "none", zero if engine == "deepspeed" else None, world, dtype, ctx.device.type)
+    config = (engine, zero if engine == "deepspeed" else None, world, dtype, ctx.device.type)
     done = finished_cells(run_dir, config)
     todo = [c for c in cells if c.key not in done]
     if len(todo) < len(cells):
@@ -197,7 +197,7 @@ def _base_record(cell: Cell, ctx: DistContext, fl, engine, zero, dtype, run_dir:
         "device": ctx.device.type,
         "device_name": dev_name,
         "dtype": dtype,
-        "engine": engine if engine != "none" or world == 1 else "none",
+        "engine": engine,
         "zero": zero if engine == "deepspeed" else None,
         "world_size": world,
         "threads": torch.get_num_threads(),
