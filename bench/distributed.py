@@ -35,9 +35,14 @@ class DistContext:
         return self.world_size > 1
 
 
+def started_by_srun() -> bool:
+    """True in one of several tasks that srun started (SLURM_PROCID / SLURM_NTASKS >= 2)."""
+    return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
 def _slurm_env_to_torch() -> None:
     """Translate an srun task's SLURM_* variables into torch's, when no launcher set them."""
-    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+    if "RANK" in os.environ or not started_by_srun():
         return
     os.environ["RANK"] = os.environ["SLURM_PROCID"]
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
@@ -63,12 +68,6 @@ def first_slurm_host_addr() -> str:
         return first
     except (OSError, subprocess.SubprocessError, IndexError):
         return "127.0.0.1"
-
-
-def launched_distributed() -> bool:
-    """True when a launcher started several processes for us."""
-    _slurm_env_to_torch()
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:

@@ -174,7 +174,9 @@ def _deepspeed_trainer(model, ctx, zero, dtype, lr, weight_decay, grad_clip, mic
         engine.backward(loss)
         engine.step()
 
-    input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32) if (
-        cfg.get("bf16", {}).get("enabled") or cfg.get("fp16", {}).get("enabled")
-    ) else torch.float32
+    # DeepSpeed casts the model to the half type its config enables; inputs must match it.
+    input_dtype = torch.float32
+    for name in ("bf16", "fp16"):
+        if cfg.get(name, {}).get("enabled"):
+            input_dtype = DTYPES[name]
     return Trainer(engine, model, "deepspeed", dtype, ctx.device, step, input_dtype=input_dtype, ds_config=cfg)

@@ -18,7 +18,9 @@ def free_port() -> int:
 
 
 def under_launcher() -> bool:
-    return "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+    from bench.distributed import started_by_srun
+
+    return "RANK" in os.environ or started_by_srun()
 
 
 def strip_option(argv: list[str], name: str) -> list[str]:

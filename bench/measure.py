@@ -87,9 +87,8 @@ def _make_step(cell: Cell, batch: int, ctx: DistContext, opts: CellOptions) -> t
     return step, model, trainer
 
 
-def _fits_cpu_memory(per_sample_mb: float, base_mb: float, batch: int) -> bool:
-    available_mb = psutil.virtual_memory().available / 2**20
-    return base_mb + per_sample_mb * batch < 0.8 * available_mb
+def _fits_cpu_memory(per_sample_mb: float, batch: int) -> bool:
+    return per_sample_mb * batch < 0.8 * psutil.virtual_memory().available / 2**20
 
 
 def find_max_batch(cell: Cell, ctx: DistContext, opts: CellOptions) -> tuple[int, list[dict]]:
@@ -97,18 +96,18 @@ def find_max_batch(cell: Cell, ctx: DistContext, opts: CellOptions) -> tuple[int
     whose predicted memory (from batch 1) exceeds 80% of free RAM counts as not fitting, since
     the kernel would swap or kill us rather than raise."""
     tried: list[dict] = []
-    per_sample = base = None
+    per_sample = None  # peak MB of batch 1 (weights included: a conservative per-image figure)
 
     def fits(b: int) -> bool:
-        nonlocal per_sample, base
+        nonlocal per_sample
         try:
-            if ctx.device.type == "cpu" and per_sample is not None and not _fits_cpu_memory(per_sample, base, b):
+            if ctx.device.type == "cpu" and per_sample is not None and not _fits_cpu_memory(per_sample, b):
                 raise _Skip
             step, model, _ = _make_step(cell, b, ctx, opts)
             with PeakMemory(ctx.device, model) as mem:
                 step()
             if b == 1:
-                per_sample, base = mem.peak_mb, 0.0
+                per_sample = mem.peak_mb
             ok = True
         except _Skip:
             ok = False

@@ -56,9 +56,6 @@ class RunDir:
         os.replace(tmp, target)
         return target
 
-    def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
-
 
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     path = Path(path)
