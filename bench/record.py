@@ -1,80 +1,382 @@
-"""The run directory: ``records.jsonl`` (one JSON object per finished cell) and ``env.json``.
+"""The record schema (one dataclass: every field with its unit and kind) and the run directory.
 
-Each record is appended as one line, flushed and fsync'd before the next cell starts, so a crash
-or SIGKILL loses no finished cell; a torn last line (killed mid-write) is skipped on reading.
+A record is one finished cell, one JSON line. ``Record`` lists every field a record may hold; the
+writers (classify, finetune, sweep) are checked against it when they append (an unknown field is a
+programming error, caught by the tests), and the report reads it to decide what to show: fields of
+kind ``setting`` that vary between cells become columns, ``provenance`` goes into the details
+view. ``schema_version`` is in every record; ``upgrade`` reads older records.
+
+The run directory, ``RUN_DIR/``:
+- ``records.jsonl``: the records of single-process and rank-0 writers; a concurrent writer that is
+  one of several (SLURM array tasks, jobs sharing ``--out``) writes its own shard
+  ``records.<writer>.jsonl`` (O_APPEND is not atomic across NFS clients). Readers take all as one.
+- ``invocations.jsonl``: one line per command that passed validation (command, git commit,
+  environment); each record names its invocation. ``env.json`` keeps the first one (older readers).
+- ``claims/``: one exclusive claim file per cell being measured (bench.sweep).
+
+Writing is all-or-nothing: one ``os.write`` of the whole line, checked for a short write, then
+fsync. A torn tail left by a kill mid-write is moved to ``records.torn-<time>.jsonl`` (its bytes
+kept) before the next append, and said so. Reading skips unreadable lines (not JSON, not an
+object, invalid UTF-8) with one warning that counts them.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import socket
+import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+SCHEMA_VERSION = 2
 RECORDS = "records.jsonl"
+INVOCATIONS = "invocations.jsonl"
 ENV = "env.json"
+
+# Field kinds: what a field is for, so the report needs no list of its own.
+CELL, SETTING, MEASURE, PROVENANCE = "cell", "setting", "measure", "provenance"
+
+
+def _f(kind: str, unit: str = "", doc: str = "") -> Any:
+    return field(default=None, metadata={"kind": kind, "unit": unit, "doc": doc})
+
+
+@dataclass
+class Record:
+    """Every field a record may hold. Units: ms, s, MB (2**20 bytes), GMACs (1e9 multiply-adds)."""
+
+    schema_version: int | None = _f(PROVENANCE)
+    kind: str | None = _f(CELL, doc="run | finetune")
+    # --- the cell
+    task: str | None = _f(CELL, doc="cls | det | seg")
+    model: str | None = _f(CELL)
+    family: str | None = _f(CELL)
+    res: str | None = _f(CELL, doc="the size asked for, height first")
+    height: int | None = _f(CELL, "px")
+    width: int | None = _f(CELL, "px")
+    input_hw: list | None = _f(CELL, "px", "the size fed to the model (det pads to a multiple of 32)")
+    mode: str | None = _f(CELL, doc="infer | train | det | seg")
+    batch: int | None = _f(CELL, "images per rank")
+    cell_key: str | None = _f(CELL)
+    config_id: str | None = _f(CELL, doc="hash of the measuring configuration (resume identity)")
+    settings_id: str | None = _f(CELL, doc="hash of the command's settings without the runtime (slurm status)")
+    # --- measuring settings
+    device: str | None = _f(SETTING)
+    device_name: str | None = _f(SETTING)
+    device_count: int | None = _f(SETTING)
+    dtype: str | None = _f(SETTING, doc="--dtype as given")
+    precision: str | None = _f(SETTING, doc="fp32 | amp-bf16 | amp-fp16 | bf16-weights")
+    tf32: bool | None = _f(SETTING)
+    cudnn_benchmark: bool | None = _f(SETTING)
+    engine: str | None = _f(SETTING)
+    zero: int | None = _f(SETTING, doc="effective ZeRO stage")
+    world_size: int | None = _f(SETTING)
+    threads: int | None = _f(SETTING, "threads per rank")
+    channels_last: bool | None = _f(SETTING)
+    compile: bool | None = _f(SETTING)
+    grad_clip: float | None = _f(SETTING)
+    budget_s: float | None = _f(SETTING, "s")
+    max_time_s: float | None = _f(SETTING, "s")
+    optimizer_impl: str | None = _f(SETTING)
+    ds_config: dict | None = _f(SETTING, doc="the effective DeepSpeed config")
+    global_batch: int | None = _f(SETTING, "images")
+    # --- cost
+    params: int | None = _f(MEASURE, "parameters")
+    gmacs: float | None = _f(MEASURE, "GMACs")
+    gflops: float | None = _f(MEASURE, "GFLOPs (2 x GMACs)")
+    stage_gmacs: dict | None = _f(MEASURE, "GMACs")
+    attention_gmacs_per_stage: dict | None = _f(MEASURE, "GMACs")
+    part_gmacs: dict | None = _f(MEASURE, "GMACs")
+    part_params: dict | None = _f(MEASURE, "parameters")
+    part_latency_ms: dict | None = _f(MEASURE, "ms")
+    # --- time
+    latency_ms: float | None = _f(MEASURE, "ms", "median per iteration")
+    latency_p10_ms: float | None = _f(MEASURE, "ms")
+    latency_p90_ms: float | None = _f(MEASURE, "ms")
+    latency_cv: float | None = _f(MEASURE, doc="stdev / mean")
+    latency_ci95_ms: list | None = _f(MEASURE, "ms", "95% CI of the median [low, high]")
+    iters: int | None = _f(MEASURE, "iterations timed")
+    warmup_iters: int | None = _f(MEASURE, "iterations")
+    timing_stable: bool | None = _f(MEASURE)
+    timing_stop: str | None = _f(MEASURE)
+    timing_flags: list | None = _f(MEASURE)
+    compile_s: float | None = _f(MEASURE, "s")
+    compile_graph_breaks: int | None = _f(MEASURE)
+    compile_recompiles: int | None = _f(MEASURE)
+    per_rank_step_ms: list | None = _f(MEASURE, "ms")
+    throughput: float | None = _f(MEASURE, "images/s (global)")
+    scaling_efficiency: float | None = _f(MEASURE)
+    scaling_basis: str | None = _f(MEASURE)
+    achieved_tflops: float | None = _f(MEASURE, "TFLOP/s")
+    peak_tflops: float | None = _f(MEASURE, "TFLOP/s")
+    mfu: float | None = _f(MEASURE)
+    # --- memory
+    peak_mem_mb: float | None = _f(MEASURE, "MB")
+    peak_mem_method: str | None = _f(MEASURE)
+    mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
+    batch_search: list | None = _f(MEASURE)
+    # --- profile
+    op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")
+    trace_file: str | None = _f(PROVENANCE)
+    # --- fine-tunes
+    data: str | None = _f(SETTING)
+    steps: int | None = _f(SETTING)
+    lr: float | None = _f(SETTING)
+    weight_decay: float | None = _f(SETTING)
+    optimizer: str | None = _f(SETTING)
+    seed: int | None = _f(SETTING)
+    fpn_channels: int | None = _f(SETTING)
+    head_norm: str | None = _f(SETTING)
+    pretrained: bool | None = _f(SETTING)
+    checkpoint: str | None = _f(SETTING)
+    num_classes: int | None = _f(MEASURE)
+    class_names: list | None = _f(MEASURE)
+    train_images: int | None = _f(SETTING)
+    val_images: int | None = _f(SETTING)
+    backbone_params: int | None = _f(MEASURE, "parameters")
+    checkpoint_unused_keys: list | None = _f(MEASURE)
+    frozen_unreached_params: list | None = _f(MEASURE)
+    loss_curve: list | None = _f(MEASURE)
+    loss_first: float | None = _f(MEASURE)
+    loss_last: float | None = _f(MEASURE)
+    loss_first_mean: float | None = _f(MEASURE)
+    loss_last_mean: float | None = _f(MEASURE)
+    loss_mean_window: int | None = _f(MEASURE, "steps")
+    step_time_ms: float | None = _f(MEASURE, "ms")
+    step_time_ms_p90: float | None = _f(MEASURE, "ms")
+    data_time_ms: float | None = _f(MEASURE, "ms")
+    map: float | None = _f(MEASURE)
+    ap50: float | None = _f(MEASURE)
+    ap75: float | None = _f(MEASURE)
+    untrained_map: float | None = _f(MEASURE)
+    untrained_ap50: float | None = _f(MEASURE)
+    untrained_ap75: float | None = _f(MEASURE)
+    miou: float | None = _f(MEASURE)
+    pixel_acc: float | None = _f(MEASURE)
+    iou_per_class: list | None = _f(MEASURE)
+    untrained_miou: float | None = _f(MEASURE)
+    untrained_pixel_acc: float | None = _f(MEASURE)
+    majority_miou: float | None = _f(MEASURE)
+    majority_pixel_acc: float | None = _f(MEASURE)
+    loadavg_1m_before: float | None = _f(PROVENANCE)
+    loadavg_1m_after: float | None = _f(PROVENANCE)
+    train_cpu_s: float | None = _f(PROVENANCE, "s")
+    train_wall_s: float | None = _f(PROVENANCE, "s")
+    # --- outcome
+    status: str | None = _f(MEASURE, doc="ok | oom | error")
+    error: str | None = _f(MEASURE)
+    traceback: str | None = _f(PROVENANCE)
+    flags: list | None = _f(MEASURE, doc="short strings a reader must know (unstable-timing, time-cap, ...)")
+    # --- provenance
+    run_id: str | None = _f(PROVENANCE)
+    invocation: str | None = _f(PROVENANCE, doc="id of the line in invocations.jsonl")
+    timestamp: str | None = _f(PROVENANCE, doc="ISO 8601 with microseconds")
+    hostname: str | None = _f(PROVENANCE)
+    loadavg_1m: float | None = _f(PROVENANCE)
+    cpu_time_s: float | None = _f(PROVENANCE, "s")
+    wall_s: float | None = _f(PROVENANCE, "s")
+
+
+FIELDS = {f.name: f for f in fields(Record)}
+SETTING_FIELDS = [n for n, f in FIELDS.items() if f.metadata["kind"] == SETTING]
+PROVENANCE_FIELDS = [n for n, f in FIELDS.items() if f.metadata["kind"] == PROVENANCE]
+
+
+class SchemaError(ValueError):
+    """A writer put a field in a record that ``Record`` does not declare."""
+
+
+def check_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with ``schema_version``; raises SchemaError on a field the schema lacks."""
+    unknown = sorted(set(rec) - FIELDS.keys())
+    if unknown:
+        raise SchemaError(f"record fields not in bench.record.Record: {', '.join(unknown)}")
+    return {**rec, "schema_version": SCHEMA_VERSION}
+
+
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """Read a record of any schema version as the current one (v1: no version, no kind/precision)."""
+    rec = dict(rec)
+    if rec.get("schema_version") is None:
+        rec["schema_version"] = 1
+        fine = rec.get("mode") in ("det", "seg")
+        rec.setdefault("kind", "finetune" if fine else "run")
+        rec.setdefault("task", rec.get("mode") if fine else "cls")
+        dtype = rec.get("dtype")
+        if dtype and not rec.get("precision"):
+            # v1: plain/DDP autocast; DeepSpeed cast the whole model.
+            half = dtype in ("bf16", "fp16")
+            rec["precision"] = (f"{dtype}-weights" if rec.get("engine") == "deepspeed" else f"amp-{dtype}") if half else dtype
+    return rec
+
+
+def timestamp() -> str:
+    """Local time with microseconds and offset: orders retries within one second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1e6) % 1_000_000:06d}" + time.strftime("%z")
 
 
 def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}"
+    """Unique even for two runs started in the same second on one host."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{secrets.token_hex(2)}"
+
+
+class RecordWriteError(OSError):
+    """An append that could not be written whole (disk full, short write)."""
 
 
 class RunDir:
     """A results directory that cells append to."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, writer: str | None = None):
         self.path = Path(path)
+        self.writer = writer  # None: records.jsonl; else this writer's own shard
 
     @property
     def records_path(self) -> Path:
-        return self.path / RECORDS
+        return self.path / (RECORDS if self.writer is None else f"records.{self.writer}.jsonl")
+
+    def record_files(self) -> list[Path]:
+        """records.jsonl and every writer's shard, in a stable order."""
+        return [p for p in [self.path / RECORDS, *sorted(self.path.glob("records.*.jsonl"))]
+                if p.name == RECORDS or not p.name.startswith("records.torn-")]
 
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def check_writable(self) -> None:
+        """Refuse a records file that is a symlink or not a regular file before measuring."""
+        from bench.errors import BadInput
+
+        for path in self.record_files():
+            if path.is_symlink():
+                raise BadInput(f"{path} is a symlink; bench writes records only inside the run directory")
+            if path.exists() and not path.is_file():
+                raise BadInput(f"{path} exists but is not a file; remove it or choose another --out")
+
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record as a single write of one line (O_APPEND keeps concurrent writers'
-        lines whole), then fsync."""
-        line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode()
-        fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """Append one record whole or not at all (one checked write, then fsync)."""
+        line = (json.dumps(record, sort_keys=True, default=_json_default, allow_nan=False) + "\n").encode()
+        path = self.records_path
+        if path.is_symlink():
+            raise RecordWriteError(errno.ELOOP, f"{path} is a symlink; refusing to follow it")
+        self._quarantine_torn_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+            except OSError as exc:
+                written = -1
+                failure = exc
+            if written != len(line):
+                os.ftruncate(fd, start)  # take back a partial line so the file stays whole
+                if written >= 0:
+                    failure = OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+                raise RecordWriteError(failure.errno or errno.EIO, f"cannot append to {path}: {failure.strerror or failure}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _quarantine_torn_tail(self, path: Path) -> None:
+        """A last line without its newline (a kill mid-write) would swallow the next record:
+        move its bytes to a side file and cut it off."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0:
+            return
+        with path.open("rb+") as fh:
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            side = self.path / f"records.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+            side.write_bytes(data[cut:])
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+        print(f"bench: {path} ended in a torn line ({size - cut} bytes); kept them in {side} and cut them off",
+              file=sys.stderr)
+
+    def records(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        skipped = 0
+        for path in self.record_files():
+            recs, bad = read_records_counted(path)
+            out += recs
+            skipped += bad
+        if skipped:
+            print(f"bench: skipped {skipped} unreadable line(s) in {self.path}", file=sys.stderr)
+        return out
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``name`` atomically (temp file + rename)."""
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False))
+        os.replace(tmp, target)
+        return target
+
+    def append_invocation(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, sort_keys=True, default=_json_default, allow_nan=False) + "\n").encode()
+        fd = os.open(self.path / INVOCATIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def records(self) -> list[dict[str, Any]]:
-        return list(read_records(self.records_path))
 
-    def write_json(self, name: str, obj: Any) -> Path:
-        """Write ``name`` atomically (temp file + rename)."""
-        target = self.path / name
-        tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
-        os.replace(tmp, target)
-        return target
+def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """(the readable records of one file, upgraded; how many lines were unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        return [], 0
+    out, bad = [], 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                bad += 1
+                continue
+            if not isinstance(rec, dict):
+                bad += 1
+                continue
+            out.append(upgrade(rec))
+    return out, bad
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return
-    with path.open() as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write: the cell did not finish
+    yield from read_records_counted(path)[0]
+
+
+def latest_by_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (cell_key, config_id): the latest by timestamp (a retried cell's last try)."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for i, rec in enumerate(records):
+        key = (rec.get("cell_key"), rec.get("config_id")) if rec.get("cell_key") else ("#", i)
+        if not isinstance(key[0], str):
+            key = ("#", i)
+        old = best.get(key)
+        if old is None or str(rec.get("timestamp") or "") >= str(old.get("timestamp") or ""):
+            best[key] = rec
+    return list(best.values())
 
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (Path, tuple)):
+        return str(obj) if isinstance(obj, Path) else list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -20,7 +20,7 @@ from bench.data import (
     write_coco_fixture,
 )
 from bench.errors import BadInput
-from bench.metrics import confusion_matrix, majority_class_metrics
+from bench.measure.accuracy import confusion_matrix, majority_class_metrics
 
 H, W = 64, 96  # non-square on purpose: catches swapped height and width
 

@@ -14,8 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from bench.data import write_ade20k_fixture, write_coco_fixture
-from bench.finetune import build_task_model, finetune_command
-from bench.metrics import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
+from bench.cli import main
+from bench.scenarios.finetune import build_task_model
+from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
 from bench.record import read_records
 from conftest import REPO
 from slurm_cluster import slurm_one  # noqa: F401  (fixture: a private one-node Slurm cluster)
@@ -91,10 +92,14 @@ def test_segmentation_metrics_by_hand():
         (["--task", "seg", "--models", "resnet18", "--checkpoint", "resnet18=/nonexistent/r18.pth"],
          "/nonexistent/r18.pth"),
         (["--task", "seg", "--engine", "none", "--nproc", "2"], "--engine ddp"),
+        (["--task", "seg", "--lr", "nan"], "bad --lr 'nan'"),
+        (["--task", "seg", "--weight-decay", "nan"], "bad --weight-decay 'nan'"),
+        (["--task", "seg", "--seed", "-1"], "bad --seed '-1'"),
+        (["--task", "seg", "--steps", "٣"], "bad --steps"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, fragment, tmp_path):
-    result = CliRunner().invoke(finetune_command, [*args, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(main, ["finetune", *args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.output

@@ -7,7 +7,7 @@ import pytest
 import timm
 
 import models
-from bench.flops import count_flops
+from bench.measure.flops import count_flops
 from conftest import run_bench
 
 # PVT paper, Table 2 (params in M, "GFLOPs" = multiply-adds, i.e. our GMACs), rounded as printed.

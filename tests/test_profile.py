@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.profile import CATEGORIES, categorize
+from bench.measure.profile import CATEGORIES, categorize
 from bench.record import read_records
 from conftest import run_bench
 

@@ -15,7 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from bench.record import read_records
-from bench.slurm import PLAN, SCRIPT, cell_states, slurm_group
+from bench.cli import slurm_group
+from bench.launch.slurm import PLAN, SCRIPT, cell_states
+from bench.record import RunDir
 from slurm_cluster import slurm_one, slurm_two  # noqa: F401  (fixtures)
 
 TINY = ["--modes", "infer", "--budget", "0.2", "--no-report"]
@@ -34,7 +36,7 @@ def submitted_job(result) -> str:
 
 
 def cells_of(run_dir: Path) -> list[tuple[str, str, str, str]]:
-    return sorted((r["model"], r["res"], r["mode"], r["status"]) for r in read_records(run_dir / "records.jsonl"))
+    return sorted((r["model"], r["res"], r["mode"], r["status"]) for r in RunDir(run_dir).records())
 
 
 def status_rows(run_dir: Path, env: dict) -> dict[str, str]:
@@ -132,18 +134,23 @@ def test_missing_sbatch_exits_2(tmp_path):
 
 def test_cell_states_merge_queue_and_records():
     cells = [{"model": "resnet18", "res": r} for r in ("64", "96", "128", "160", "192")]
+    keys = {f"resnet18@{c['res']}": [f"cls|resnet18|{c['res']}|{m}|1" for m in ("infer", "train")] for c in cells}
     plan = {
-        "cells": cells, "modes": ["infer", "train"],
+        "cells": cells, "cell_keys": keys, "settings_ids": {"train": "T", "infer": "I"},
         "jobs": [
             {"job_id": "10", "array": True, "cells": cells[:4]},
             {"job_id": "11", "array": False, "cells": cells[4:]},
         ],
     }
+    def rec(res, mode, status, settings=None):
+        return {"model": "resnet18", "res": res, "mode": mode, "status": status,
+                "cell_key": f"cls|resnet18|{res}|{mode}|1", "settings_id": settings or ("T" if mode == "train" else "I")}
+
     records = [
-        {"model": "resnet18", "res": "64", "mode": "infer", "status": "ok"},
-        {"model": "resnet18", "res": "64", "mode": "train", "status": "oom"},
-        {"model": "resnet18", "res": "128", "mode": "infer", "status": "error"},
-        {"model": "resnet18", "res": "192", "mode": "infer", "status": "ok"},  # train still missing
+        rec("64", "infer", "ok"), rec("64", "train", "oom"),
+        rec("96", "infer", "ok"), rec("96", "train", "ok", settings="OTHER"),  # another configuration
+        rec("128", "infer", "error"),
+        rec("192", "infer", "ok"),  # train still missing
     ]
     queue = {("10", "0"): "COMPLETED", ("10", "1"): "RUNNING", ("10", "2"): "PENDING", ("10", "3"): "FAILED"}
     states = [r["state"] for r in cell_states(plan, records, queue)]
@@ -202,8 +209,9 @@ def test_array_sweep_fills_one_run_dir_and_resubmit_sends_only_missing_cells(slu
     assert nothing.exit_code == 0 and "Nothing to resubmit" in nothing.output
 
     # Lose the 96 cell: its task completed without a record, so it counts as failed.
-    records = out / "records.jsonl"
-    records.write_text("".join(ln for ln in records.read_text().splitlines(True) if '"res": "96"' not in ln))
+    for records in RunDir(out).record_files():  # each array task wrote its own shard
+        if records.exists():
+            records.write_text("".join(ln for ln in records.read_text().splitlines(True) if '"res": "96"' not in ln))
     assert status_rows(out, slurm_one.env) == {"resnet18@64": "done", "resnet18@96": "failed"}
     again = submitted_job(cli("resubmit", str(out), env=slurm_one.env))
     assert slurm_one.wait_job(again) == ["COMPLETED"]
@@ -221,7 +229,7 @@ def test_two_tasks_run_a_two_rank_gloo_ddp_measurement(slurm_one, tmp_path):
                             env=slurm_one.env))
     log = out / f"slurm-{job}.out"
     assert slurm_one.wait_job(job, timeout=180) == ["COMPLETED"], log.read_text()
-    (rec,) = list(read_records(out / "records.jsonl"))
+    (rec,) = RunDir(out).records()
     assert (rec["status"], rec["world_size"], rec["engine"], rec["mode"]) == ("ok", 2, "ddp", "train")
 
 
@@ -231,7 +239,7 @@ def test_preempted_job_stops_at_a_cell_boundary_requeues_and_resumes(slurm_one, 
     res = ["64", "96", "128", "160"]
     job = submitted_job(cli("submit", "--", "run", "--models", "resnet18", "--res", ",".join(res), *TINY,
                             "--out", str(out), env=slurm_one.env))
-    records = out / "records.jsonl"
+    records = out / f"records.slurm-{job}-0.jsonl"  # a job's own shard (bench.sweep.writer_name)
     wait_for(lambda: records.exists() and records.read_text(), 120, "no first record")
     states = status_rows(out, slurm_one.env)
     assert states["resnet18@64"] == "done" and states["resnet18@160"] == "running"
@@ -271,5 +279,5 @@ def test_two_node_job_meets_at_a_torchrun_rendezvous(slurm_two, tmp_path):
     # One torchrun per node with one process each: a world of 2 means both nodes joined.
     assert "NPROC=1" in (out / SCRIPT).read_text()
     assert "n[1-2]" in log.read_text()
-    (rec,) = list(read_records(out / "records.jsonl"))
+    (rec,) = RunDir(out).records()
     assert (rec["status"], rec["world_size"], rec["engine"]) == ("ok", 2, "ddp")

@@ -10,21 +10,14 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bench.errors import BadInput
-from bench.record import ENV, RECORDS, read_records
+from bench.record import ENV, FIELDS, RECORDS, RunDir, latest_by_cell
 
-RECORD_FIELDS = [
-    "model", "family", "res", "height", "width", "mode", "batch", "device", "device_name",
-    "dtype", "engine", "zero", "world_size", "global_batch", "params", "gmacs", "gflops",
-    "stage_gmacs", "latency_ms", "latency_p90_ms", "throughput", "per_rank_step_ms",
-    "scaling_efficiency", "peak_mem_mb", "mfu", "peak_tflops", "op_breakdown", "status", "error",
-    "iters", "wall_s", "loadavg_1m", "run_id", "timestamp", "map", "ap50", "ap75", "miou",
-    "pixel_acc", "loss_curve", "pretrained", "untrained_map", "untrained_miou", "majority_miou",
-    "loss_last_mean",
-]
+# Every field of the schema (bench.record.Record): nothing a writer records is dropped here.
+RECORD_FIELDS = list(FIELDS)
 NUMERIC_FIELDS = (
     "params", "gmacs", "latency_ms", "latency_p90_ms", "throughput", "per_rank_step_ms",
     "scaling_efficiency", "peak_mem_mb", "mfu", "map", "ap50", "ap75", "miou", "pixel_acc",
-    "untrained_map", "untrained_miou", "majority_miou", "loss_last_mean",
+    "untrained_map", "untrained_miou", "majority_miou", "loss_last_mean", "iters", "latency_cv",
 )
 # The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
 FINETUNE_MODES = ("det", "seg")
@@ -57,12 +50,13 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise BadInput(f"run directory '{path}' does not exist; pass a directory written by `bench run --out DIR`")
-    records_path = path / RECORDS
-    if not records_path.is_file():
+    run_dir = RunDir(path)
+    if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
-    records = [r for r in read_records(records_path) if isinstance(r, dict)]
+    # A retried cell counts once: its latest record (by timestamp), in every table and plot.
+    records = latest_by_cell(run_dir.records())
     if not records:
-        raise BadInput(f"'{records_path}' holds no finished cell; run `bench run --out {path}` to fill it")
+        raise BadInput(f"'{path / RECORDS}' holds no finished cell; run `bench run --out {path}` to fill it")
     env: dict[str, Any] = {}
     env_path = path / ENV
     if env_path.is_file():
@@ -92,7 +86,8 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run_index, run in enumerate(runs):
         for r in run.records:
-            row = {**{k: r.get(k) for k in RECORD_FIELDS}, "run_id": run.run_id, "run_index": run_index}
+            row = {**{k: _scalar_or_json(k, r.get(k)) for k in RECORD_FIELDS}, "run_id": run.run_id,
+                   "run_index": run_index}
             row["device_name"] = row["device_name"] or run.env.get("device_name") or row["device"]
             rows.append(row)
     df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "run_index"])
@@ -105,6 +100,7 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     df["world_size"] = pd.to_numeric(df["world_size"], errors="coerce").fillna(1).astype(int)
     df["device_name"] = df["device_name"].fillna("unknown device").astype(str)
     df["status"] = df["status"].fillna("ok").astype(str)
+    df = df.copy()  # one block again after the per-column conversions of a wide frame
     df["res"] = [_res_label(r) for r in df[["res", "height", "width"]].to_dict("records")]
     df["pixels"] = [_pixels(r) for r in df[["res", "height", "width"]].to_dict("records")]
     for col in NUMERIC_FIELDS:
@@ -126,6 +122,17 @@ def performance_cells(df: pd.DataFrame) -> pd.DataFrame:
 def finetune_cells(df: pd.DataFrame) -> pd.DataFrame:
     """The fine-tune cells (detection, segmentation)."""
     return df[df["mode"].isin(FINETUNE_MODES)]
+
+
+_CONTAINER_FIELDS = {n for n, f in FIELDS.items() if f.type in ("dict | None", "list | None")}
+
+
+def _scalar_or_json(name: str, value: Any) -> Any:
+    """A field of the wrong shape (``batch: [1, 2]`` in a hand-edited file) must not break the
+    report: containers stay only where the schema declares a container."""
+    if isinstance(value, (list, dict)) and name not in _CONTAINER_FIELDS:
+        return json.dumps(value)[:80]
+    return value
 
 
 def _slowest_rank(v: Any) -> Any:

@@ -2,6 +2,7 @@
 the template in bench/templates), as CSV or as Markdown, written atomically to a file."""
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
 from bench.report.load import FINETUNE_MODES, Run, load_runs, records_frame
 from bench.report.plots import PERF_PLOTS, make_plots
 from bench.report.references import PAPER_TABLE2, reference_table, throughput_reference_table
-from bench.report.tables import Table, as_text, comparison_table, perf_tables, status_text
+from bench.report.tables import Table, as_text, comparison_table, perf_tables, provenance_table, status_text
 
 FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
@@ -29,6 +30,7 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
         raise BadInput(f"unknown report format '{fmt}'; choose from {', '.join(FORMATS)}")
     if not run_dirs:
         raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
+    _refuse_overwriting_inputs(run_dirs, Path(out))
     runs = load_runs(run_dirs)
     df = records_frame(runs)
     tables = all_tables(df)
@@ -46,6 +48,17 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
     return out
 
 
+def _refuse_overwriting_inputs(run_dirs: list[Path], out: Path) -> None:
+    """``--out`` must not name a file the report reads (records, env, invocations, a shard)."""
+    from bench.record import ENV, INVOCATIONS, RunDir
+
+    target = out.resolve()
+    for run_dir in run_dirs:
+        inputs = [*RunDir(run_dir).record_files(), Path(run_dir) / ENV, Path(run_dir) / INVOCATIONS]
+        if any(p.resolve() == target for p in inputs):
+            raise BadInput(f"--out {out} is one of the report's inputs; write the report elsewhere")
+
+
 def all_tables(df: pd.DataFrame) -> list[Table]:
     """Every table of the report, in page order: the Markdown export is all of them, the CSV
     the per-cell ones (see render_csv)."""
@@ -53,7 +66,9 @@ def all_tables(df: pd.DataFrame) -> list[Table]:
     for extra in (comparison_table(df), reference_table(df), throughput_reference_table(df)):
         if extra is not None:
             tables.append(extra)
-    return tables + finetune_tables(df)
+    tables += finetune_tables(df)
+    details = provenance_table(df)
+    return tables + ([details] if details is not None else [])
 
 
 def report_title(runs: list[Run]) -> str:
@@ -124,19 +139,39 @@ def render_csv(tables: list[Table]) -> str:
     rows (plus the paper's constants) with other columns; they are in the HTML and Markdown."""
     frames = [t.to_frame().assign(table=t.key).loc[:, lambda f: ["table", *t.columns]]
               for t in tables if t.key.startswith(PER_CELL_TABLES)]
-    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+    frame = pd.concat(frames, ignore_index=True).map(neutralise_csv_cell)
+    frame.columns = [neutralise_csv_cell(c) for c in frame.columns]
+    return frame.to_csv(index=False)
+
+
+def neutralise_csv_cell(value: Any) -> Any:
+    """OWASP's rule against formula injection: a text cell that begins with =, +, -, @ (or a tab
+    or carriage return) and is not a number gets a leading '."""
+    if not isinstance(value, str) or not value or value[0] not in "=+-@\t\r":
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def _md_cell(text: str) -> str:
+    """One Markdown table cell: HTML escaped (Markdown renderers pass raw HTML through), no line
+    break, no bare "|" (either would end the cell)."""
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", r"\|")
 
 
 def render_md(runs: list[Run], tables: list[Table]) -> str:
     """Every table as a Markdown section; best cells in bold, the notes below each table."""
-    parts = [f"# {report_title(runs)}", ""]
+    parts = [f"# {_md_cell(report_title(runs))}", ""]
     for t in tables:
         # A "|" or a line break in a cell (a model name, an error message) would end the cell.
-        frame = t.to_frame(mark_best="**").map(lambda text: " ".join(text.split()).replace("|", r"\|"))
-        frame.columns = [c.replace("|", r"\|") for c in frame.columns]
+        frame = t.to_frame(mark_best="**").map(_md_cell)
+        frame.columns = [_md_cell(c) for c in frame.columns]
         # disable_numparse: tabulate would otherwise re-format "13.20" as "13.2".
-        parts += [f"## {t.title}", "", frame.to_markdown(index=False, disable_numparse=True), ""]
-        parts += [f"- {note}" for note in t.notes]
+        parts += [f"## {_md_cell(t.title)}", "", frame.to_markdown(index=False, disable_numparse=True), ""]
+        parts += [f"- {_md_cell(note)}" for note in t.notes]
         if t.notes:
             parts.append("")
     return "\n".join(parts)

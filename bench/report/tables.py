@@ -54,10 +54,30 @@ PERF_METRICS = [
     Metric("peak_mem_mb", "peak memory (MB)", "min"),
     Metric("mfu", "MFU (%)", "max", 100.0),
     Metric("scaling_efficiency", "scaling efficiency (%)", "max", 100.0),
+    Metric("iters", "timed iters", ""),
+    Metric("latency_cv", "CV (%)", "", 100.0),
 ]
 
 PERF_ID_COLUMNS = [("res", "res"), ("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
                    ("setup", "run"), ("run_id", "run id")]
+# Settings already named by the identity columns (``setup`` = device name, engine, ZeRO, world size).
+_SHOWN_SETTINGS = {"dtype", "device", "device_name", "engine", "zero", "world_size", "ds_config", "global_batch"}
+
+
+def varying_settings(df: pd.DataFrame) -> list[str]:
+    """The measuring settings (kind "setting" in bench.record.Record) whose value differs between
+    the cells of one mode in ``df``: each becomes a column, so no two rows that differ look alike."""
+    from bench.record import SETTING_FIELDS
+
+    out = []
+    for name in SETTING_FIELDS:
+        if name in _SHOWN_SETTINGS or name not in df.columns:
+            continue
+        text = df[name].map(lambda v: "—" if v is None or v != v else str(v))
+        # Within one mode: a training-only setting (grad clip) is blank for every inference cell.
+        if (text.groupby(df["mode"], sort=False).nunique() > 1).any():
+            out.append(name)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,8 +170,12 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
             else:
                 row.append(missing_cell())
         row.append(status_cell(r["status"], r["error"]))
+        if "flags" in df.columns:
+            flags = r["flags"] if isinstance(r["flags"], list) else []
+            row.append(Cell(", ".join(map(str, flags)) or "—", kind="warn" if flags else ""))
         rows.append(row)
-    columns = [h for _, h in id_columns] + [m.header for m in metrics] + ["status"]
+    columns = [h for _, h in id_columns] + [m.header for m in metrics] + ["status"] + \
+        (["flags"] if "flags" in df.columns else [])
     return Table(key, title, columns, rows, notes or [], group_starts)
 
 
@@ -177,11 +201,28 @@ def perf_tables(df: pd.DataFrame) -> list[Table]:
     """One table per mode (infer, train, ...), rows model × resolution × batch × run."""
     tables = []
     perf = performance_cells(df)
+    settings = [(name, name.replace("_", " ")) for name in varying_settings(perf)]
     for mode in dict.fromkeys(perf["mode"]):
         part = sort_cells(perf[perf["mode"] == mode]).reset_index(drop=True)
         tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part,
-                                   PERF_ID_COLUMNS, PERF_METRICS, ["res", "batch"]))
+                                   PERF_ID_COLUMNS[:4] + settings + PERF_ID_COLUMNS[4:], PERF_METRICS,
+                                   ["res", "batch"] + [name for name, _ in settings]))
     return tables
+
+
+def provenance_table(df: pd.DataFrame) -> Table | None:
+    """Where and when each cell was measured (the details view, not the results tables)."""
+    from bench.record import PROVENANCE_FIELDS
+
+    shown = [f for f in ("timestamp", "hostname", "wall_s", "cpu_time_s", "loadavg_1m", "invocation")
+             if f in PROVENANCE_FIELDS and f in df.columns and df[f].notna().any()]
+    if not shown:
+        return None
+    part = sort_cells(df).reset_index(drop=True)
+    columns = ["model", "res", "mode", "batch", "run id", *[f.replace("_", " ") for f in shown]]
+    rows = [[Cell(as_text(r[c])) for c in ("model", "res", "mode", "batch", "run_id")]
+            + [Cell(as_text(r[f])) for f in shown] for _, r in part.iterrows()]
+    return Table("provenance", "Provenance of each cell", columns, rows)
 
 
 def comparison_table(df: pd.DataFrame) -> Table | None:
@@ -193,7 +234,7 @@ def comparison_table(df: pd.DataFrame) -> Table | None:
     if len(series) < 2:
         return None
     first = series[0]
-    key = ["mode", "res", "model", "batch", "dtype"]
+    key = ["mode", "res", "model", "batch", "dtype", *varying_settings(perf)]
     columns = key + [f"throughput (img/s): {s}" for s in series] + \
               [f"speed vs first: {s}" for s in series[1:]]
     rows, group_starts, previous = [], set(), None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from bench.speed import measure
+from bench.measure.timing import measure
 
 
 def load_official(path: str):

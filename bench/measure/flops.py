@@ -10,17 +10,13 @@ ships them.
 """
 from __future__ import annotations
 
-import json
 import sys
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
-import click
 import torch
 import torch.nn as nn
-
-from bench.errors import BadInput
 
 # Ops both counters score (matmul, conv, attention); the cross-check compares these only,
 # because fvcore additionally counts norms, pooling and upsampling and FlopCounterMode does not.
@@ -152,37 +148,7 @@ def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-@click.command("flops")
-@click.option("--models", "models_text", required=True, help="Comma-separated model names, e.g. pvt_small,vit_s,resnet50.")
-@click.option("--res", "res_text", default="224", show_default=True, help="Sizes (multiples of 32): 224,512 or 512x640.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
-@click.option("--no-cross-check", is_flag=True, help="Skip the torch.utils.flop_counter cross-check.")
-def flops_command(models_text: str, res_text: str, as_json: bool, no_cross_check: bool) -> None:
-    """Parameters, GMACs and GFLOPs (= 2 x GMACs) per model and resolution, with stages."""
-    from bench.build import build_model
-    from bench.plan import parse_models, parse_resolutions
-
-    names = parse_models(models_text)
-    sizes = parse_resolutions(res_text)
-    reports: list[FlopReport] = []
-    for name in names:
-        model = build_model(name)
-        for h, w in sizes:
-            reports.append(count_flops(model, name, h, w, cross_check=not no_cross_check))
-    if as_json:
-        click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
-    else:
-        _print_table(reports)
-    for r in reports:
-        if r.crosscheck_rel_diff is not None and r.crosscheck_rel_diff > CROSS_CHECK_TOLERANCE:
-            click.echo(
-                f"warning: {r.model}@{r.res}: fvcore and torch.utils.flop_counter disagree by "
-                f"{100 * r.crosscheck_rel_diff:.2f}% on matmul/conv/attention",
-                err=True,
-            )
-
-
-def _print_table(reports: list[FlopReport]) -> None:
+def print_flops_table(reports: list[FlopReport]) -> None:
     from rich.console import Console
     from rich.table import Table
 

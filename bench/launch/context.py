@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def started_by_srun() -> bool:
@@ -79,8 +86,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        # Under --gpus-per-task / --gpu-bind each task sees only its own GPUs: index the visible ones.
+        index = local_rank % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     backend = None

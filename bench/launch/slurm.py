@@ -10,7 +10,7 @@ How a job starts bench (documented in the template header too):
 
 - one node, one task: the batch shell runs ``python -m bench.cli ...``;
 - ``--tasks-per-node K``: ``srun`` starts K tasks per node, each a bench rank that reads
-  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (bench.distributed);
+  SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (bench.launch.context);
 - several nodes or several GPUs per node: ``srun`` starts one task per node running
   ``torchrun --nnodes $SLURM_NNODES --node-rank $SLURM_NODEID --nproc-per-node G`` with a static
   rendezvous: node rank 0 hosts the store at the NodeAddr of the first host of
@@ -42,6 +42,7 @@ from typing import Any
 import click
 
 from bench.errors import BadInput
+from bench.launch.local import PREEMPTED_EXIT, strip_option
 from bench.record import RunDir, new_run_id
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -60,73 +61,49 @@ STATES = ("done", "running", "pending", "failed", "missing")
 # --------------------------------------------------------------------------------------------
 @dataclass
 class BenchCommand:
-    """The arguments after ``--``, parsed by the bench subcommand's own click parser (so bad
-    arguments fail at submit time, not in the queue)."""
+    """The arguments after ``--``, validated by bench's one parser (bench.config.parse_command),
+    so a job that can only fail in the queue is never submitted."""
 
     args: list[str]
     run_dir: Path
     cells: list[dict[str, str]]  # [{"model": ..., "res": ...}], in run order
-    modes: list[str]
-
-
-def _param(cmd: click.Command, opt: str) -> click.Parameter | None:
-    """The parameter behind option ``opt`` (matched by its public spelling, not its name)."""
-    return next((p for p in cmd.params if opt in p.opts), None)
-
-
-def _strip(cmd: click.Command, args: list[str], *opts: str) -> list[str]:
-    from bench.launch import strip_option
-
-    for opt in opts:
-        p = _param(cmd, opt)
-        for spelling in (p.opts if p else [opt]):
-            args = strip_option(args, spelling)
-    return args
+    cell_keys: dict[str, list[str]]  # "model@res" -> the sweep's cell keys (modes x batches)
+    settings_ids: dict[str, str]  # "train" / "infer" -> bench.config.settings id (identity without runtime)
 
 
 def parse_bench_command(args: tuple[str, ...] | list[str], distributed: bool) -> BenchCommand:
-    """Validate the bench command with its own parser; inject ``--out RUN_DIR`` (absolute) and
-    ``--engine ddp`` for a distributed launch when no engine was given. (Threads need nothing:
-    the script sets OMP_NUM_THREADS from the CPUs Slurm allocated, which torch follows.)"""
-    from bench.cli import main
-    from bench.plan import make_cells, parse_models, parse_modes, parse_resolutions
+    """Validate the bench command; inject ``--out RUN_DIR`` (absolute) and ``--engine ddp`` for a
+    distributed launch when no engine was given. (Threads need nothing: the script sets
+    OMP_NUM_THREADS from the CPUs Slurm allocated, which torch follows.)"""
+    from bench.config import identity, identity_id, parse_command
+    from bench.plan import make_cells
 
-    args = list(args)
-    if not args:
-        raise BadInput("give the bench command after '--', e.g. bench slurm submit -- run --models resnet18 --res 224")
-    name, rest = args[0], args[1:]
-    cmd = main.commands.get(name)
-    if cmd is None:
-        raise BadInput(f"unknown bench command '{name}'; choose from {', '.join(sorted(main.commands))}")
-    try:
-        ctx = cmd.make_context(f"bench {name}", list(rest))
-    except click.ClickException as e:
-        raise BadInput(f"bench {name}: {e.format_message()}") from None
-    params = {opt: ctx.params[p.name] for opt in ("--models", "--res", "--modes", "--out", "--engine")
-              if (p := _param(cmd, opt)) is not None}
-    if not {"--models", "--res", "--out"} <= params.keys():
-        raise BadInput(f"bench {name} has no --models/--res/--out; slurm submit runs sweeps such as 'run'")
-
-    models = parse_models(params["--models"])
-    resolutions = parse_resolutions(params["--res"])
-    modes = parse_modes(params["--modes"]) if params.get("--modes") else []
-    cells = [{"model": c.model, "res": c.res} for c in make_cells(models, resolutions, ["infer"], [1])]
-
-    run_dir = (Path(params["--out"]) if params["--out"] else Path("results") / new_run_id()).resolve()
-    rest = _strip(cmd, rest, "--out") + ["--out", str(run_dir)]
-    if distributed and "--engine" in params:
-        if ctx.get_parameter_source(_param(cmd, "--engine").name) is click.core.ParameterSource.DEFAULT:
+    name, cfg, ctx = parse_command(list(args))
+    rest = list(args[1:])
+    run_dir = (Path(cfg.out) if cfg.out else Path("results") / new_run_id()).resolve()
+    rest = strip_option(rest, "--out") + ["--out", str(run_dir)]
+    if distributed:
+        if ctx.get_parameter_source("engine") is click.core.ParameterSource.DEFAULT:
             rest += ["--engine", "ddp"]
-        elif params["--engine"] == "none":
+            cfg.engine = "ddp"
+        elif cfg.engine == "none":
             raise BadInput("several nodes, tasks or GPUs need a distributed engine: drop --engine none (ddp is then used)")
-    return BenchCommand([name, *rest], run_dir, cells, modes)
+    modes = getattr(cfg, "modes", None) or [cfg.task]
+    batches = getattr(cfg, "batches", None) or [cfg.batch]
+    if name == "profile" and ctx.get_parameter_source("modes_text") is click.core.ParameterSource.DEFAULT:
+        modes = ["infer"]
+    cells, keys = [], {}
+    for c in make_cells(cfg.models, cfg.res, ["infer"], [1]):
+        cells.append({"model": c.model, "res": c.res})
+        keys[f"{c.model}@{c.res}"] = [k.key for k in make_cells([c.model], [(c.height, c.width)], modes, batches,
+                                                                 getattr(cfg, "task", "cls"))]
+    settings = {kind: identity_id(identity(cfg, kind == "train", {})) for kind in ("train", "infer")}
+    return BenchCommand([name, *rest], run_dir, cells, keys, settings)
 
 
 def without_sweep(args: list[str]) -> list[str]:
     """``args`` without --models/--res, for array tasks that each add their own cell."""
-    from bench.cli import main
-
-    return [args[0], *_strip(main.commands[args[0]], args[1:], "--models", "--res")]
+    return [args[0], *strip_option(strip_option(args[1:], "--models"), "--res")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,8 +130,6 @@ def launch_mode(nodes: int, gpus_per_node: int, tasks_per_node: int) -> tuple[st
 def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, script_name: str) -> str:
     """The batch script for ``plan``; with ``cells``, an array with one task per cell."""
     import jinja2
-
-    from bench.preempt import PREEMPTED_EXIT
 
     o = plan["options"]
     launch, nproc = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
@@ -259,15 +234,18 @@ def queue_states(job_ids: list[str]) -> tuple[dict[tuple[str, str | None], str],
 # --------------------------------------------------------------------------------------------
 def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
                 queue: dict[tuple[str, str | None], str]) -> list[dict[str, Any]]:
-    """One row per planned cell: done (every planned mode has an ok/oom record), else running /
-    pending from the latest job that covers it, else failed (an error record, or its job ended
-    without recording it), else missing."""
+    """One row per planned cell (model x resolution): done when every one of its sweep cells
+    (modes x batches) has an ok/oom record of the same configuration (the resume identity without
+    the runtime: ``settings_id``), else running / pending from the latest job that covers it, else
+    failed (an error record, or its job ended without recording it), else missing."""
+    settings = set((plan.get("settings_ids") or {}).values())
+    finished = {r.get("cell_key") for r in records if r.get("status") in ("ok", "oom")
+                and (not settings or r.get("settings_id") in settings)}
     rows = []
     for cell in plan["cells"]:
         mine = [r for r in records if r.get("model") == cell["model"] and str(r.get("res")) == cell["res"]]
-        finished = {r.get("mode") for r in mine if r.get("status") in ("ok", "oom")}
-        expected = set(plan.get("modes") or []) or {None}
-        done = bool(finished) and (expected == {None} or expected <= finished)
+        expected = (plan.get("cell_keys") or {}).get(f"{cell['model']}@{cell['res']}") or []
+        done = bool(expected) and all(k in finished for k in expected)
         job_ref, slurm_state = None, None
         for job in plan["jobs"]:
             if cell not in job["cells"]:
@@ -290,14 +268,35 @@ def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
     return rows
 
 
+_PLAN_KEYS = {"bench_args": list, "cells": list, "cell_keys": dict, "run_dir": str, "python": str, "workdir": str,
+              "source_root": str, "options": dict, "jobs": list}
+_OPTION_KEYS = ("partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "time", "account",
+                "job_name", "signal_before", "sbatch_opts", "array_per_cell")
+
+
 def load_plan(run_dir: Path) -> dict[str, Any]:
+    """``slurm_plan.json``, checked: a missing key or a wrong type is one line, exit 2."""
     path = run_dir / PLAN
     if not path.exists():
         raise BadInput(f"{run_dir} has no {PLAN}: it was not submitted with 'bench slurm submit'")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        plan = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(plan, dict):
+        raise BadInput(f"{path} is not a bench slurm plan (expected a JSON object)")
+    for key, kind in _PLAN_KEYS.items():
+        if not isinstance(plan.get(key), kind):
+            raise BadInput(f"{path} is missing '{key}' (or it is not a {kind.__name__}); resubmit with "
+                           "'bench slurm submit' into a new --out")
+    missing = [k for k in _OPTION_KEYS if k not in plan["options"]]
+    bad_cells = [c for c in plan["cells"] if not (isinstance(c, dict) and isinstance(c.get("model"), str)
+                                                   and isinstance(c.get("res"), str))]
+    bad_jobs = [j for j in plan["jobs"] if not (isinstance(j, dict) and {"job_id", "array", "cells"} <= j.keys())]
+    if missing or bad_cells or bad_jobs:
+        what = f"options {', '.join(missing)}" if missing else ("a cell" if bad_cells else "a job")
+        raise BadInput(f"{path} is malformed ({what} missing or of the wrong type)")
+    return plan
 
 
 def current_states(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
@@ -338,64 +337,38 @@ def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: 
     return job_id
 
 
-@click.group("slurm")
-def slurm_group() -> None:
-    """Run bench commands as SLURM batch jobs and follow them."""
-
-
-@slurm_group.command("submit")
-@click.option("--partition", "-p", help="Slurm partition (sbatch --partition).")
-@click.option("--nodes", "-N", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Nodes per job; more than one starts torchrun on each node.")
-@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
-              help="GPUs per node; torchrun starts one process per GPU.")
-@click.option("--tasks-per-node", type=click.IntRange(min=1), default=1, show_default=True,
-              help="srun tasks per node, each a bench rank (instead of torchrun).")
-@click.option("--cpus-per-task", "-c", type=click.IntRange(min=1), help="CPUs per task; sets OMP_NUM_THREADS.")
-@click.option("--time", "-t", "time_limit", help="Time limit per job, e.g. 01:00:00.")
-@click.option("--account", "-A", help="Account to charge.")
-@click.option("--job-name", "-J", help="Job name [bench-<run dir name>].")
-@click.option("--signal-before", type=click.IntRange(min=1), default=120, show_default=True,
-              help="Seconds before the time limit that Slurm sends USR1 to stop at a cell boundary.")
-@click.option("--sbatch-opt", "sbatch_opts", multiple=True,
-              help="Any other sbatch option, one per use, e.g. --sbatch-opt=--qos=high.")
-@click.option("--array-per-cell", is_flag=True, help="One array task per model x resolution.")
-@click.option("--dry-run", is_flag=True, help="Print the script; submit nothing, write nothing.")
-@click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
-def submit_command(partition, nodes, gpus_per_node, tasks_per_node, cpus_per_task, time_limit, account,
-                   job_name, signal_before, sbatch_opts, array_per_cell, dry_run, bench_args) -> None:
-    """Submit BENCH_ARGS (after '--', e.g. '-- run --models resnet18 --res 224') as SLURM jobs."""
-    launch, _ = launch_mode(nodes, gpus_per_node, tasks_per_node)
-    cmd = parse_bench_command(bench_args, distributed=launch != "single")
+def submit(o: dict[str, Any]) -> list[str]:
+    """``bench slurm submit``: the lines to print."""
+    launch, _ = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
+    cmd = parse_bench_command(o["bench_args"], distributed=launch != "single")
     plan = {
         "bench_args": cmd.args,
         "cells": cmd.cells,
-        "modes": cmd.modes,
+        "cell_keys": cmd.cell_keys,
+        "settings_ids": cmd.settings_ids,
         "run_dir": str(cmd.run_dir),
         "python": sys.executable,
         "workdir": os.getcwd(),
         "source_root": str(SOURCE_ROOT),
         "options": {
-            "partition": partition, "nodes": nodes, "gpus_per_node": gpus_per_node,
-            "tasks_per_node": tasks_per_node, "cpus_per_task": cpus_per_task, "time": time_limit,
-            "account": account, "job_name": job_name, "signal_before": signal_before,
-            "sbatch_opts": list(sbatch_opts), "array_per_cell": array_per_cell,
+            "partition": o["partition"], "nodes": o["nodes"], "gpus_per_node": o["gpus_per_node"],
+            "tasks_per_node": o["tasks_per_node"], "cpus_per_task": o["cpus_per_task"], "time": o["time_limit"],
+            "account": o["account"], "job_name": o["job_name"], "signal_before": o["signal_before"],
+            "sbatch_opts": list(o["sbatch_opts"]), "array_per_cell": o["array_per_cell"],
         },
         "jobs": [],
     }
-    if (cmd.run_dir / PLAN).exists() and not dry_run:
+    if (cmd.run_dir / PLAN).exists() and not o["dry_run"]:
         raise BadInput(f"{cmd.run_dir} already has {PLAN}; use 'bench slurm resubmit {cmd.run_dir}' or a new --out")
-    job_id = submit_plan(plan, cmd.cells, SCRIPT, dry_run)
-    if job_id is not None:
-        what = f"array of {len(cmd.cells)} cells" if array_per_cell else f"{len(cmd.cells)} cells"
-        click.echo(f"Submitted batch job {job_id} ({what}) into {cmd.run_dir}")
+    job_id = submit_plan(plan, cmd.cells, SCRIPT, o["dry_run"])
+    if job_id is None:
+        return []
+    what = f"array of {len(cmd.cells)} cells" if o["array_per_cell"] else f"{len(cmd.cells)} cells"
+    return [f"Submitted batch job {job_id} ({what}) into {cmd.run_dir}"]
 
 
-@slurm_group.command("status")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def status_command(run_dir: Path, as_json: bool) -> None:
-    """Which cells of RUN_DIR are done, running, pending, failed or missing."""
+def print_status(run_dir: Path, as_json: bool) -> None:
+    """``bench slurm status``: which cells are done, running, pending, failed or missing."""
     _, rows, notes = current_states(run_dir)
     if as_json:
         click.echo(json.dumps({"cells": rows, "notes": notes}, indent=2))
@@ -418,18 +391,14 @@ def status_command(run_dir: Path, as_json: bool) -> None:
         console.print(f"note: {note}")
 
 
-@slurm_group.command("resubmit")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Print the script; submit nothing.")
-def resubmit_command(run_dir: Path, dry_run: bool) -> None:
-    """Submit again only the cells of RUN_DIR that are neither done nor queued."""
+def resubmit(run_dir: Path, dry_run: bool) -> list[str]:
+    """``bench slurm resubmit``: only the cells that are neither done nor queued."""
     plan, rows, _ = current_states(run_dir)
     todo = [{"model": r["model"], "res": r["res"]} for r in rows if r["state"] in ("failed", "missing")]
     if not todo:
-        click.echo("Nothing to resubmit: every cell is done, running or pending.")
-        return
+        return ["Nothing to resubmit: every cell is done, running or pending."]
     script_name = f"slurm_job.resubmit-{len(plan['jobs'])}.sbatch"
     job_id = submit_plan(plan, todo, script_name, dry_run)
-    if job_id is not None:
-        click.echo(f"Submitted batch job {job_id} for {len(todo)} cells: "
-                   + ", ".join(f"{c['model']}@{c['res']}" for c in todo))
+    if job_id is None:
+        return []
+    return [f"Submitted batch job {job_id} for {len(todo)} cells: " + ", ".join(f"{c['model']}@{c['res']}" for c in todo)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 from typing import Callable
 
 import torch
@@ -32,6 +31,27 @@ def categorize(op_name: str) -> str:
     return "other"
 
 
+def op_breakdown(events, on_device: bool) -> dict[str, float]:
+    """Share of profiled time per category.
+
+    CPU: each op's self CPU time. GPU: device-side time only, each kernel counted once, under the
+    op that launched it (``evt.kernels`` of the CPU op that issued it): a cuDNN conv kernel
+    counts as conv because ``aten::cudnn_convolution`` launched it, a flash-attention kernel as
+    attention. Summing every ``key_averages()`` row's device time instead would count a kernel
+    twice (under the aten op and as the kernel) and sort kernels by their own cryptic names."""
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for evt in events:
+        if evt.name.startswith("ProfilerStep"):
+            continue
+        if on_device:
+            for kernel in getattr(evt, "kernels", None) or []:
+                totals[categorize(evt.name)] += kernel.duration
+        elif evt.self_cpu_time_total > 0:
+            totals[categorize(evt.name)] += evt.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
+
+
 def profile_cell(step: Callable[[], object], device: torch.device, trace_dir: Path, worker: str, active: int = 3) -> tuple[dict[str, float], str]:
     """Profile ``active`` steps after one warm-up; write a TensorBoard trace for ``worker`` and
     return (fraction of self time per category, trace path)."""
@@ -47,24 +67,6 @@ def profile_cell(step: Callable[[], object], device: torch.device, trace_dir: Pa
         for _ in range(1 + active):
             step()
             prof.step()
-    use_device = device.type == "cuda"
-    totals = dict.fromkeys(CATEGORIES, 0.0)
-    for evt in prof.key_averages():
-        t = evt.self_device_time_total if use_device else evt.self_cpu_time_total
-        if t > 0 and not evt.key.startswith("ProfilerStep"):
-            totals[categorize(evt.key)] += t
-    whole = sum(totals.values()) or 1.0
+    totals = op_breakdown(prof.events(), on_device=device.type == "cuda")
     traces = sorted(trace_dir.glob(f"{worker}.*.pt.trace.json"), key=lambda p: p.stat().st_mtime)
-    return {k: v / whole for k, v in totals.items()}, str(traces[-1]) if traces else ""
-
-
-@click.command("profile", context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
-def profile_command(run_args: tuple[str, ...]) -> None:
-    """`bench run --profile` (inference cells unless --modes says otherwise): one torch.profiler
-    trace per cell under RUN_DIR/traces/<cell>/rank<N>.*.pt.trace.json, and each record's
-    op-category breakdown. View: tensorboard --logdir RUN_DIR/traces (torch-tb-profiler plugin)."""
-    from bench.runner import run_command
-
-    with run_command.make_context("bench profile", ["--modes", "infer", *run_args, "--profile"]) as ctx:
-        run_command.invoke(ctx)
+    return totals, str(traces[-1]) if traces else ""

@@ -1,0 +1,104 @@
+"""DeepSpeed ZeRO (stages 0-3) with a generated config that a user's ``--ds-config`` deep-merges into.
+
+The generated config makes DeepSpeed train the same model as the other engines: the same torch
+AdamW instance (no FusedAdam op is compiled on CPU), clipping as ``--grad-clip``, ``overlap_comm``
+for ZeRO-1/2 (DDP overlaps its buckets too), and autocast mixed precision through the
+``torch_autocast`` section (fp32 weights), or the ``bf16`` section for ``--dtype bf16-weights``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bench.engines.base import (TrainSpec, Trainer, autocast_dtype, make_optimizer, register_engine,
+                                single_process_group, weight_dtype)
+from bench.errors import BadInput
+from bench.launch.context import DistContext
+
+_TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def load_ds_config(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except OSError as exc:
+        raise BadInput(f"cannot read DeepSpeed config {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"malformed DeepSpeed config {path}: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(cfg, dict):
+        raise BadInput(f"malformed DeepSpeed config {path}: expected a JSON object")
+    return cfg
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` into a copy of ``base``, nested dicts merged key by key (a user's
+    ``zero_optimization: {offload_optimizer: ...}`` keeps the generated ``stage``)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None) -> dict:
+    """The effective config: ours, deep-merged with the user's; the batch keys follow the cell."""
+    amp = autocast_dtype(spec.dtype)
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": spec.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": spec.zero, **({"overlap_comm": True} if spec.zero in (1, 2) else {})},
+        "gradient_clipping": spec.grad_clip,
+        "bf16": {"enabled": spec.dtype == "bf16-weights"},
+        "fp16": {"enabled": False},
+        "torch_autocast": {"enabled": amp is not None, **({"dtype": _TORCH_DTYPE_NAMES[amp]} if amp else {})},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if user:
+        cfg = deep_merge(cfg, user)
+    cfg["train_batch_size"] = (
+        cfg["train_micro_batch_size_per_gpu"] * cfg.get("gradient_accumulation_steps", 1) * world_size
+    )
+    return cfg
+
+
+def effective_zero_stage(cfg: dict) -> int:
+    return int((cfg.get("zero_optimization") or {}).get("stage", 0))
+
+
+@register_engine("deepspeed")
+def deepspeed_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+    if ctx.device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    user = load_ds_config(spec.ds_config) if spec.ds_config else None
+    if not ctx.distributed:
+        single_process_group(ctx)
+    import deepspeed
+
+    cfg = deepspeed_config(spec, ctx.world_size, user)
+    optimizer, impl = make_optimizer(model, spec, ctx.device)
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+    except (ValueError, AssertionError, KeyError, TypeError) as exc:
+        raise BadInput(f"DeepSpeed rejected the config: {str(exc).splitlines()[0][:300]}") from None
+
+    def step(loss: torch.Tensor) -> None:
+        engine.backward(loss)
+        engine.step()
+
+    # Inputs must match the weights: bf16 when the config's bf16 (or fp16) section casts the model.
+    input_dtype = weight_dtype(spec.dtype)
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if (cfg.get(name) or {}).get("enabled"):
+            input_dtype = dt
+    return Trainer(engine, model, "deepspeed", spec.dtype, ctx.device, step, input_dtype=input_dtype,
+                   optimizer=optimizer, optimizer_impl=impl, ds_config=cfg)

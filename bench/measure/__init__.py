@@ -1,0 +1,1 @@
+"""What is measured: time, memory, FLOPs, profiles, accuracy, and the figures derived from them."""

@@ -1,0 +1,45 @@
+"""Figures derived from measured ones: achieved TFLOP/s and MFU, scaling efficiency.
+
+MFU = achieved model FLOP/s (training counts 3 x forward) over a peak measured in the same run
+(a large matmul in the same dtype and math mode, bench.measure.timing.peak_matmul_tflops), both
+recorded. Scaling efficiency compares a cell with the latest record (by timestamp) of the same
+cell at world size 1 that is comparable: the same model, resolution, batch per rank, precision,
+device name, and either the same total threads (``same-total-threads``: efficiency = speed-up,
+since both used the same cores) or the same threads per rank (``same-threads-per-rank``:
+efficiency = throughput / (N x baseline), the usual weak-scaling figure, since the global batch
+grows with N while the batch per rank stays).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def utilisation(gmacs: float, train: bool, global_batch: int, per_rank_step_ms: list[float],
+                peak_tflops_per_rank: float | None, world_size: int) -> dict[str, Any]:
+    per_step_flops = 2 * gmacs * 1e9 * (3 if train else 1) * global_batch
+    achieved = per_step_flops / (max(per_rank_step_ms) / 1e3) / 1e12
+    peak = peak_tflops_per_rank * world_size if peak_tflops_per_rank else None
+    return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None}
+
+
+_SAME = ("model", "res", "mode", "batch", "task", "precision", "device_name", "channels_last", "compile", "tf32")
+
+
+def scaling(history: list[dict], rec: dict) -> dict[str, Any]:
+    """``scaling_efficiency`` and ``scaling_basis`` of ``rec`` against a comparable world-size-1
+    record in ``history`` (None when there is none)."""
+    none = {"scaling_efficiency": None, "scaling_basis": None}
+    world = rec.get("world_size") or 1
+    if world <= 1 or rec.get("status") != "ok" or not rec.get("throughput"):
+        return none
+    singles = [r for r in history if r.get("status") == "ok" and r.get("world_size") == 1 and r.get("throughput")
+               and all(r.get(k) == rec.get(k) for k in _SAME)]
+    threads = rec.get("threads") or 0
+    for basis, want in (("same-total-threads", threads * world), ("same-threads-per-rank", threads)):
+        matching = [r for r in singles if r.get("threads") == want]
+        if matching:
+            base = max(matching, key=lambda r: str(r.get("timestamp") or ""))
+            ratio = rec["throughput"] / base["throughput"]
+            return {"scaling_efficiency": ratio if basis == "same-total-threads" else ratio / world,
+                    "scaling_basis": basis}
+    return none

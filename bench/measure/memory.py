@@ -1,0 +1,163 @@
+"""Peak memory of one cell.
+
+GPU: ``torch.cuda.max_memory_allocated`` after a reset (weights included).
+CPU: the kernel's peak-RSS counter (VmHWM) reset at the start of the cell by writing 5 to
+``/proc/self/clear_refs`` (Linux >= 4.0); peak = growth of RSS over the start of the cell plus the
+bytes of the model's parameters and buffers, so the figure includes the weights like the GPU one.
+Importing torch and timm alone costs ~0.9 GB of RSS, hence growth rather than absolute RSS.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+class PeakMemory:
+    """``with PeakMemory(device, model) as mem: ...`` then ``mem.peak_mb``."""
+
+    def __init__(self, device: torch.device, model: nn.Module):
+        self.device = device
+        self.model = model
+        self.peak_mb: float | None = None
+        self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
+
+    def __enter__(self) -> "PeakMemory":
+        free_memory(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                _CLEAR_REFS.write_text("5")
+            except OSError:
+                self.method = "rss_growth+weights (VmHWM not resettable: includes earlier peaks)"
+            self._rss_start_kb = _status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
+            self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
+
+
+def _malloc_trim():
+    libc_name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(libc_name).malloc_trim if libc_name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def free_memory(device: torch.device) -> None:
+    """Between cells: drop garbage and cached blocks so one cell's memory doesn't count in the next.
+
+    On CPU, glibc keeps freed heap pages resident; a later cell reusing them would not grow RSS
+    and its peak would read low. ``malloc_trim(0)`` hands them back to the kernel first."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+_COMMUNICATION = ("nccl", "gloo", "c10d", "processgroup", "collective", "cudaipc")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A cell's own allocation failed (skippable: record ``oom``). A communication library's
+    "out of memory" (NCCL buffers, a dead peer) is not: it ends the job like any error."""
+    text = str(exc).lower()
+    if any(word in text for word in _COMMUNICATION) or type(exc).__name__ in ("DistBackendError", "DistNetworkError"):
+        return False
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return text.startswith(("out of memory", "can't allocate memory")) or "cuda out of memory" in text \
+        or "defaultcpuallocator: can't allocate memory" in text
+
+
+def _tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages among ``tensors`` (views of one buffer count once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            continue
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def memory_breakdown(trainer, step) -> dict[str, float]:
+    """Where a training step's memory goes, each part from the engine's real tensors (MB):
+
+    - ``params``: the model's parameters and buffers;
+    - ``optimizer``: every tensor in the optimizer's state (AdamW: exp_avg, exp_avg_sq; under
+      ZeRO-1/2 the inner optimizer holds only this rank's partition);
+    - ``master_weights``: parameters the optimizer steps that are not the model's (DeepSpeed's
+      fp32 partitions), 0 where it steps the model's own;
+    - ``grads``: gradients as they exist after backward, caught by post-accumulate hooks during
+      one extra step;
+    - ``activations``: tensors saved for backward during one forward, caught by saved-tensor hooks.
+    Each is measured on its own; none is defined as the peak minus the rest.
+    """
+    module = trainer.module
+    model_params = list(module.parameters()) + list(module.buffers())
+    own = {p.data_ptr() for p in module.parameters()}
+    optimizer = getattr(trainer, "optimizer", None)
+    state_tensors, stepped = [], []
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            state_tensors += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+        for group in optimizer.param_groups:
+            stepped += [p for p in group["params"] if p.data_ptr() not in own]
+    grads: list[torch.Tensor] = []
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad))
+             for p in module.parameters() if p.requires_grad]
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step()
+    finally:
+        for h in hooks:
+            h.remove()
+    mb = 2**20
+    return {
+        "params": round(_tensor_bytes(model_params) / mb, 3),
+        "grads": round(_tensor_bytes([g for g in grads if g is not None]) / mb, 3),
+        "optimizer": round(_tensor_bytes(state_tensors) / mb, 3),
+        "master_weights": round(_tensor_bytes(stepped) / mb, 3),
+        "activations": round(_tensor_bytes(saved) / mb, 3),
+    }

@@ -1,0 +1,331 @@
+"""``bench finetune``: short detection (RetinaNet) and segmentation (Semantic FPN) fine-tunes on
+each backbone, so the families are compared as dense-prediction backbones, not only for speed.
+
+Per (model, resolution) cell: build backbone + head, score the untrained model on the eval split,
+train ``--steps`` steps through the engine of ``bench run`` (plain, DDP or DeepSpeed), score it
+again, and append one record to ``records.jsonl``: loss per step, step time, images/s, peak
+memory, and COCO mAP/AP50/AP75 (det) or mIoU/pixel accuracy (seg), before and after.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import traceback
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from bench.config import FinetuneConfig
+from bench.data import IGNORE_INDEX, DataSplits, collate, open_data
+from bench.errors import BadInput
+from bench.plan import Cell, make_cells
+
+TASKS = ("det", "seg")
+DEFAULT_SYNTHETIC_TRAIN, DEFAULT_SYNTHETIC_VAL = 512, 64
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def build_task_model(task: str, name: str, num_classes: int, image_size: tuple[int, int],
+                     checkpoint: str | None, fpn_channels: int = 256, head_norm: str = "none") -> nn.Module:
+    """Backbone ``name`` (ImageNet weights from ``checkpoint`` if given) under the task's head."""
+    from bench.build import build_model
+    from models.heads import SemanticFPN, build_retinanet
+
+    backbone = build_model(name, features_only=True, checkpoint=checkpoint)
+    if task == "det":
+        return build_retinanet(backbone, num_classes, image_size, fpn_channels=fpn_channels, head_norm=head_norm)
+    return SemanticFPN(backbone, num_classes, fpn_channels=fpn_channels, head_channels=fpn_channels // 2)
+
+
+def task_loss(task: str, model: nn.Module, batch: dict, device: torch.device,
+              input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    images = batch["images"].to(device, input_dtype, non_blocking=True)
+    if task == "det":
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        return sum(model(list(images), targets).values())
+    logits = model(images)
+    return F.cross_entropy(logits.float(), batch["semantic"].to(device), ignore_index=IGNORE_INDEX)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation (sharded over ranks, gathered on every rank)
+
+
+@torch.no_grad()
+def evaluate(task: str, module: nn.Module, dataset: Dataset, num_classes: int, ctx, batch: int) -> dict:
+    """Score ``module`` on ``dataset``: each rank takes every world_size-th image, rank results
+    are combined (confusion matrices summed; detections gathered for one COCO evaluation)."""
+    from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
+
+    was_training = module.training
+    module.eval()
+    dtype = next(module.parameters()).dtype  # DeepSpeed bf16/fp16 keeps the weights in that type
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    loader = DataLoader(shard, batch_size=batch, collate_fn=collate)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    targets, predictions = [], []
+    for data in loader:
+        images = data["images"].to(ctx.device, dtype)
+        if task == "det":
+            predictions += [{k: v.float().cpu() for k, v in p.items()} for p in module(list(images))]
+            targets += data["targets"]
+        else:
+            pred = module(images).argmax(1).cpu()
+            confusion += confusion_matrix(pred, data["semantic"], num_classes)
+    module.train(was_training)
+    if task == "seg":
+        confusion = _sum_over_ranks(confusion, ctx)
+        scores = segmentation_metrics(confusion)
+        chance = majority_class_metrics(confusion)
+        return {**scores, "majority_miou": chance["miou"], "majority_pixel_acc": chance["pixel_acc"]}
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        gathered = [None] * ctx.world_size
+        dist.all_gather_object(gathered, (targets, predictions))
+        targets = [t for rank_targets, _ in gathered for t in rank_targets]
+        predictions = [p for _, rank_predictions in gathered for p in rank_predictions]
+    return coco_box_metrics(targets, predictions, num_classes)
+
+
+def _sum_over_ranks(tensor: torch.Tensor, ctx) -> torch.Tensor:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        on_device = tensor.to(ctx.device if ctx.backend == "nccl" else "cpu")
+        dist.all_reduce(on_device)
+        tensor = on_device.cpu()
+    return tensor
+
+
+# --------------------------------------------------------------------------------------------
+# One cell
+
+
+def _infinite_batches(dataset: Dataset, batch: int, ctx, seed: int, workers: int):
+    """This rank's shard of ``dataset``, reshuffled every epoch, forever."""
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate, drop_last=True,
+                        num_workers=workers, persistent_workers=workers > 0)
+    if len(loader) == 0:
+        raise BadInput(f"the training split has {len(dataset)} images: too few for batch {batch} on "
+                       f"{ctx.world_size} rank(s)")
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _mean_curve_over_ranks(curve: list[float], ctx) -> list[float]:
+    if not ctx.distributed:
+        return curve
+    import torch.distributed as dist
+
+    curves = [None] * ctx.world_size
+    dist.all_gather_object(curves, curve)
+    return [sum(values) / len(values) for values in zip(*curves)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
+    """What a cell's record says before it runs: the cell and its set-up."""
+    from bench.engines import PRECISIONS
+    from bench.environment import device_name
+    from models import model_family
+
+    checkpoint = settings.checkpoints.get(cell.model)
+    return {
+        **cell.as_dict(), "kind": "finetune", "family": model_family(cell.model),
+        "data": settings.data, "steps": settings.steps,
+        "global_batch": settings.batch * ctx.world_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
+        "grad_clip": settings.grad_clip, "optimizer": "AdamW", "seed": settings.seed,
+        "fpn_channels": settings.fpn_channels, "head_norm": settings.head_norm if settings.task == "det" else "gn",
+        "engine": settings.engine, "zero": settings.zero if settings.engine == "deepspeed" else None,
+        "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype], "world_size": ctx.world_size,
+        "device": ctx.device.type, "device_name": device_name(ctx.device), "threads": torch.get_num_threads(),
+        "pretrained": checkpoint is not None, "checkpoint": checkpoint,
+    }
+
+
+def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data: DataSplits, ctx) -> dict:
+    """Fine-tune one backbone at one resolution; return what it measured (metrics before and
+    after training, loss per step, speed, memory)."""
+    from bench.launch.context import all_gather_floats
+    from bench.engines import TrainSpec, build_trainer
+    from bench.measure.memory import PeakMemory, free_memory
+
+    task = settings.task
+    checkpoint = settings.checkpoints.get(name)
+    torch.manual_seed(settings.seed)  # the same initial weights on every rank and every run
+    model = build_task_model(task, name, data.num_classes, (height, width), checkpoint,
+                             settings.fpn_channels, settings.head_norm)
+    backbone = model.backbone.body if task == "det" else model.backbone
+    record = {
+        "num_classes": data.num_classes, "class_names": data.class_names,
+        "train_images": len(data.train), "val_images": len(data.val),
+        "params": trainable_parameters(model), "backbone_params": trainable_parameters(backbone),
+        "checkpoint_unused_keys": list(getattr(backbone, "checkpoint_unused_keys", [])),
+        "frozen_unreached_params": list(getattr(model, "unreached_parameters", [])),
+    }
+    model = model.to(ctx.device)
+    before = evaluate(task, model, data.val, data.num_classes, ctx, settings.batch)
+    trainer = build_trainer(model, ctx, TrainSpec(engine=settings.engine, zero=settings.zero, dtype=settings.dtype,
+                                                  lr=settings.lr, weight_decay=settings.weight_decay,
+                                                  grad_clip=settings.grad_clip, micro_batch=settings.batch))
+    batches = _infinite_batches(data.train, settings.batch, ctx, settings.seed, settings.workers)
+    losses, step_ms, data_ms = [], [], []
+    load_before, cpu_before, wall_before = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    with PeakMemory(ctx.device, trainer.module) as memory:
+        for _ in range(settings.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            with trainer.autocast():
+                loss = task_loss(task, trainer.model, batch, ctx.device, trainer.input_dtype)
+            trainer.step(loss)
+            value = float(loss.detach())  # waits for the step on GPU too
+            _sync(ctx.device)
+            t2 = time.perf_counter()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {len(losses) + 1}")
+            losses.append(value)
+            data_ms.append((t1 - t0) * 1e3)
+            step_ms.append((t2 - t1) * 1e3)
+    # A shared machine slows steps several-fold: keep the load and CPU share next to the times.
+    record.update({"loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0],
+                   "train_cpu_s": time.process_time() - cpu_before, "train_wall_s": time.perf_counter() - wall_before})
+    after = evaluate(task, trainer.module, data.val, data.num_classes, ctx, settings.batch)
+    losses = _mean_curve_over_ranks(losses, ctx)
+    tail = max(1, len(losses) // 10)
+    # A step is as slow as the slowest rank: throughput from the largest per-rank median.
+    per_rank_ms = all_gather_floats(statistics.median(step_ms), ctx)
+    median_ms = max(per_rank_ms)
+    record.update({
+        "loss_curve": [round(v, 6) for v in losses],
+        "loss_first": losses[0], "loss_last": losses[-1],
+        "loss_first_mean": statistics.fmean(losses[:tail]), "loss_last_mean": statistics.fmean(losses[-tail:]),
+        "loss_mean_window": tail,
+        "step_time_ms": median_ms, "per_rank_step_ms": per_rank_ms,
+        "step_time_ms_p90": statistics.quantiles(step_ms, n=10)[-1] if len(step_ms) > 1 else median_ms,
+        "data_time_ms": statistics.median(data_ms),
+        "throughput": settings.batch * ctx.world_size / (median_ms / 1e3),
+        "peak_mem_mb": memory.peak_mb, "peak_mem_method": memory.method,
+    })
+    if task == "det":
+        record.update({k: after[k] for k in ("map", "ap50", "ap75")})
+        record.update({f"untrained_{k}": before[k] for k in ("map", "ap50", "ap75")})
+    else:
+        record.update({"miou": after["miou"], "pixel_acc": after["pixel_acc"], "iou_per_class": after["iou_per_class"],
+                       "untrained_miou": before["miou"], "untrained_pixel_acc": before["pixel_acc"],
+                       "majority_miou": after["majority_miou"], "majority_pixel_acc": after["majority_pixel_acc"]})
+    del trainer, model
+    free_memory(ctx.device)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+def open_splits(settings: FinetuneConfig, height: int, width: int) -> DataSplits:
+    synthetic = settings.data == "synthetic"
+    data = open_data(
+        settings.data, settings.task, height, width, seed=settings.seed,
+        synthetic_classes=settings.synthetic_classes,
+        train_images=settings.train_images or DEFAULT_SYNTHETIC_TRAIN,
+        val_images=settings.val_images or DEFAULT_SYNTHETIC_VAL,
+    )
+    if not synthetic:  # caps on real splits: their first N images
+        if settings.train_images:
+            data.train = Subset(data.train, range(min(settings.train_images, len(data.train))))
+        if settings.val_images:
+            data.val = Subset(data.val, range(min(settings.val_images, len(data.val))))
+    return data
+
+
+def summary_line(record: dict) -> str:
+    head = f"{record['task']} {record['model']} @{record['res']}"
+    if record["status"] != "ok":
+        return f"{head}: error: {record['error']}"
+    start = "checkpoint" if record["pretrained"] else "scratch"
+    if record["task"] == "det":
+        scores = (f"mAP {record['map']:.3f} (untrained {record['untrained_map']:.3f}) "
+                  f"AP50 {record['ap50']:.3f} AP75 {record['ap75']:.3f}")
+    else:
+        scores = (f"mIoU {record['miou']:.3f} (untrained {record['untrained_miou']:.3f}, "
+                  f"majority {record['majority_miou']:.3f}) pixel acc {record['pixel_acc']:.3f}")
+    return (f"{head} [{start}]: loss {record['loss_first']:.3f} -> {record['loss_last_mean']:.3f}, {scores}, "
+            f"{record['step_time_ms']:.0f} ms/step, {record['throughput']:.1f} img/s, "
+            f"peak {record['peak_mem_mb']:.0f} MB")
+
+
+class FinetuneScenario:
+    """``bench finetune``'s cells for the shared sweep (bench.sweep)."""
+
+    def __init__(self, config: FinetuneConfig):
+        self.config = config
+        self._data: dict[tuple[int, int], DataSplits] = {}
+
+    def cells(self) -> list[Cell]:
+        c = self.config
+        return make_cells(c.models, c.res, [c.task], [c.batch], c.task)
+
+    def check_inputs(self) -> None:
+        """Open the data and read every checkpoint before anything is created: rejected input
+        leaves no run directory behind."""
+        from models import read_state_dict
+        from models.checkpoint import CheckpointError
+
+        h, w = self.config.res[0]
+        self._data[(h, w)] = open_splits(self.config, h, w)
+        for name, path in self.config.checkpoints.items():
+            try:
+                read_state_dict(path)
+            except CheckpointError as exc:
+                raise BadInput(str(exc)) from None
+
+    def prepare(self, ctx, run_dir, todo) -> None:
+        pass
+
+    def run(self, cell: Cell, ctx, history: list[dict]) -> dict:
+        record = base_record(self.config, cell, ctx)
+        started = time.time()
+        try:
+            key = (cell.height, cell.width)
+            if key not in self._data:
+                self._data[key] = open_splits(self.config, cell.height, cell.width)
+            record.update(run_cell(self.config, cell.model, cell.height, cell.width, self._data[key], ctx))
+            record["status"], record["error"] = "ok", None
+        except BadInput:
+            raise
+        except Exception as exc:  # one failed cell (OOM, diverged loss) must not end the sweep
+            if ctx.distributed:
+                raise  # the other ranks may be waiting in a collective: end the job
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            record.update({"status": "error", "error": f"{type(exc).__name__}: {message}"[:500],
+                           "traceback": traceback.format_exc(limit=5)})
+        record["wall_s"] = time.time() - started
+        if ctx.is_main:
+            print(summary_line(record), flush=True)
+        return record
+
+    def summarize(self, records: list[dict], run_dir, ctx) -> None:
+        print(f"records: {run_dir.records_path}", flush=True)

@@ -1,0 +1,297 @@
+"""One sweep loop for ``bench run`` and ``bench finetune``: run directory, invocation log, resume,
+claims, preemption, progress, summary.
+
+A scenario (bench.scenarios.classify, bench.scenarios.finetune) says what its cells are, what one
+cell measures and how to summarise; the sweep does everything around the cells, the same way for
+both:
+
+- Resume identity is (cell key, config id): the config id hashes ``bench.config.identity`` of the
+  command's configuration plus the runtime (world size, device name and count, threads per rank),
+  so changing any measuring setting measures new cells and an identical command skips them.
+- Rank 0 reads the run directory, decides the to-do list and broadcasts it; no other rank reads
+  the file system for it.
+- Concurrent writers into one ``--out`` (SLURM array tasks share one) each claim a cell before
+  measuring it: an exclusive claim file per cell identity under ``claims/``, released when the
+  cell ends; a claim whose process is gone (same host, dead pid) is taken over; a cell another
+  live writer holds is skipped, and said so.
+- SIGUSR1 / SIGTERM stop the sweep at the next cell boundary with exit code 99.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.config import identity, identity_id
+from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
+from bench.plan import Cell
+from bench.record import RecordWriteError, RunDir, check_record, new_run_id, timestamp
+
+PREEMPTED_EXIT = 99  # "preempted; rerun with the same --out to resume"
+FINISHED = ("ok", "oom")
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM; the sweep checks it between cells."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> "StopFlag":
+        import signal
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+
+class Scenario(Protocol):
+    """What a sweep needs from a kind of cell."""
+
+    config: Any  # RunConfig | FinetuneConfig
+
+    def cells(self) -> list[Cell]: ...
+
+    def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None: ...
+
+    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict: ...
+
+    def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext) -> None: ...
+
+
+@dataclass
+class SweepResult:
+    run_dir: RunDir
+    records: list[dict]
+    exit_code: int = 0
+
+
+def runtime_identity(ctx: DistContext) -> dict[str, Any]:
+    """Facts of this process that change a measurement: world size, device name and count, threads."""
+    import torch
+
+    from bench.environment import device_name
+
+    return {
+        "world_size": ctx.world_size,
+        "device_name": device_name(ctx.device),
+        "device_count": torch.cuda.device_count() if ctx.device.type == "cuda" else 1,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def writer_name() -> str | None:
+    """The shard this process writes: None (records.jsonl) for a local run; one per SLURM job or
+    array task, since O_APPEND is not atomic across NFS clients."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return f"slurm-{job}-{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+
+
+class Claims:
+    """Exclusive claim files, one per cell identity, so concurrent writers never measure a cell twice."""
+
+    def __init__(self, run_dir: RunDir):
+        self.dir = run_dir.path / "claims"
+        self.held: set[Path] = set()
+
+    def _path(self, key: str, config_id: str) -> Path:
+        return self.dir / (hashlib.sha256(f"{key}#{config_id}".encode()).hexdigest()[:24] + ".claim")
+
+    def take(self, key: str, config_id: str) -> str | None:
+        """None when the claim is ours; else who holds it."""
+        self.dir.mkdir(exist_ok=True)
+        path = self._path(key, config_id)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "cell": key}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _read_claim(path)
+                if holder and _alive(holder):
+                    return f"pid {holder.get('pid')} on {holder.get('host')}"
+                try:  # stale: its process is gone
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held.add(path)
+            return None
+        return "another writer (claim raced)"
+
+    def release(self, key: str, config_id: str) -> None:
+        path = self._path(key, config_id)
+        if path in self.held:
+            self.held.discard(path)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def release_all(self) -> None:
+        for path in list(self.held):
+            self.held.discard(path)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _read_claim(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another host's process: we cannot tell, so respect it
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
+
+
+def record_invocation(run_dir: RunDir, command: str, ctx: DistContext) -> str:
+    """Append this command to invocations.jsonl (and env.json on a new directory); its id."""
+    from bench.environment import collect_env
+
+    env = collect_env(command, ctx.device, run_dir.path.name)
+    inv_id = secrets.token_hex(6)
+    run_dir.append_invocation({"invocation": inv_id, **env})
+    if not (run_dir.path / "env.json").exists():
+        run_dir.write_json("env.json", env)
+    return inv_id
+
+
+def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
+    """Run every cell of ``scenario`` not already finished in its run directory."""
+    cfg = scenario.config
+    run_dir = RunDir(broadcast_object(str(cfg.out or Path("results") / new_run_id()), ctx), writer_name())
+    command = shlex.join(["bench", *sys.argv[1:]])
+    invocation = None
+    if ctx.is_main:
+        run_dir.create()
+        run_dir.check_writable()
+        invocation = record_invocation(run_dir, command, ctx)
+    invocation = broadcast_object(invocation, ctx)
+    barrier(ctx)
+
+    runtime = runtime_identity(ctx)
+    cells = list(dict.fromkeys(scenario.cells()))
+    ids = {c.key: identity_id({**identity(cfg, c.train, runtime), "cell": _cell_settings(cfg, c)}) for c in cells}
+    settings_ids = {c.key: identity_id(identity(cfg, c.train, {})) for c in cells}
+    history: list[dict] = []
+    todo_keys: list[str] | None = None
+    if ctx.is_main:
+        history = run_dir.records()
+        done = {(r.get("cell_key"), r.get("config_id")) for r in history if r.get("status") in FINISHED}
+        skipped = [c.key for c in cells if (c.key, ids[c.key]) in done]
+        if skipped:
+            console.print(f"[yellow]resume:[/] skipping {len(skipped)} finished cells in {run_dir.path}: "
+                          + ", ".join(skipped))
+        todo_keys = [c.key for c in cells if c.key not in skipped]
+    todo_keys = broadcast_object(todo_keys, ctx)
+    todo = [c for c in cells if c.key in set(todo_keys)]
+
+    stop = StopFlag().install()
+    claims = Claims(run_dir)
+    new_records: list[dict] = []
+    exit_code = 0
+    if todo:
+        scenario.prepare(ctx, run_dir, todo)
+    progress = _progress(console)
+    try:
+        with progress:
+            task = progress.add_task("cells", total=len(todo))
+            for cell in todo:
+                if all_reduce_max(1.0 if stop.signal else 0.0, ctx):
+                    console.print(f"[red]preempted[/] (signal {stop.signal}): stopped at a cell boundary; "
+                                  f"rerun with --out {run_dir.path} to resume")
+                    exit_code = PREEMPTED_EXIT
+                    break
+                holder = claims.take(cell.key, ids[cell.key]) if ctx.is_main else None
+                holder = broadcast_object(holder, ctx)
+                if holder:
+                    console.print(f"[yellow]skip:[/] {cell.key} is being measured by {holder}")
+                    progress.advance(task)
+                    continue
+                progress.update(task, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
+                try:
+                    rec = scenario.run(cell, ctx, history)
+                    rec.update(cell_key=cell.key, config_id=ids[cell.key], settings_id=settings_ids[cell.key], invocation=invocation,
+                               run_id=run_dir.path.name, timestamp=timestamp(), hostname=socket.gethostname())
+                    rec = check_record(rec)
+                    if ctx.is_main:
+                        _append_or_die(run_dir, rec)
+                finally:
+                    if ctx.is_main:
+                        claims.release(cell.key, ids[cell.key])
+                history.append(rec)
+                new_records.append(rec)
+                progress.advance(task)
+                if ctx.distributed and rec["status"] == "error":
+                    # Ranks may now be out of step (a peer died, a collective failed): end the job
+                    # rather than let the next cell's collectives wait on a rank that is gone.
+                    console.print(f"[red]rank {ctx.rank}: cell {cell.key} failed in a {ctx.world_size}-rank job: "
+                                  f"{rec.get('error')}; ending the job")
+                    exit_code = 1
+                    break
+    finally:
+        claims.release_all()
+    if ctx.is_main and exit_code != PREEMPTED_EXIT:
+        scenario.summarize(new_records, run_dir, ctx)
+    return SweepResult(run_dir, new_records, exit_code)
+
+
+def _cell_settings(cfg, cell: Cell) -> Any:
+    """Per-cell settings outside the shared config (a fine-tune's checkpoint for this model)."""
+    checkpoints = getattr(cfg, "checkpoints", None) or {}
+    return checkpoints.get(cell.model)
+
+
+def _append_or_die(run_dir: RunDir, rec: dict) -> None:
+    """A record that cannot be written is printed whole to stderr (so it is not lost); exit 1."""
+    try:
+        run_dir.append(rec)
+    except (RecordWriteError, OSError) as exc:
+        print(json.dumps(rec, sort_keys=True, default=str), file=sys.stderr)
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        print(f"Error: cannot write the record of {rec.get('cell_key')} to {run_dir.records_path} ({reason}); "
+              "it is printed above as JSON", file=sys.stderr)
+        sys.exit(1)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def make_console(ctx: DistContext):
+    """Rank 0 speaks; wide enough for the summary table when stderr is a log file."""
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=not ctx.is_main, width=None if sys.stderr.isatty() else 200)
+
+

@@ -1,0 +1,227 @@
+"""The guarantees of the layout: one config (and config files), one record schema, one sweep
+(resume identity, rank-0 to-do list, duplicate cells, latest record wins), no import circles."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from bench.config import RunConfig, identity, identity_id, parse_command
+from bench.errors import BadInput
+from bench.plan import Cell, make_cells
+from bench.record import (FIELDS, SCHEMA_VERSION, RunDir, SchemaError, check_record, latest_by_cell, read_records,
+                          upgrade)
+from conftest import REPO, run_bench
+
+QUICK = ["--budget", "0.1", "--max-time", "3", "--no-report"]
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    cfg_file = tmp_path / "sweep.yaml"
+    cfg_file.write_text("models: [resnet18, pvt_tiny]\nres: [64, 96]\nmodes: infer\nchannels-last: true\nbudget: 0.5\n")
+    _, cfg, _ = parse_command(["run", "--config", str(cfg_file), "--res", "128"])
+    assert cfg.models == ["resnet18", "pvt_tiny"]
+    assert cfg.res == [(128, 128)]  # the flag wins over the file
+    assert cfg.modes == ["infer"] and cfg.channels_last and cfg.budget == 0.5
+    cfg_file.write_text(json.dumps({"models": "resnet18", "no_such_option": 1}))
+    with pytest.raises(BadInput, match="unknown option 'no_such_option'"):
+        parse_command(["run", "--config", str(cfg_file)])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--models", "resnet18", "--res", "64_0"], "bad resolution '64_0'"),
+    (["run", "--models", "resnet18", "--res", "+64"], "bad resolution '+64'"),
+    (["run", "--models", "resnet18", "--res", "６４"], "bad resolution"),
+    (["run", "--models", "resnet18", "--batch", "٣"], "bad batch size"),
+    (["run", "--models", "resnet18", "--budget", "nan"], "bad --budget 'nan'"),
+    (["run", "--models", "resnet18", "--budget", "inf"], "bad --budget 'inf'"),
+    (["run", "--models", "resnet18", "--grad-clip", "-1"], "bad --grad-clip '-1'"),
+    (["run", "--models", "resnet18", "--grad-clip", "nan"], "bad --grad-clip 'nan'"),
+    (["run", "--models", "resnet18", "--timeout", "0"], "bad --timeout '0'"),
+    (["run", "--models", "resnet18", "--engine", "none", "--nproc", "2", "--modes", "train"], "--engine ddp"),
+])
+def test_strict_numbers_and_combinations(argv, fragment):
+    with pytest.raises(BadInput, match=None) as info:
+        parse_command(argv)
+    assert fragment in str(info.value.message)
+
+
+def test_identity_covers_every_measuring_setting_without_a_second_list():
+    base = RunConfig(models=["resnet18"])
+    runtime = {"world_size": 1, "device_name": "cpu x", "device_count": 1, "threads": 2}
+    ids = {identity_id(identity(base, True, runtime))}
+    for change in ({"channels_last": True}, {"compile": True}, {"dtype": "bf16"}, {"tf32": False},
+                   {"budget": 3.0}, {"max_time": 99.0}, {"engine": "ddp"}, {"grad_clip": 1.0}):
+        ids.add(identity_id(identity(RunConfig(models=["resnet18"], **change), True, runtime)))
+    assert len(ids) == 9
+    for key, value in (("threads", 1), ("world_size", 2), ("device_name", "other cpu")):
+        assert identity_id(identity(base, True, {**runtime, key: value})) not in ids
+    # Inference cells don't depend on the training engine.
+    assert identity(RunConfig(models=["r"], engine="ddp"), False, runtime) == identity(base, False, runtime)
+    # Settings that don't change a measurement stay out.
+    assert identity(RunConfig(models=["r"], out="x", no_report=True), True, runtime) == identity(base, True, runtime)
+
+
+def test_duplicate_cells_collapse():
+    cells = make_cells(["resnet18"], [(64, 64)], ["infer", "infer"], [1, 1])
+    assert cells == [Cell("resnet18", 64, 64, "infer", 1)]
+    _, cfg, _ = parse_command(["run", "--models", "resnet18,resnet18", "--res", "64,64", "--modes", "infer,infer"])
+    assert (cfg.models, cfg.res, cfg.modes) == (["resnet18"], [(64, 64)], ["infer"])
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
+def test_schema_round_trip_and_unknown_fields(tmp_path):
+    rec = check_record({"model": "resnet18", "res": "64", "latency_ms": 1.5, "flags": ["time-cap"], "status": "ok"})
+    assert rec["schema_version"] == SCHEMA_VERSION
+    run = RunDir(tmp_path).create()
+    run.append(rec)
+    (back,) = run.records()
+    assert back == rec
+    with pytest.raises(SchemaError, match="latency_millis"):
+        check_record({"model": "x", "latency_millis": 1.0})
+    assert all(f.metadata["kind"] in ("cell", "setting", "measure", "provenance") for f in FIELDS.values())
+
+
+def test_records_are_strict_json(tmp_path):
+    with pytest.raises(ValueError):
+        RunDir(tmp_path).create().append({"grad_clip": float("nan")})
+    assert not (tmp_path / "records.jsonl").exists() or (tmp_path / "records.jsonl").read_text() == ""
+
+
+def test_older_records_are_read():
+    v1 = {"model": "pvt_small", "res": "224", "mode": "train", "dtype": "bf16", "engine": "deepspeed"}
+    up = upgrade(v1)
+    assert up["schema_version"] == 1 and up["kind"] == "run" and up["task"] == "cls"
+    assert up["precision"] == "bf16-weights"  # v1 DeepSpeed cast the whole model
+    assert upgrade({**v1, "engine": "ddp"})["precision"] == "amp-bf16"
+    assert upgrade({"model": "x", "mode": "seg"})["kind"] == "finetune"
+
+
+def test_latest_record_wins():
+    old = {"cell_key": "k", "config_id": "c", "timestamp": "2026-01-01T10:00:00.100000+0000", "throughput": 1.0}
+    new = {**old, "timestamp": "2026-01-01T10:00:00.900000+0000", "throughput": 2.0}
+    other = {**old, "config_id": "d"}
+    kept = latest_by_cell([new, old, other])
+    assert sorted(r["throughput"] for r in kept) == [1.0, 2.0]
+    assert next(r for r in kept if r["config_id"] == "c")["throughput"] == 2.0
+
+
+def test_report_uses_the_latest_record_of_a_retried_cell(tmp_path):
+    from bench.report.load import load_runs, records_frame
+
+    base = {"kind": "run", "model": "resnet18", "res": "64", "mode": "infer", "batch": 1, "status": "ok",
+            "cell_key": "cls|resnet18|64|infer|1", "config_id": "c", "latency_ms": 5.0, "throughput": 200.0}
+    run = RunDir(tmp_path).create()
+    run.append(check_record({**base, "timestamp": "2026-01-01T10:00:00.500000+0000", "throughput": 100.0}))
+    run.append(check_record({**base, "timestamp": "2026-01-01T10:00:00.700000+0000"}))
+    df = records_frame(load_runs([tmp_path]))
+    assert list(df["throughput"]) == [200.0]
+
+
+def test_report_shows_settings_that_vary(tmp_path):
+    from bench.report.load import load_runs, records_frame
+    from bench.report.tables import perf_tables
+
+    base = {"kind": "run", "model": "resnet18", "res": "64", "mode": "infer", "batch": 1, "status": "ok",
+            "latency_ms": 5.0, "throughput": 200.0, "compile": False, "threads": 2}
+    run = RunDir(tmp_path).create()
+    run.append(check_record({**base, "cell_key": "a", "config_id": "1", "channels_last": False}))
+    run.append(check_record({**base, "cell_key": "a", "config_id": "2", "channels_last": True}))
+    (table,) = perf_tables(records_frame(load_runs([tmp_path])))
+    assert "channels last" in table.columns and "compile" not in table.columns
+
+
+# ------------------------------------------------------------------------------------ sweep
+
+
+@pytest.mark.slow
+def test_resume_identity_measures_changed_settings_and_skips_identical(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--models", "resnet18", "--res", "64", "--modes", "infer", *QUICK, "--out", str(out)]
+    first = run_bench(*args)
+    assert first.returncode == 0, first.stderr
+    again = run_bench(*args)
+    assert again.returncode == 0 and "skipping 1 finished cells" in again.stderr
+    cl = run_bench(*args, "--channels-last")
+    assert cl.returncode == 0, cl.stderr
+    assert "skipping" not in cl.stderr
+    records = RunDir(out).records()
+    assert [r["channels_last"] for r in records] == [False, True]
+    assert len({r["config_id"] for r in records}) == 2
+    # Every invocation that passed validation is recorded, and each record names its own.
+    invocations = [json.loads(ln) for ln in (out / "invocations.jsonl").read_text().splitlines()]
+    assert len(invocations) == 3 and "--channels-last" in invocations[2]["command"]
+    assert records[1]["invocation"] == invocations[2]["invocation"]
+
+
+class _CountingScenario:
+    """Two cells; records which ones this rank ran."""
+
+    def __init__(self, out):
+        self.config = RunConfig(models=["resnet18"], out=str(out))
+        self.ran: list[str] = []
+
+    def cells(self):
+        return [Cell("resnet18", 64, 64, "infer", 1), Cell("resnet18", 96, 96, "infer", 1)]
+
+    def prepare(self, ctx, run_dir, todo):
+        pass
+
+    def run(self, cell, ctx, history):
+        self.ran.append(cell.key)
+        return {**cell.as_dict(), "status": "ok"}
+
+    def summarize(self, records, run_dir, ctx):
+        pass
+
+
+def _rank_main(rank: int, out: str, port: int, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    from rich.console import Console
+
+    from bench.launch.context import init_distributed, shutdown
+    from bench.sweep import run_sweep
+
+    from bench.sweep import runtime_identity
+
+    ctx = init_distributed("cpu", timeout_s=60)
+    scenario = _CountingScenario(out)
+    if rank == 1:  # rank 1 sees a directory where every cell is already done, with its real ids
+        done_id = identity_id({**identity(scenario.config, False, runtime_identity(ctx)), "cell": None})
+        RunDir.records = lambda self: [{"cell_key": c.key, "config_id": done_id, "status": "ok"}
+                                       for c in scenario.cells()]
+    try:
+        run_sweep(scenario, ctx, Console(quiet=True))
+    finally:
+        shutdown(ctx)
+    Path(result_dir, f"rank{rank}.json").write_text(json.dumps(scenario.ran))
+
+
+def test_rank0_decides_the_todo_list_and_broadcasts_it(tmp_path):
+    from bench.launch.context import free_port
+
+    out = tmp_path / "run"
+    RunDir(out).create().append({"cell_key": "cls|resnet18|64|infer|1", "config_id": "stale", "status": "ok"})
+    mp.spawn(_rank_main, args=(str(out), free_port(), str(tmp_path)), nprocs=2, join=True)
+    ran = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ran[0] == ran[1] == ["cls|resnet18|64|infer|1", "cls|resnet18|96|infer|1"]
+    assert len(list(read_records(out / "records.jsonl"))) == 3  # rank 0 alone wrote
+
+
+def test_no_import_circles():
+    tool = REPO.parent / "shared" / "tools" / "import_cycles.py"
+    if not tool.exists():
+        pytest.skip("the shared import-circle tool is not beside this clone")
+    proc = subprocess.run([sys.executable, str(tool)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "no import circles" in proc.stdout, proc.stdout
