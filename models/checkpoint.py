@@ -7,6 +7,7 @@ Never unpickles arbitrary objects (``weights_only=True``).
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 
 import torch
@@ -43,10 +44,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_into_model(model: nn.Module, path: str, strict: bool = True) -> None:
-    """Load ``path`` into ``model``; shape mismatches and (when strict) missing or extra keys
-    become a one-line CheckpointError. Keys left over are stored on
-    ``model.checkpoint_unused_keys`` so callers can report them."""
+def load_into_model(model: nn.Module, path: str, strict: bool = True, skippable: str | None = None) -> None:
+    """Load ``path`` into ``model``; shape mismatches, missing keys and (when strict) extra keys
+    become a one-line CheckpointError. ``skippable`` is a regex of extra keys that a strict load
+    still accepts (an ablation without some modules loads its parent's checkpoint). Keys left
+    over are stored on ``model.checkpoint_unused_keys`` so callers can report them."""
     state = read_state_dict(path)
     # A wrapper (e.g. ViT's simple feature pyramid) names the sub-module its checkpoints fit.
     target = getattr(model, "checkpoint_target", model)
@@ -65,9 +67,10 @@ def load_into_model(model: nn.Module, path: str, strict: bool = True) -> None:
             f"checkpoint {path} lacks {len(missing)} parameters of the model, e.g. {missing[0]} "
             "(is it a checkpoint of this model?)"
         )
-    if strict and unused:
+    unexpected = [k for k in unused if not (skippable and re.match(skippable, k))]
+    if strict and unexpected:
         raise CheckpointError(
-            f"checkpoint {path} has {len(unused)} keys the model lacks, e.g. {unused[0]} "
+            f"checkpoint {path} has {len(unexpected)} keys the model lacks, e.g. {unexpected[0]} "
             "(is it a checkpoint of this model?)"
         )
     target.load_state_dict(state, strict=False)

@@ -9,10 +9,15 @@ unchanged (block/final norms eps 1e-6, patch-embedding and reduction norms PyTor
 Speed notes (a slow PVT makes PVT look bad): attention runs through
 ``F.scaled_dot_product_attention``; tokens are reshaped to NCHW as strided views (channels-last
 memory, no ``.contiguous()`` copy), and the convs downstream keep that layout.
+
+``pvt_tiny_nosr`` / ``pvt_small_nosr`` are the ablation without spatial reduction (R_i = 1 in
+every stage: full attention, no ``sr`` conv, no reduction norm). They load their parent's
+official checkpoint: strictly but for the ``attn.sr`` / ``attn.norm`` keys, which are reported
+in ``checkpoint_unused_keys``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -20,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from models.features import describe_stages
 from models.registry import register_model
 
 BLOCK_NORM = partial(nn.LayerNorm, eps=1e-6)  # norm1, norm2, final norm (official release)
@@ -45,6 +51,10 @@ PVT_CONFIGS = {
     "pvt_medium": PvtConfig(depths=(3, 4, 18, 3)),
     "pvt_large": PvtConfig(depths=(3, 8, 27, 3)),
 }
+NO_SR = (1, 1, 1, 1)
+PVT_CONFIGS["pvt_tiny_nosr"] = replace(PVT_CONFIGS["pvt_tiny"], sr_ratios=NO_SR)
+PVT_CONFIGS["pvt_small_nosr"] = replace(PVT_CONFIGS["pvt_small"], sr_ratios=NO_SR)
+SR_KEYS = r"block\d+\.\d+\.attn\.(sr|norm)\.(weight|bias)$"  # what a no-SR model leaves of a checkpoint
 
 
 class SpatialReductionAttention(nn.Module):
@@ -156,6 +166,12 @@ class PyramidVisionTransformer(nn.Module):
         for i in range(self.num_stages):
             trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
         self.apply(self._init_weights)
+        # pos_embed{i} is a parameter of this module, listed by its own name (see stage_prefixes).
+        describe_stages(
+            self,
+            [[f"patch_embed{i}", f"pos_embed{i}", f"block{i}"] for i in range(1, self.num_stages + 1)],
+            head=[] if features_only else ["cls_token", "norm", "head"],
+        )
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -209,6 +225,12 @@ def _build(name: str, num_classes: int, features_only: bool) -> PyramidVisionTra
     return PyramidVisionTransformer(PVT_CONFIGS[name], num_classes, features_only)
 
 
+def _build_nosr(name: str, num_classes: int, features_only: bool) -> PyramidVisionTransformer:
+    model = _build(name, num_classes, features_only)
+    model.checkpoint_skippable = SR_KEYS  # its checkpoints are its parent's, sr/norm keys unused
+    return model
+
+
 @register_model("pvt")
 def pvt_tiny(num_classes: int = 1000, features_only: bool = False) -> nn.Module:
     return _build("pvt_tiny", num_classes, features_only)
@@ -227,3 +249,13 @@ def pvt_medium(num_classes: int = 1000, features_only: bool = False) -> nn.Modul
 @register_model("pvt")
 def pvt_large(num_classes: int = 1000, features_only: bool = False) -> nn.Module:
     return _build("pvt_large", num_classes, features_only)
+
+
+@register_model("pvt")
+def pvt_tiny_nosr(num_classes: int = 1000, features_only: bool = False) -> nn.Module:
+    return _build_nosr("pvt_tiny_nosr", num_classes, features_only)
+
+
+@register_model("pvt")
+def pvt_small_nosr(num_classes: int = 1000, features_only: bool = False) -> nn.Module:
+    return _build_nosr("pvt_small_nosr", num_classes, features_only)

@@ -3,6 +3,9 @@
 Each family module registers a builder per variant with ``@register_model``. A builder takes
 ``num_classes`` and ``features_only`` and returns an ``nn.Module``; ``create_model`` adds the
 checkpoint loading that is the same for every family.
+
+This module is a leaf: it imports no family (``models/__init__.py`` imports them after it, so
+``import models`` registers everything), which keeps the arrows pointing one way.
 """
 from __future__ import annotations
 
@@ -32,12 +35,10 @@ def register_model(family: str):
 
 
 def list_models() -> list[str]:
-    _import_families()
     return sorted(_BUILDERS)
 
 
 def model_family(name: str) -> str:
-    _import_families()
     _check_known(name)
     return _FAMILY[name]
 
@@ -52,14 +53,17 @@ def create_model(
     4/8/16/32 and exposes ``feature_channels`` / ``feature_strides``.
 
     ``checkpoint`` is a local file (plain state dict or ``{"model": ...}``), loaded safely. A
-    classification model loads it strictly; a features-only model loads every parameter it has
-    and reports the checkpoint keys it had no use for in ``model.checkpoint_unused_keys``.
+    classification model loads it strictly, except for the extra keys it declares it can do
+    without (``model.checkpoint_skippable``, a regex: ``pvt_small_nosr`` loads pvt_small's
+    checkpoint and leaves its attention ``sr``/``norm`` keys); a features-only model loads every
+    parameter it has. Either way the checkpoint keys the model had no use for are reported in
+    ``model.checkpoint_unused_keys``.
     """
-    _import_families()
     _check_known(name)
     model = _BUILDERS[name](num_classes=num_classes, features_only=features_only)
     if checkpoint is not None:
-        load_into_model(model, checkpoint, strict=not features_only)
+        skippable = getattr(model, "checkpoint_skippable", None)
+        load_into_model(model, checkpoint, strict=not features_only, skippable=skippable)
     return model
 
 
@@ -68,8 +72,3 @@ def _check_known(name: str) -> None:
         raise UnknownModelError(
             f"unknown model '{name}'; known models: {', '.join(sorted(_BUILDERS))}"
         )
-
-
-def _import_families() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from models import pvt, timm_backbones  # noqa: F401
