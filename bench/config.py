@@ -80,17 +80,25 @@ def parse_models(text: str | list) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _side(text: str, item: str) -> int:
-    if not _DIGITS.fullmatch(text) or int(text) <= 0 or int(text) % 32:
-        raise BadInput(f"bad resolution '{item}': each side must be a positive multiple of 32 in ASCII digits "
+def _side(text: str, item: str, multiple: int = 32) -> int:
+    if not _DIGITS.fullmatch(text) or int(text) <= 0 or int(text) % multiple:
+        what = "a positive multiple of 32" if multiple == 32 else "a positive integer"
+        raise BadInput(f"bad resolution '{item}': each side must be {what} in ASCII digits "
                        "(e.g. 224, 512, 512x640, or a range 224:1024:64)")
     return int(text)
 
 
-def parse_resolutions(text: str | list) -> list[tuple[int, int]]:
+# Default sizes per task (height first): the paper's (mmdet's 1280x800 / 1333x800 written
+# width-first; Semantic FPN at 512).
+DEFAULT_RES = {"cls": "224", "det": "800x1333", "seg": "512"}
+DEFAULT_FLOPS_RES = {"cls": "224", "det": "800x1280", "seg": "512"}
+
+
+def parse_resolutions(text: str | list, multiple: int = 32) -> list[tuple[int, int]]:
     """'224,512x640,256:512:128' -> [(224, 224), (512, 640), (256, 256), (384, 384), (512, 512)].
 
-    H x W, height first; a range START:STOP:STEP includes both ends."""
+    H x W, height first; a range START:STOP:STEP includes both ends. ``multiple=1`` for
+    detection, whose images are padded to a multiple of 32 (``input_hw``) as mmdet does."""
     items = text if isinstance(text, list) else str(text).split(",")
     items = [str(t).strip() for t in items if str(t).strip()]
     if not items:
@@ -101,13 +109,13 @@ def parse_resolutions(text: str | list) -> list[tuple[int, int]]:
             parts = item.split(":")
             if len(parts) != 3:
                 raise BadInput(f"bad resolution range '{item}': give START:STOP:STEP, e.g. 224:1024:64")
-            start, stop = _side(parts[0], item), _side(parts[1], item)
+            start, stop = _side(parts[0], item, multiple), _side(parts[1], item, multiple)
             step = parse_int(parts[2], f"resolution step in '{item}'")
-            if step % 32 or stop < start:
-                raise BadInput(f"bad resolution range '{item}': STEP a multiple of 32 and STOP >= START")
+            if step % multiple or stop < start:
+                raise BadInput(f"bad resolution range '{item}': STEP a multiple of {multiple} and STOP >= START")
             out += [(s, s) for s in range(start, stop + 1, step)]
             continue
-        sides = [_side(p, item) for p in item.lower().split("x")]
+        sides = [_side(p, item, multiple) for p in item.lower().split("x")]
         if len(sides) not in (1, 2):
             raise BadInput(f"bad resolution '{item}': give a size like 224 or HxW like 512x640")
         out.append((sides[0], sides[-1]))
@@ -315,8 +323,11 @@ def run_params() -> list[click.Parameter]:
     return [
         config_option(),
         O(["--models", "models_text"], required=True, help="Comma-separated, e.g. pvt_small,vit_s,resnet50."),
-        O(["--res", "res_text"], default="224", show_default=True,
-          help="Sizes (multiples of 32, height first): 224,512,800, 512x640 or a range 224:1024:64."),
+        O(["--task"], default="cls", show_default=True, type=click.Choice(TASKS),
+          help="cls: the backbone as a classifier; det: RetinaNet + FPN; seg: Semantic FPN (the paper's set-ups)."),
+        O(["--res", "res_text"], default=None,
+          help="Sizes, height first: 224,512,800, 512x640 or a range 224:1024:64 (multiples of 32; det pads to "
+               "32) [default: cls 224, det 800x1333, seg 512]."),
         O(["--batch", "batch_text"], default="1", show_default=True, help="Batch sizes per rank, or 'auto'."),
         O(["--modes", "modes_text"], default="infer,train", show_default=True, help="infer, train or both."),
         O(["--budget"], default="2", show_default=True, help="Soft target: seconds of timing per cell."),
@@ -345,14 +356,16 @@ def run_params() -> list[click.Parameter]:
     ]
 
 
-def run_config(params: dict[str, Any], task_choices: tuple[str, ...] = ("cls",)) -> RunConfig:
+def run_config(params: dict[str, Any]) -> RunConfig:
     """Validated ``RunConfig`` from the parsed option values of ``run_params``."""
     p = params
     threads = None if p.get("threads") in (None, "") else parse_int(p["threads"], "--threads")
+    task = p.get("task") or "cls"
+    res_text = p["res_text"] if p.get("res_text") not in (None, "") else DEFAULT_RES[task]
     return RunConfig(
-        models=parse_models(p["models_text"]), res=parse_resolutions(p["res_text"]),
+        models=parse_models(p["models_text"]), res=parse_resolutions(res_text, 1 if task == "det" else 32),
         modes=parse_modes(p["modes_text"]), batches=parse_batches(p["batch_text"]),
-        task=p.get("task", "cls"), device=p["device"], dtype=p["dtype"], tf32=p["tf32"] == "on",
+        task=task, device=p["device"], dtype=p["dtype"], tf32=p["tf32"] == "on",
         cudnn_benchmark=p["cudnn_benchmark"], channels_last=p["channels_last"], compile=p["use_compile"],
         budget=parse_float(p["budget"], "--budget", 0, min_open=True, maximum=86400),
         max_time=parse_float(p["max_time"], "--max-time", 0, min_open=True, maximum=7 * 86400),

@@ -68,6 +68,9 @@ class SpatialReductionAttention(nn.Module):
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.sr_ratio = sr_ratio
+        # Like timm's ``fused_attn``: False computes softmax(q k^T / sqrt(d)) v with explicit
+        # matmuls, the path an independent FLOP counter can see without a formula of ours.
+        self.fused_attn = True
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim)
@@ -81,7 +84,10 @@ class SpatialReductionAttention(nn.Module):
             x = self.norm(x.flatten(2).transpose(1, 2))
         kv = self.kv(x).view(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = (q * self.head_dim**-0.5 @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 

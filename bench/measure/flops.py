@@ -1,17 +1,27 @@
-"""Parameters and FLOPs, attention included, with a per-stage breakdown.
+"""Parameters and FLOPs, attention included, per stage and per part of a dense model.
 
 Counting is fvcore's (``FlopCountAnalysis``: one multiply-add = one "flop", i.e. MACs, the
 convention of the PVT paper's "GFLOPs"). fvcore has no handle for
 ``aten::scaled_dot_product_attention``: without one it silently drops attention (ViT-S at 800
-would read about half its real cost), so we register one. The count is cross-checked against
-``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per MAC), whose CPU SDPA kernel has no
-formula in this torch either: we register that too. Both handles are ours because neither library
-ships them.
+would read about half its real cost), so we register one (ours: fvcore ships none):
+B·H·Nq·Nk·(d + dv) MACs, i.e. the products q kᵀ and (softmax) v.
+
+Per stage: the model describes its own stages (``models.stage_prefixes``); a stage's GMACs are
+fvcore's per-module counts of its prefixes, and ``attention_gmacs_per_stage`` the attention
+products alone (q kᵀ and the product with v; projections excluded). Per part (``parts``: backbone / neck / head of a detector or segmentor): each
+part's own module count, so ``sum(part_gmacs) == gmacs`` is a check, not a definition.
+
+Cross-check that can disagree: an independent count by ``torch.utils.flop_counter`` with no formula
+of ours, on a copy of the model whose attention runs as explicit matmuls (every module's
+``fused_attn`` set False: timm's attention layers and our PVT have that switch). It is compared
+with fvcore's matmul/conv/attention total; a model whose attention cannot be switched shows up as
+a disagreement rather than hiding behind our own formula on both sides.
 """
 from __future__ import annotations
 
-import sys
+import copy
 import math
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +30,12 @@ import torch.nn as nn
 
 # Ops both counters score (matmul, conv, attention); the cross-check compares these only,
 # because fvcore additionally counts norms, pooling and upsampling and FlopCounterMode does not.
-_SHARED_OPS = {"conv", "addmm", "linear", "matmul", "bmm", "einsum", "scaled_dot_product_attention", "convolution"}
+_SHARED_OPS = {"conv", "addmm", "linear", "matmul", "bmm", "einsum", "scaled_dot_product_attention", "convolution",
+               "baddbmm", "mm"}
+# The attention products: SDPA, or the explicit q kᵀ and (softmax) v matmuls of an attention
+# layer that does not use SDPA (Swin's windows with their bias). Linear layers trace as
+# aten::linear / addmm, so in these backbones a bare matmul is an attention product.
+_ATTENTION_OPS = ("scaled_dot_product_attention", "matmul", "bmm", "einsum", "baddbmm")
 CROSS_CHECK_TOLERANCE = 0.01
 
 
@@ -32,10 +47,15 @@ class FlopReport:
     params: int
     gmacs: float
     gflops: float  # = 2 x gmacs
+    task: str = "cls"
+    input_hw: list[int] = field(default_factory=list)
     stage_gmacs: dict[str, float] = field(default_factory=dict)
+    attention_gmacs_per_stage: dict[str, float] = field(default_factory=dict)
+    part_gmacs: dict[str, float] = field(default_factory=dict)
+    part_params: dict[str, int] = field(default_factory=dict)
     op_gmacs: dict[str, float] = field(default_factory=dict)
     skipped_ops: list[str] = field(default_factory=list)
-    crosscheck_gmacs: float | None = None  # torch.utils.flop_counter over the shared ops
+    crosscheck_gmacs: float | None = None  # torch.utils.flop_counter, explicit attention path
     crosscheck_rel_diff: float | None = None
 
     def as_dict(self) -> dict:
@@ -55,43 +75,28 @@ def _fvcore_sdpa_handle(inputs, outputs):
     return _sdpa_macs(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(inputs[2]))
 
 
-def _flop_counter_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    # FlopCounterMode hands custom formulas the shapes of tensor arguments, not the tensors.
-    return 2 * _sdpa_macs(query_shape, key_shape, value_shape)
+def _covered(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def stage_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Module-name prefixes per stage, so per-stage FLOPs read the same across families."""
-    names = {n for n, _ in model.named_children()}
-    if {"patch_embed1", "block4"} <= names:  # PVT
-        groups = {f"stage{i}": [f"patch_embed{i}", f"block{i}"] for i in range(1, 5)}
-        groups["head"] = ["norm", "head"]
-        return groups
-    if {"layer1", "layer4"} <= names:  # timm ResNet
-        return {
-            "stage1": ["conv1", "bn1", "act1", "maxpool", "layer1"],
-            "stage2": ["layer2"],
-            "stage3": ["layer3"],
-            "stage4": ["layer4"],
-            "head": ["global_pool", "fc"],
-        }
-    if "blocks" in names and "patch_embed" in names:  # timm ViT: no stages; 4 equal block groups
-        depth = len(model.blocks)
-        groups = {"patch_embed": ["patch_embed", "pos_drop"]}
-        q = depth // 4
-        for g in range(4):
-            lo, hi = g * q, depth if g == 3 else (g + 1) * q
-            groups[f"blocks{lo}-{hi - 1}"] = [f"blocks.{j}" for j in range(lo, hi)]
-        groups["head"] = ["norm", "fc_norm", "head"]
-        return groups
-    return {}
+def _sum_prefixes(counts: dict[str, float], prefixes: list[str]) -> float:
+    """Sum of per-module counts over ``prefixes`` (fvcore's counts of a module include its
+    children, so only the prefixes themselves are read)."""
+    return float(sum(counts.get(p, 0) for p in prefixes))
 
 
-def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int = 1, cross_check: bool = True) -> FlopReport:
-    """Count params and MACs of ``model`` on one ``batch x 3 x height x width`` input (eval mode)."""
+def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int = 1, cross_check: bool = True,
+                parts: dict[str, list[str]] | None = None, task: str = "cls",
+                stage_root: str = "") -> FlopReport:
+    """Count params and MACs of ``model`` on one ``batch x 3 x height x width`` input (eval mode).
+
+    ``parts``: name prefixes of a dense model's parts; ``stage_root``: where the backbone sits
+    in ``model`` (e.g. "backbone.body"), so its stages are reported for dense models too."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # fvcore imports torch.jit.script
         from fvcore.nn import FlopCountAnalysis
+
+    from models import stage_prefixes
 
     was_training = model.training
     model.eval()
@@ -104,16 +109,28 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         total = analysis.total()
         by_module = analysis.by_module()
+        by_module_op = analysis.by_module_and_operator()
         by_op = analysis.by_operator()
         skipped = sorted(analysis.unsupported_ops())
+    attention = {m: sum(ops.get(op, 0) for op in _ATTENTION_OPS) for m, ops in by_module_op.items()}
     stages: dict[str, float] = {}
-    assigned = 0
-    for label, prefixes in stage_groups(model).items():
-        macs = sum(by_module.get(p, 0) for p in prefixes)
-        stages[label] = macs / 1e9
-        assigned += macs
-    if stages:
-        stages["other"] = (total - assigned) / 1e9
+    stage_attention: dict[str, float] = {}
+    backbone = model.get_submodule(stage_root) if stage_root else model
+    root = f"{stage_root}." if stage_root else ""
+    try:
+        described = stage_prefixes(backbone)
+    except ValueError:
+        described = {}
+    for label, prefixes in described.items():
+        full = [root + p for p in prefixes]
+        stages[label] = _sum_prefixes(by_module, full) / 1e9
+        if label.startswith("stage"):
+            stage_attention[label] = _sum_prefixes(attention, full) / 1e9
+    part_gmacs: dict[str, float] = {}
+    part_params: dict[str, int] = {}
+    for label, prefixes in (parts or {}).items():
+        part_gmacs[label] = _sum_prefixes(by_module, prefixes) / 1e9
+        part_params[label] = sum(p.numel() for n, p in model.named_parameters() if _covered(n, prefixes))
     report = FlopReport(
         model=name,
         res=str(height) if height == width else f"{height}x{width}",
@@ -121,30 +138,35 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
         params=params,
         gmacs=total / 1e9,
         gflops=2 * total / 1e9,
+        task=task,
+        input_hw=[height, width],
         stage_gmacs=stages,
+        attention_gmacs_per_stage=stage_attention,
+        part_gmacs=part_gmacs,
+        part_params=part_params,
         op_gmacs={op: v / 1e9 for op, v in sorted(by_op.items())},
         skipped_ops=skipped,
     )
     if cross_check:
         shared = sum(v for op, v in by_op.items() if op in _SHARED_OPS)
-        report.crosscheck_gmacs = _flop_counter_macs(model, x)
+        report.crosscheck_gmacs = explicit_path_gmacs(model, x)
         report.crosscheck_rel_diff = abs(report.crosscheck_gmacs * 1e9 - shared) / max(shared, 1)
     model.train(was_training)
     return report
 
 
-def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:
-    """torch's own counter (matmul, conv, attention) in GMACs."""
+def explicit_path_gmacs(model: nn.Module, x: torch.Tensor) -> float:
+    """torch's own counter, with no formula of ours, over a copy of ``model`` whose attention
+    runs as explicit matmuls: GMACs of matmul, conv and attention."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    mapping = {}
-    for op_name in ("_scaled_dot_product_flash_attention_for_cpu",):
-        op = getattr(torch.ops.aten, op_name, None)
-        if op is not None:
-            mapping[op] = _flop_counter_sdpa
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    twin = copy.deepcopy(model).eval()
+    for module in twin.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        twin(x)
     return counter.get_total_flops() / 2 / 1e9
 
 
@@ -153,10 +175,17 @@ def print_flops_table(reports: list[FlopReport]) -> None:
     from rich.table import Table
 
     table = Table(title="Parameters and FLOPs (1 multiply-add = 1 MAC; GFLOPs = 2 x GMACs)")
-    for col in ("model", "res", "params (M)", "GMACs", "GFLOPs", "per stage (GMACs)", "x-check"):
-        table.add_column(col, justify="left" if col in ("model", "per stage (GMACs)") else "right")
+    dense = any(r.part_gmacs for r in reports)
+    columns = ["model", "task", "res", "params (M)", "GMACs", "GFLOPs", "per stage (GMACs)"]
+    columns += ["parts (GMACs)"] if dense else []
+    columns += ["x-check"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "task", "per stage (GMACs)", "parts (GMACs)") else "right")
     for r in reports:
         stages = "  ".join(f"{k}={v:.2f}" for k, v in r.stage_gmacs.items() if v)
         check = "-" if r.crosscheck_rel_diff is None else f"{100 * r.crosscheck_rel_diff:.2f}%"
-        table.add_row(r.model, r.res, f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}", f"{r.gflops:.2f}", stages, check)
+        row = [r.model, r.task, r.res, f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}", f"{r.gflops:.2f}", stages]
+        if dense:
+            row.append("  ".join(f"{k}={v:.2f}" for k, v in r.part_gmacs.items()))
+        table.add_row(*row, check)
     Console(width=None if sys.stdout.isatty() else 200).print(table)

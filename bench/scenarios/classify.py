@@ -34,6 +34,7 @@ from bench.measure.memory import PeakMemory, free_memory, is_oom, memory_breakdo
 from bench.measure.timing import measure, measure_lockstep, peak_matmul_tflops
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
+from bench.scenarios import dense
 
 
 class _Skip(Exception):
@@ -74,8 +75,8 @@ class ClassifyScenario:
             counted: object = None
             if ctx.is_main:
                 try:
-                    counted = count_flops(build_model(cell.model), cell.model, cell.height, cell.width,
-                                          cross_check=False)
+                    counted = dense.count(cell) if cell.task != "cls" else count_flops(
+                        build_model(cell.model), cell.model, cell.height, cell.width, cross_check=False)
                 except Exception as exc:  # noqa: BLE001 - recorded in the cell
                     counted = RuntimeError(f"{type(exc).__name__} while counting FLOPs: {_first_line(exc)}") \
                         if not is_oom(exc) else MemoryError(f"out of memory while counting FLOPs: {_first_line(exc)}")
@@ -104,7 +105,9 @@ class ClassifyScenario:
                        flags=["flops-failed"], wall_s=0.0, cpu_time_s=0.0, loadavg_1m=os.getloadavg()[0])
             return rec
         rec.update(params=counted.params, gmacs=counted.gmacs, gflops=counted.gflops, stage_gmacs=counted.stage_gmacs,
-                   attention_gmacs_per_stage=getattr(counted, "attention_gmacs_per_stage", None) or None)
+                   attention_gmacs_per_stage=counted.attention_gmacs_per_stage or None,
+                   part_gmacs=counted.part_gmacs or None, part_params=counted.part_params or None,
+                   input_hw=list(dense.input_hw(cell)))
         rec.update(measure_cell(cell, ctx, cfg, getattr(self, "profile_dir", None)))
         flags = list(rec.get("flags") or [])
         if rec["status"] == "ok":
@@ -140,9 +143,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
+def _build(cell: Cell) -> nn.Module:
+    """The classifier, or the whole detector / segmentor for --task det|seg."""
+    return build_model(cell.model) if cell.task == "cls" else dense.build(cell)
+
+
 def _input(cell: Cell, batch: int, device: torch.device, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, cell.height, cell.width, device=device, dtype=dtype)
+    height, width = dense.input_hw(cell)
+    # Detectors take images in [0, 1] (their transform normalises); classifiers normalised noise.
+    x = (torch.rand if cell.task == "det" else torch.randn)(batch, 3, height, width, device=device, dtype=dtype)
     return x.contiguous(memory_format=memory_format)
 
 
@@ -155,6 +165,8 @@ def _make_step(cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: 
         x = _input(cell, batch, ctx.device, cfg.channels_last, weight_dtype(cfg.dtype))
         fwd = torch.compile(model) if cfg.compile else model
         amp = autocast_dtype(cfg.dtype)
+        if cell.task != "cls":
+            return dense.make_infer_step(cell, fwd, x, torch.autocast(ctx.device.type, dtype=amp) if amp else None), None
 
         @torch.inference_mode()
         def step():
@@ -168,8 +180,18 @@ def _make_step(cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: 
                      ds_config=cfg.ds_config)
     trainer = build_trainer(model, ctx, spec)
     x = _input(cell, batch, ctx.device, cfg.channels_last, trainer.input_dtype)
-    target = torch.randint(0, 1000, (batch,), device=ctx.device)
     fwd = torch.compile(trainer.model) if cfg.compile else trainer.model
+    if cell.task != "cls":
+        targets = dense.train_targets(cell, x)
+
+        def step():
+            with trainer.autocast():
+                loss = dense.train_loss(cell, fwd, x, targets)
+            trainer.step(loss)
+            return loss
+
+        return step, trainer
+    target = torch.randint(0, 1000, (batch,), device=ctx.device)
 
     def step():
         with trainer.autocast():
@@ -196,7 +218,7 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
         try:
             if ctx.device.type == "cpu" and per_sample is not None and not _fits_cpu_memory(per_sample, b):
                 raise _Skip
-            model = build_model(cell.model)
+            model = _build(cell)
             with PeakMemory(ctx.device, model) as mem:
                 step, _ = _make_step(cell, b, model, ctx, cfg)
                 step()
@@ -276,7 +298,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
                 out.update(status="oom", error="batch 1 does not fit", batch=None, flags=["batch-1-oom"])
                 return out
         out["batch"] = batch
-        model = build_model(cell.model)
+        model = _build(cell)
         # The window opens before the engine is built, on every device: DDP buckets, ZeRO
         # partitions, optimizer state and the input all count.
         with PeakMemory(ctx.device, model) as mem:
@@ -299,6 +321,9 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
         per_rank = all_gather_floats(timing.median_ms, ctx)
         out.update(per_rank_step_ms=per_rank, global_batch=batch * ctx.world_size,
                    throughput=batch * ctx.world_size / (max(per_rank) / 1e3))
+        if cell.task != "cls" and not cell.train:
+            x = _input(cell, batch, ctx.device, cfg.channels_last, weight_dtype(cfg.dtype))
+            out["part_latency_ms"] = dense.part_latency_ms(cell, model, x)
         if trainer is not None:
             out["optimizer_impl"] = trainer.optimizer_impl
             if trainer.ds_config is not None:

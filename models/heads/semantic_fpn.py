@@ -47,6 +47,14 @@ class ScaleHead(nn.Module):
         return x
 
 
+class ResizeTo(nn.Module):
+    """Bilinear resize of logits to the input size; a module of its own so that its cost belongs
+    to the head in a per-module FLOP count."""
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class SemanticFPN(nn.Module):
     """Backbone -> FPN (strides 4-32) -> Panoptic-FPN semantic head -> per-pixel logits at the
     input size. Takes images in [0, 1] and normalises them with ImageNet statistics, as the
@@ -69,6 +77,7 @@ class SemanticFPN(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+        self.resize = ResizeTo()
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -81,4 +90,4 @@ class SemanticFPN(nn.Module):
         for level in levels[1:]:
             fused = fused + level
         logits = self.classifier(self.dropout(fused))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self.resize(logits, images.shape[-2:])
