@@ -46,15 +46,17 @@ def _start(nproc: int, threads: int | None, out: str | None, new_out: bool) -> s
 
 def _sweep(scenario, device: str, timeout_s: float = 300.0) -> None:
     from bench.launch.context import init_distributed, shutdown
-    from bench.sweep import make_console, run_sweep
+    from bench.launch.local import report_stop_to_launcher
+    from bench.sweep import StopFlag, make_console, run_sweep
 
+    StopFlag.shared().install()  # a SIGTERM while the process group forms still stops the sweep
     ctx = init_distributed(device, timeout_s=timeout_s)
     try:
         result = run_sweep(scenario, ctx, make_console(ctx))
     finally:
         shutdown(ctx)
     if result.exit_code:
-        sys.exit(result.exit_code)
+        sys.exit(report_stop_to_launcher(result.exit_code))
 
 
 def _run(cfg: cfgmod.RunConfig, source_out_given: bool) -> None:
@@ -246,6 +248,16 @@ def slurm_resubmit_command(run_dir: Path, dry_run: bool) -> None:
 def entry() -> None:
     """Console-script entry: click's own usage errors (bad option, bad choice) also come out as
     one line and exit code 2, like our BadInput errors."""
+    import os
+
+    from bench.launch.local import JOB_STATUS_ENV
+
+    if JOB_STATUS_ENV in os.environ and "RANK" in os.environ:
+        # A rank of a job `--nproc` started: the parent may forward SIGTERM at any moment, even
+        # while this rank still imports torch; it must stop at a cell boundary, not die.
+        from bench.sweep import StopFlag
+
+        StopFlag.shared().install()
     try:
         main.main(standalone_mode=False)
     except click.UsageError as exc:
@@ -255,12 +267,13 @@ def entry() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        from bench.launch.local import report_stop_to_launcher
+
+        code = report_stop_to_launcher(130)  # a rank of a self-launched job: the parent says it
+        if code:
+            click.echo("Interrupted.", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

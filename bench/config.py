@@ -35,6 +35,10 @@ TASKS = ("cls", "det", "seg")
 DTYPE_CHOICES = ("fp32", "bf16", "fp16", "bf16-weights")
 ENGINE_CHOICES = ("none", "ddp", "deepspeed")  # bench.engines registers one module per name
 _DIGITS = re.compile(r"[0-9]+")
+# A plain decimal number in ASCII: no "_" separators, no full-width digits, no nan/inf words.
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+MAX_DIGITS = 18  # integers below 10**18: beyond any real setting, and below int()'s 4300-digit limit
+MAX_SIDE = 65536  # px: a larger side is a typo, and a range up to it stays a short list
 
 
 def meta(identity: bool = True, scope: str = "all", unit: str = "") -> dict:
@@ -48,21 +52,39 @@ def meta(identity: bool = True, scope: str = "all", unit: str = "") -> dict:
 
 def parse_int(text: str, what: str, minimum: int = 1) -> int:
     text = str(text).strip()
-    if not _DIGITS.fullmatch(text) or int(text) < minimum:
-        raise BadInput(f"bad {what} '{text}': give an integer >= {minimum} in ASCII digits")
+    if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum:
+        raise BadInput(f"bad {what} '{text[:40]}': give an integer >= {minimum} in ASCII digits")
     return int(text)
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error message shows it: short, and never itself an error (a
+    5000-digit int cannot be turned into text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"
+    return str(value).strip()[:40]
 
 
 def parse_float(value: Any, what: str, minimum: float | None = None, min_open: bool = False,
                 maximum: float | None = None) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BadInput(f"bad {what} '{value}': give a number") from None
+    """A finite number: an int or float (from a config file), or text in ASCII decimal notation
+    (``1``, ``0.5``, ``1e-4``); not ``1_000``, full-width digits, ``nan`` or ``inf``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadInput(f"bad {what} '{_shown(value)}': give a number")
+    if isinstance(value, str):
+        if len(value.strip()) > 64 or not _FLOAT.fullmatch(value.strip()):
+            raise BadInput(f"bad {what} '{_shown(value)}': give a number in ASCII digits, e.g. 0.5 or 1e-4")
+        number = float(value.strip())
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
     too_low = minimum is not None and (number <= minimum if min_open else number < minimum)
     if not math.isfinite(number) or too_low or (maximum is not None and number > maximum):
         bound = "" if minimum is None else f" {'>' if min_open else '>='} {minimum}"
-        raise BadInput(f"bad {what} '{value}': give a finite number{bound}")
+        top = "" if maximum is None else f" and <= {maximum:g}"
+        raise BadInput(f"bad {what} '{_shown(value)}': give a finite number{bound}{top}")
     return number
 
 
@@ -81,9 +103,11 @@ def parse_models(text: str | list) -> list[str]:
 
 
 def _side(text: str, item: str, multiple: int = 32) -> int:
-    if not _DIGITS.fullmatch(text) or int(text) <= 0 or int(text) % multiple:
+    text = text.strip()
+    if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > 6 or not 0 < int(text) <= MAX_SIDE \
+            or int(text) % multiple:
         what = "a positive multiple of 32" if multiple == 32 else "a positive integer"
-        raise BadInput(f"bad resolution '{item}': each side must be {what} in ASCII digits "
+        raise BadInput(f"bad resolution '{item[:40]}': each side must be {what} up to {MAX_SIDE} in ASCII digits "
                        "(e.g. 224, 512, 512x640, or a range 224:1024:64)")
     return int(text)
 
@@ -129,9 +153,9 @@ def parse_batches(text: str | list, allow_auto: bool = True) -> list[int | str]:
     for item in items:
         if item == "auto" and allow_auto:
             out.append("auto")
-        elif not _DIGITS.fullmatch(item) or int(item) <= 0:
+        elif not _DIGITS.fullmatch(item) or len(item.lstrip("0")) > MAX_DIGITS or int(item) <= 0:
             hint = " or 'auto'" if allow_auto else ""
-            raise BadInput(f"bad batch size '{item}': give positive integers{hint}, e.g. --batch 1,8")
+            raise BadInput(f"bad batch size '{item[:40]}': give positive integers{hint}, e.g. --batch 1,8")
         else:
             out.append(int(item))
     if not out:
@@ -175,7 +199,7 @@ class RunConfig:
     channels_last: bool = field(default=False, metadata=meta())
     compile: bool = field(default=False, metadata=meta())
     budget: float = field(default=2.0, metadata=meta(unit="s"))
-    max_time: float = field(default=60.0, metadata=meta(unit="s"))
+    max_time: float = field(default=20.0, metadata=meta(unit="s"))
     engine: str = field(default="none", metadata=meta(scope="train"))
     zero: int = field(default=0, metadata=meta(scope="train"))
     ds_config: str | None = field(default=None, metadata=meta(scope="train"))
@@ -331,7 +355,7 @@ def run_params() -> list[click.Parameter]:
         O(["--batch", "batch_text"], default="1", show_default=True, help="Batch sizes per rank, or 'auto'."),
         O(["--modes", "modes_text"], default="infer,train", show_default=True, help="infer, train or both."),
         O(["--budget"], default="2", show_default=True, help="Soft target: seconds of timing per cell."),
-        O(["--max-time"], default="60", show_default=True,
+        O(["--max-time"], default="20", show_default=True,
           help="Hard cap per cell in seconds, warm-up included."),
         O(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
         O(["--dtype"], default="fp32", show_default=True, type=click.Choice(DTYPE_CHOICES),

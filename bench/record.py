@@ -22,6 +22,7 @@ object, invalid UTF-8) with one warning that counts them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -117,6 +118,9 @@ class Record:
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB")
     peak_mem_method: str | None = _f(MEASURE)
+    mem_reserved_mb: float | None = _f(MEASURE, "MB", "GPU: torch.cuda.max_memory_reserved")
+    device_mem_used_mb: float | None = _f(MEASURE, "MB", "GPU: NVML memory in use at the end of the cell")
+    energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images")
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
     batch_search: list | None = _f(MEASURE)
     # --- profile
@@ -221,7 +225,7 @@ def timestamp() -> str:
 
 def new_run_id() -> str:
     """Unique even for two runs started in the same second on one host."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{secrets.token_hex(2)}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{secrets.token_hex(3)}"
 
 
 class RecordWriteError(OSError):
@@ -249,71 +253,89 @@ class RunDir:
         return self
 
     def check_writable(self) -> None:
-        """Refuse a records file that is a symlink or not a regular file before measuring."""
+        """Refuse a records file (or the invocation log) that is a symlink or not a regular file,
+        before measuring: bench writes only inside the run directory."""
         from bench.errors import BadInput
 
-        for path in self.record_files():
+        for path in [*self.record_files(), self.records_path, self.path / INVOCATIONS]:
             if path.is_symlink():
-                raise BadInput(f"{path} is a symlink; bench writes records only inside the run directory")
+                raise BadInput(f"{path} is a symlink; bench writes records only inside the run directory "
+                               "(remove it or choose another --out)")
             if path.exists() and not path.is_file():
                 raise BadInput(f"{path} exists but is not a file; remove it or choose another --out")
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record whole or not at all (one checked write, then fsync)."""
+        """Append one record whole or not at all: under an exclusive lock (concurrent writers of
+        one file), cut a torn tail off, one checked write, fsync; on any failure the file is cut
+        back to its length before the write."""
         line = (json.dumps(record, sort_keys=True, default=_json_default, allow_nan=False) + "\n").encode()
         path = self.records_path
         if path.is_symlink():
             raise RecordWriteError(errno.ELOOP, f"{path} is a symlink; refusing to follow it")
-        self._quarantine_torn_tail(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+            self._quarantine_torn_tail(fd, path)
             start = os.fstat(fd).st_size
+            failure: OSError | None = None
             try:
                 written = os.write(fd, line)
-            except OSError as exc:
-                written = -1
-                failure = exc
-            if written != len(line):
-                os.ftruncate(fd, start)  # take back a partial line so the file stays whole
-                if written >= 0:
+                if written != len(line):
                     failure = OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
-                raise RecordWriteError(failure.errno or errno.EIO, f"cannot append to {path}: {failure.strerror or failure}")
-            os.fsync(fd)
+                else:
+                    os.fsync(fd)
+            except OSError as exc:
+                failure = exc
+            if failure is not None:
+                try:
+                    os.ftruncate(fd, start)  # take back a partial line so the file stays whole
+                except OSError:
+                    pass
+                raise RecordWriteError(failure.errno or errno.EIO,
+                                       f"cannot append to {path}: {failure.strerror or failure}")
         finally:
             os.close(fd)
 
-    def _quarantine_torn_tail(self, path: Path) -> None:
+    def _quarantine_torn_tail(self, fd: int, path: Path) -> None:
         """A last line without its newline (a kill mid-write) would swallow the next record:
-        move its bytes to a side file and cut it off."""
+        move its bytes to a side file and cut it off (the caller holds the file's lock)."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        # Find the last newline, reading backwards in blocks (the file may be large).
+        cut, pos = 0, size
+        while pos > 0:
+            block = min(1 << 16, pos)
+            pos -= block
+            chunk = os.pread(fd, block, pos)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                cut = pos + i + 1
+                break
+        tail = os.pread(fd, size - cut, cut)
+        side = self.path / f"records.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}.jsonl"
+        side_fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size == 0:
-            return
-        with path.open("rb+") as fh:
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            fh.seek(0)
-            data = fh.read()
-            cut = data.rfind(b"\n") + 1
-            side = self.path / f"records.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
-            side.write_bytes(data[cut:])
-            fh.truncate(cut)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if os.write(side_fd, tail) != len(tail):
+                raise OSError(errno.ENOSPC, f"short write while keeping the torn line in {side}")
+            os.fsync(side_fd)
+        finally:
+            os.close(side_fd)
+        os.ftruncate(fd, cut)
+        os.fsync(fd)
         print(f"bench: {path} ended in a torn line ({size - cut} bytes); kept them in {side} and cut them off",
               file=sys.stderr)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, warn: bool = True) -> list[dict[str, Any]]:
+        """Every readable record of records.jsonl and the shards; unreadable lines are skipped
+        with one warning that counts them (none when ``warn`` is False)."""
         out: list[dict[str, Any]] = []
         skipped = 0
         for path in self.record_files():
             recs, bad = read_records_counted(path)
             out += recs
             skipped += bad
-        if skipped:
+        if skipped and warn:
             print(f"bench: skipped {skipped} unreadable line(s) in {self.path}", file=sys.stderr)
         return out
 
@@ -329,7 +351,10 @@ class RunDir:
         line = (json.dumps(entry, sort_keys=True, default=_json_default, allow_nan=False) + "\n").encode()
         fd = os.open(self.path / INVOCATIONS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, line)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            written = os.write(fd, line)
+            if written != len(line):
+                raise RecordWriteError(errno.ENOSPC, f"short write to {self.path / INVOCATIONS}")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -347,7 +372,7 @@ def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
                 continue
             try:
                 rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep, a 5000-digit number
                 bad += 1
                 continue
             if not isinstance(rec, dict):
@@ -362,16 +387,45 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 
 def latest_by_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per (cell_key, config_id): the latest by timestamp (a retried cell's last try)."""
+    """One record per (cell_key, config_id): the latest by timestamp (a retried cell's last try).
+    A record whose cell_key is not a string (or config_id neither a string nor missing) stands alone."""
     best: dict[tuple, dict[str, Any]] = {}
     for i, rec in enumerate(records):
-        key = (rec.get("cell_key"), rec.get("config_id")) if rec.get("cell_key") else ("#", i)
-        if not isinstance(key[0], str):
+        cell_key, config_id = rec.get("cell_key"), rec.get("config_id")
+        if isinstance(cell_key, str) and cell_key and (config_id is None or isinstance(config_id, str)):
+            key: tuple = ("cell", cell_key, config_id)
+        else:
             key = ("#", i)
         old = best.get(key)
         if old is None or str(rec.get("timestamp") or "") >= str(old.get("timestamp") or ""):
             best[key] = rec
     return list(best.values())
+
+
+def cell_identity(rec: dict[str, Any]) -> tuple[str, str] | None:
+    """(cell_key, config_id) of a record when both are strings (resume identity); else None."""
+    key, config_id = rec.get("cell_key"), rec.get("config_id")
+    return (key, config_id) if isinstance(key, str) and isinstance(config_id, str) else None
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def well_formed(rec: dict[str, Any]) -> bool:
+    """Every field the schema declares has its declared type (or is missing / null): what code
+    that computes with old records (scaling efficiency, resume) may rely on."""
+    for name, value in rec.items():
+        f = FIELDS.get(name)
+        if f is None or value is None:
+            continue
+        kinds = _TYPES.get(str(f.type).split(" |")[0])
+        if kinds is None:
+            continue
+        if isinstance(value, bool) and bool not in kinds:
+            return False
+        if not isinstance(value, kinds):
+            return False
+    return True
 
 
 def _json_default(obj: Any) -> Any:

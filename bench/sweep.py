@@ -19,6 +19,7 @@ both:
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -33,23 +34,36 @@ from typing import Any, Protocol
 from bench.config import identity, identity_id
 from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
 from bench.plan import Cell
-from bench.record import RecordWriteError, RunDir, check_record, new_run_id, timestamp
+from bench.record import RecordWriteError, RunDir, cell_identity, check_record, new_run_id, timestamp, well_formed
 
 PREEMPTED_EXIT = 99  # "preempted; rerun with the same --out to resume"
 FINISHED = ("ok", "oom")
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM; the sweep checks it between cells."""
+    """Set by SIGUSR1/SIGTERM; the sweep checks it between cells. One per process
+    (``StopFlag.shared()``), so a signal that arrives while the process starts up (before the
+    sweep) still counts once the command installs it early."""
+
+    _shared: "StopFlag | None" = None
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.installed = False
+
+    @classmethod
+    def shared(cls) -> "StopFlag":
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
 
     def install(self) -> "StopFlag":
         import signal
 
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        if not self.installed:
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+            self.installed = True
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -111,27 +125,29 @@ class Claims:
         return self.dir / (hashlib.sha256(f"{key}#{config_id}".encode()).hexdigest()[:24] + ".claim")
 
     def take(self, key: str, config_id: str) -> str | None:
-        """None when the claim is ours; else who holds it."""
+        """None when the claim is ours; else who holds it. Checking a claim, removing a stale one
+        and creating ours happen under one lock on ``claims/.lock``, so two writers that both
+        find a stale claim cannot both take it over."""
         self.dir.mkdir(exist_ok=True)
         path = self._path(key, config_id)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "cell": key}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = _read_claim(path)
+        lock = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            holder = _read_claim(path) if path.exists() else None
+            if path.exists() or path.is_symlink():
                 if holder and _alive(holder):
                     return f"pid {holder.get('pid')} on {holder.get('host')}"
-                try:  # stale: its process is gone
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-                continue
+                path.unlink(missing_ok=True)  # stale: its process is gone (or the file is unreadable)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held.add(path)
             return None
-        return "another writer (claim raced)"
+        except FileExistsError:  # a writer that does not take the lock (an older bench) won
+            return "another writer (claim raced)"
+        finally:
+            os.close(lock)
 
     def release(self, key: str, config_id: str) -> None:
         path = self._path(key, config_id)
@@ -190,8 +206,13 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     command = shlex.join(["bench", *sys.argv[1:]])
     invocation = None
     if ctx.is_main:
-        run_dir.create()
-        run_dir.check_writable()
+        run_dir.check_writable()  # before creating anything (records.jsonl a directory, a symlink)
+        try:
+            run_dir.create()
+        except OSError as exc:
+            from bench.errors import BadInput
+
+            raise BadInput(f"cannot create the run directory {run_dir.path} ({exc.strerror or exc})") from None
         invocation = record_invocation(run_dir, command, ctx)
     invocation = broadcast_object(invocation, ctx)
     barrier(ctx)
@@ -201,10 +222,13 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     ids = {c.key: identity_id({**identity(cfg, c.train, runtime), "cell": _cell_settings(cfg, c)}) for c in cells}
     settings_ids = {c.key: identity_id(identity(cfg, c.train, {})) for c in cells}
     history: list[dict] = []
+    known: dict[tuple[str, str], int] = {}
     todo_keys: list[str] | None = None
     if ctx.is_main:
-        history = run_dir.records()
-        done = {(r.get("cell_key"), r.get("config_id")) for r in history if r.get("status") in FINISHED}
+        readable = run_dir.records()  # one warning if some lines are unreadable
+        history = [r for r in readable if well_formed(r)]  # what scenarios compute with
+        done = _finished(readable)
+        known = _counts(readable)  # records per cell identity now: another writer's are new
         skipped = [c.key for c in cells if (c.key, ids[c.key]) in done]
         if skipped:
             console.print(f"[yellow]resume:[/] skipping {len(skipped)} finished cells in {run_dir.path}: "
@@ -213,7 +237,7 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     todo_keys = broadcast_object(todo_keys, ctx)
     todo = [c for c in cells if c.key in set(todo_keys)]
 
-    stop = StopFlag().install()
+    stop = StopFlag.shared().install()
     claims = Claims(run_dir)
     new_records: list[dict] = []
     exit_code = 0
@@ -229,10 +253,10 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
                                   f"rerun with --out {run_dir.path} to resume")
                     exit_code = PREEMPTED_EXIT
                     break
-                holder = claims.take(cell.key, ids[cell.key]) if ctx.is_main else None
+                holder = _claim(claims, run_dir, cell.key, ids[cell.key], known) if ctx.is_main else None
                 holder = broadcast_object(holder, ctx)
                 if holder:
-                    console.print(f"[yellow]skip:[/] {cell.key} is being measured by {holder}")
+                    console.print(f"[yellow]skip:[/] {cell.key} {holder}")
                     progress.advance(task)
                     continue
                 progress.update(task, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
@@ -256,6 +280,13 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
                                   f"{rec.get('error')}; ending the job")
                     exit_code = 1
                     break
+            else:
+                # A stop asked for during the last cell: every cell is recorded, but the caller asked
+                # us to stop, and says so with the same exit code (nothing is left to resume).
+                if all_reduce_max(1.0 if stop.signal else 0.0, ctx):
+                    console.print(f"[red]preempted[/] (signal {stop.signal}) during the last cell; every cell is "
+                                  f"recorded in {run_dir.path}")
+                    exit_code = PREEMPTED_EXIT
     finally:
         claims.release_all()
     if ctx.is_main and exit_code != PREEMPTED_EXIT:
@@ -269,13 +300,46 @@ def _cell_settings(cfg, cell: Cell) -> Any:
     return checkpoints.get(cell.model)
 
 
+def _finished(records: list[dict]) -> set[tuple[str, str]]:
+    """Cell identities with a finished (ok / oom) record; records of the wrong shape count for none."""
+    out = set()
+    for r in records:
+        ident = cell_identity(r)
+        if ident is not None and isinstance(r.get("status"), str) and r["status"] in FINISHED:
+            out.add(ident)
+    return out
+
+
+def _counts(records: list[dict]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for r in records:
+        ident = cell_identity(r)
+        if ident is not None:
+            out[ident] = out.get(ident, 0) + 1
+    return out
+
+
+def _claim(claims: Claims, run_dir: RunDir, key: str, config_id: str, known: dict) -> str | None:
+    """None when this writer should measure the cell now; else why not (for the skip message).
+    After taking the claim the records are read again: a writer that started with us may have
+    measured the cell and released its claim before we got here."""
+    holder = claims.take(key, config_id)
+    if holder:
+        return f"is being measured by {holder}"
+    records = run_dir.records(warn=False)
+    if (key, config_id) in _finished(records) or _counts(records).get((key, config_id), 0) > known.get((key, config_id), 0):
+        claims.release(key, config_id)
+        return "was measured meanwhile by another writer into this directory"
+    return None
+
+
 def _append_or_die(run_dir: RunDir, rec: dict) -> None:
     """A record that cannot be written is printed whole to stderr (so it is not lost); exit 1."""
     try:
         run_dir.append(rec)
     except (RecordWriteError, OSError) as exc:
         print(json.dumps(rec, sort_keys=True, default=str), file=sys.stderr)
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
         print(f"Error: cannot write the record of {rec.get('cell_key')} to {run_dir.records_path} ({reason}); "
               "it is printed above as JSON", file=sys.stderr)
         sys.exit(1)

@@ -216,13 +216,18 @@ def test_hard_cap_ends_cell_early():
 
 
 def test_hard_cap_during_warmup_and_zero_cap():
-    # 1 s steps, cap 2.5 s: the second iteration ends at 2 s, a third would end at 3 s
+    # 1 s steps, cap 2.5 s: warm-up may not pass half the cap (1.25 s), so it stops after one
+    # iteration (a second would end at 2 s), unsteady; one timed iteration fits before 2.5 s.
     s = Script([], then=lambda i: 1000.0)
     t = run(s, max_time_s=2.5)
-    assert (t.warmup_iters, t.iters, s.calls) == (2, 0, 2)
+    assert (t.warmup_iters, t.iters, s.calls) == (1, 1, 2)
     rec = t.as_record()
-    assert rec["latency_ms"] is None and rec["timing_stable"] is False
-    assert set(rec["timing_flags"]) >= {"time-cap", "few-samples"}
+    assert rec["latency_ms"] == pytest.approx(1000.0) and rec["timing_stable"] is False
+    assert set(rec["timing_flags"]) >= {"time-cap", "few-samples", "warmup-unsteady"}
+    # 1 s steps, cap 0.9 s: the first warm-up iteration already passes the cap, nothing timed
+    s = Script([], then=lambda i: 1000.0)
+    t = run(s, max_time_s=0.9)
+    assert (t.warmup_iters, t.iters) == (1, 0) and t.as_record()["latency_ms"] is None
     s = Script([], then=lambda i: 1.0)
     t = run(s, max_time_s=0.0)
     assert (t.warmup_iters, t.iters, s.calls, t.stop_reason) == (0, 0, 0, "time-cap")

@@ -35,7 +35,8 @@ def allotted_cores() -> int:
 
 
 def check_out_dir(out: str | None) -> None:
-    """A bad ``--out`` (a file, under a file, read-only, empty) is refused before anything runs."""
+    """A bad ``--out`` (a file, under a file, not writable, empty; a records file that is a
+    directory or a symlink) is refused before anything runs or is created."""
     if out is None:
         return
     if not str(out).strip():
@@ -44,19 +45,25 @@ def check_out_dir(out: str | None) -> None:
     if path.exists() and not path.is_dir():
         raise BadInput(f"--out {out} is a file, not a directory; choose another --out")
     parent = path
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
     if not parent.is_dir():
         raise BadInput(f"--out {out} is under a file ({parent}); choose another --out")
+    # os.access says yes to root on any directory of a writable mount (/proc, /sys among them):
+    # create (and drop at once) an unnamed file where the run directory would be made.
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInput(f"--out {out}: {parent} is not writable; choose another --out")
-    if path.exists():
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise BadInput(f"--out {out} is not writable ({exc.strerror}); choose another --out") from None
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        where = f"{parent} is not writable" if parent != path else "is not writable"
+        raise BadInput(f"--out {out}: {where} ({exc.strerror or exc}); choose another --out") from None
+    if path.is_dir():
+        from bench.record import RunDir
+        from bench.sweep import writer_name
 
+        RunDir(path, writer_name()).check_writable()
 
 def strip_option(argv: list[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""
@@ -74,25 +81,86 @@ def strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _signal_ranks(job: subprocess.Popen, sig: int) -> None:
-    """Send ``sig`` to the ranks (torchrun's children), not torchrun itself, which would kill
-    them at once rather than let them stop at a cell boundary."""
+JOB_STATUS_ENV = "BENCH_JOB_STATUS"  # a file the ranks of a self-launched job report a stop in
+INTERRUPT_GRACE_S = 30.0  # after Ctrl-C, how long the ranks get to end before they are killed
+
+
+def report_stop_to_launcher(code: int) -> int:
+    """The exit code a rank should use for ``code``: a stop (99) or an interrupt (130) of a job
+    that ``relaunch_if_requested`` started is written to its status file and the rank exits 0,
+    so torchrun does not report the ranks as failed (a "ChildFailedError" box with a traceback
+    for what was an asked-for stop); the parent then exits with ``code`` itself."""
+    path = os.environ.get(JOB_STATUS_ENV)
+    if not path or code not in (PREEMPTED_EXIT, 130) or "RANK" not in os.environ:
+        return code
+    try:
+        with open(path, "a") as fh:
+            fh.write(f"{code}\n")
+    except OSError:
+        return code
+    return 0
+
+
+def _ranks(job: subprocess.Popen) -> list:
     import psutil
 
     try:
-        ranks = psutil.Process(job.pid).children(recursive=True)
+        return psutil.Process(job.pid).children(recursive=False)
     except psutil.NoSuchProcess:
-        return
-    for proc in ranks:
+        return []
+
+
+def _signal_ranks(job: subprocess.Popen, sig: int) -> int:
+    """Send ``sig`` to the ranks (torchrun's own children), not torchrun itself, which would kill
+    them at once rather than let them stop at a cell boundary, and not the ranks' helpers (data
+    loader workers), which their rank ends. Returns how many ranks it reached."""
+    import psutil
+
+    reached = 0
+    for proc in _ranks(job):
         try:
             proc.send_signal(sig)
+            reached += 1
+        except psutil.NoSuchProcess:
+            pass
+    return reached
+
+
+def _kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL torchrun and everything under it."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in reversed(procs):
+        try:
+            proc.kill()
         except psutil.NoSuchProcess:
             pass
 
 
+def _die_with_parent() -> None:
+    """In torchrun (before exec): get SIGTERM if this process dies, so a killed parent leaves
+    no job behind (torchrun then stops its ranks)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: nothing to set
+        pass
+
+
 def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threads_per_rank: int | None = None) -> None:
     """When ``nproc > 1`` and no launcher started us, run this command under torchrun with
-    ``nproc`` ranks and exit with its status (torchrun ends every rank when one dies)."""
+    ``nproc`` ranks and exit with its status (torchrun ends every rank when one dies).
+
+    torchrun runs in its own session, so a Ctrl-C at the terminal reaches this process only and
+    the ranks get it once, from here. SIGTERM / SIGUSR1 are forwarded to the ranks, which stop at
+    the next cell boundary and report it in a status file (see report_stop_to_launcher); this
+    process then exits 99. SIGINT is forwarded too; ranks still running ``INTERRUPT_GRACE_S``
+    later (or at a second Ctrl-C) are killed; exit 130."""
     if nproc <= 1 or under_launcher():
         return
     args = strip_option(sys.argv[1:], "--nproc") + list(extra_args or [])
@@ -101,6 +169,9 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
         env["OMP_NUM_THREADS"] = str(threads_per_rank)
     elif "OMP_NUM_THREADS" not in env:  # never overwrite what SLURM or the user set
         env["OMP_NUM_THREADS"] = str(max(1, allotted_cores() // nproc))
+    fd, status_path = tempfile.mkstemp(prefix="bench-job-", suffix=".status")
+    os.close(fd)
+    env[JOB_STATUS_ENV] = status_path
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc-per-node", str(nproc),
@@ -110,23 +181,50 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
         "-m", "bench.cli", *args,
     ]
     stopped: list[int] = []
+    pending: list[int] = []  # signals not yet delivered (no rank started yet)
+    job: subprocess.Popen | None = None
 
     def forward(signum, frame):
         stopped.append(signum)
-        _signal_ranks(job, signum)
+        if job is None or not _signal_ranks(job, signum):
+            pending.append(signum)
 
-    job = subprocess.Popen(cmd, env=env)
+    # Handlers first: a signal while torchrun starts is kept and delivered once ranks exist.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    interrupted_at = None
     try:
-        code = job.wait()
+        job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        while True:
+            try:
+                code = job.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if pending and _ranks(job):
+                for sig in dict.fromkeys(pending):
+                    _signal_ranks(job, sig)
+                pending.clear()
+            if signal.SIGINT in stopped:
+                import time
+
+                interrupted_at = interrupted_at or time.monotonic()
+                if stopped.count(signal.SIGINT) > 1 or time.monotonic() - interrupted_at > INTERRUPT_GRACE_S:
+                    _kill_job(job)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if stopped:
-        interrupted = signal.SIGINT in stopped
-        print(f"bench: {'interrupted' if interrupted else 'stopped'} the {nproc}-rank job"
-              + ("" if interrupted else " at a cell boundary; rerun with the same --out to resume"), file=sys.stderr)
-        sys.exit(130 if interrupted else PREEMPTED_EXIT)
+        try:
+            reported = {int(x) for x in Path(status_path).read_text().split() if x.isdigit()}
+        except OSError:
+            reported = set()
+        Path(status_path).unlink(missing_ok=True)
+    if signal.SIGINT in stopped or 130 in reported:
+        print(f"bench: interrupted the {nproc}-rank job", file=sys.stderr)
+        sys.exit(130)
+    if PREEMPTED_EXIT in reported:
+        print(f"bench: stopped the {nproc}-rank job at a cell boundary; rerun with the same --out to resume",
+              file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
     if code != 0:
         print(f"bench: {nproc}-rank job failed (exit {code}); see the rank errors above", file=sys.stderr)
     sys.exit(code)

@@ -22,6 +22,15 @@ def utilisation(gmacs: float, train: bool, global_batch: int, per_rank_step_ms: 
     return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None}
 
 
+def mfu_flags(mfu: float | None) -> list[str]:
+    """MFU must lie in (0, 1]: above 1 means the peak or the FLOP count is wrong for this math."""
+    if mfu is None:
+        return []
+    if mfu > 1:
+        return ["mfu-over-1"]
+    return [] if mfu > 0 else ["mfu-not-positive"]
+
+
 _SAME = ("model", "res", "mode", "batch", "task", "precision", "device_name", "channels_last", "compile", "tf32")
 
 

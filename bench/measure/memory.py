@@ -38,6 +38,7 @@ class PeakMemory:
         self.device = device
         self.model = model
         self.peak_mb: float | None = None
+        self.reserved_mb: float | None = None
         self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
 
     def __enter__(self) -> "PeakMemory":
@@ -57,6 +58,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.reserved_mb = torch.cuda.max_memory_reserved(self.device) / 2**20
         else:
             growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
             self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
@@ -101,17 +103,18 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def _tensor_bytes(tensors) -> int:
-    """Bytes of distinct storages among ``tensors`` (views of one buffer count once)."""
+    """Bytes of the distinct tensors among ``tensors`` (the same tensor twice counts once). A
+    view counts its own elements, not its whole buffer: DeepSpeed's gradients are views into
+    reduce buckets sized for the largest layer group, most of which no gradient occupies."""
     seen, total = set(), 0
     for t in tensors:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             continue
-        storage = t.untyped_storage()
-        key = (storage.data_ptr(), t.device)
+        key = (t.data_ptr(), t.numel(), t.device)
         if key in seen:
             continue
         seen.add(key)
-        total += storage.nbytes()
+        total += t.numel() * t.element_size()
     return total
 
 
@@ -159,5 +162,44 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
         "grads": round(_tensor_bytes([g for g in grads if g is not None]) / mb, 3),
         "optimizer": round(_tensor_bytes(state_tensors) / mb, 3),
         "master_weights": round(_tensor_bytes(stepped) / mb, 3),
-        "activations": round(_tensor_bytes(saved) / mb, 3),
+        # Autograd also saves weights for backward: those are parameters, not activations.
+        "activations": round(_tensor_bytes([t for t in saved if t.data_ptr() not in own]) / mb, 3),
     }
+
+
+class DeviceCounters:
+    """GPU only, through NVML (nvidia-ml-py): the device-level memory in use at the end of the
+    window (everything on the GPU, the CUDA context and other processes included, unlike the
+    allocator's figures) and the energy counter's difference over the window. Inert on CPU and
+    where NVML or the counter is missing (older GPUs have no energy counter)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.handle = None
+        self.energy_mj: float | None = None
+        self.used_mb: float | None = None
+
+    def __enter__(self) -> "DeviceCounters":
+        if self.device.type != "cuda":
+            return self
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+            self._energy0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception:  # noqa: BLE001 - no NVML, no counter: the fields stay None
+            self.handle = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is None:
+            return
+        import pynvml
+
+        try:
+            torch.cuda.synchronize(self.device)
+            self.energy_mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) - self._energy0
+            self.used_mb = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
+        except Exception:  # noqa: BLE001
+            pass

@@ -79,6 +79,7 @@ import torch
 
 CV_LIMIT = 0.05          # cv above this: "unstable-timing", not stable
 FEW_SAMPLES = 10         # fewer timed iterations than this: "few-samples"
+WARMUP_CAP_SHARE = 0.5   # warm-up stops (unsteady, flagged) before it would pass half the hard cap
 STOP_REASONS = ("converged", "budget", "time-cap", "max-iters")
 RECORD_KEYS = ("iters", "warmup_iters", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_cv",
                "latency_ci95_ms", "timing_stable", "timing_stop", "timing_flags")
@@ -276,11 +277,21 @@ def _run(step, device, budget_s, max_time_s, agree, *, min_iters, min_time_s, ma
             room = _fits(left, statistics.median(recent_ms[-3:]), max_iters, math.floor)
         return int(agree_min(room))
 
+    def warmup_cut(recent_ms: list[float]) -> bool:
+        """Warm-up may use at most WARMUP_CAP_SHARE of the cap (agreed), so that a slow cell still
+        gets timed samples rather than none."""
+        if math.isinf(cap_ns):
+            return False
+        next_end = clock() - t_start + statistics.median(recent_ms[-3:]) * 1e6
+        return agree_max(1.0 if next_end > WARMUP_CAP_SHARE * cap_ns else 0.0) > 0
+
     # ---- warm-up: one iteration at a time, blocks of warmup_block for the steadiness test
     warm: list[float] = []
     block_medians: list[float] = []
     steady = False
     while len(warm) < max_warmup_iters:
+        if warm and warmup_cut(warm):
+            break  # the cap's first half is spent: leave the rest for timed samples (flagged)
         if cap_room(warm) < 1:
             return Timing(times_ms=[], warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason="time-cap",
                           sample_rules_met=False, warmup_steady=False)

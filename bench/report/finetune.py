@@ -67,34 +67,62 @@ def _final_loss(curve: Any) -> float:
 
 
 def _labelled_finetunes(df: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tune records with a "backbone" label (the model, plus the run when there are
-    several) and a readable "init" (pretrained or scratch)."""
+    """Fine-tune records with a "backbone" label and a readable "init" (pretrained or scratch).
+
+    The label is the model; the run id joins it only where the same backbone was fine-tuned for
+    the same task in more than one run (a det run and a seg run side by side are told apart by
+    their panels, not their labels)."""
     part = finetune_cells(df).copy()
-    several_runs = part["series"].nunique() > 1
-    part["backbone"] = part["model"] + (" · " + part["series"] if several_runs else "")
+    runs_per_backbone = part.groupby(["model", "mode"])["series"].transform("nunique")
+    part["backbone"] = [m + (f" · {run}" if n > 1 else "") for m, run, n in zip(part["model"], part["run_id"], runs_per_backbone)]
     part["init"] = part["pretrained"].map(lambda p: "pretrained" if p is True else ("scratch" if p is False else "?"))
     return part
 
 
+# Loss curves are noisy step to step: each is drawn smoothed by an exponential moving average,
+# s_1 = loss_1, s_t = EMA_SMOOTHING · s_(t-1) + (1 - EMA_SMOOTHING) · loss_t, over its raw curve.
+EMA_SMOOTHING = 0.9
+INIT_DASHES = {"pretrained": "-", "scratch": "--", "?": ":"}
+
+
+def ema(values, smoothing: float = EMA_SMOOTHING) -> list[float]:
+    """The exponential moving average of ``values`` (a missing value keeps the average)."""
+    out, s = [], None
+    for v in values:
+        if v is not None and v == v:
+            s = float(v) if s is None else smoothing * s + (1.0 - smoothing) * float(v)
+        out.append(float("nan") if s is None else s)
+    return out
+
+
 def plot_loss_curves(df: pd.DataFrame):
-    """Training loss against step, one panel per task."""
+    """Training loss against step, one panel per task: each curve raw (faint) and smoothed."""
     import seaborn as sns
+    from matplotlib.lines import Line2D
 
     part = _labelled_finetunes(df)
     part = part[part["loss_curve"].map(lambda c: isinstance(c, list) and bool(c))]
     if part.empty:
         return None
-    long = part.assign(step=part["loss_curve"].map(lambda c: list(range(1, len(c) + 1)))).explode(["loss_curve", "step"])
-    long["loss"] = pd.to_numeric(long["loss_curve"], errors="coerce")
-    long["step"] = pd.to_numeric(long["step"])
-    modes = list(dict.fromkeys(long["mode"]))
-    order = {"hue_order": list(dict.fromkeys(long["backbone"])), "style_order": list(dict.fromkeys(long["init"]))}
+    modes = list(dict.fromkeys(part["mode"]))
+    backbones = list(dict.fromkeys(part["backbone"]))
+    inits = list(dict.fromkeys(part["init"]))
+    colours = dict(zip(backbones, sns.color_palette("tab10" if len(backbones) <= 10 else "husl", len(backbones))))
+    dashes = INIT_DASHES if len(inits) > 1 else {}  # one kind of start: every line solid
     fig, axes = figure(5.5 * len(modes) + 3, 4, ncols=len(modes))
     for ax, mode in zip(axes, modes):
-        sns.lineplot(long[long["mode"] == mode], x="step", y="loss", hue="backbone", style="init", errorbar=None,
-                     ax=ax, **order)
+        for _, r in part[part["mode"] == mode].iterrows():
+            loss = pd.to_numeric(pd.Series(r["loss_curve"]), errors="coerce")
+            steps = range(1, len(loss) + 1)
+            style = {"color": colours[r["backbone"]], "linestyle": dashes.get(r["init"], "-")}
+            ax.plot(steps, loss, alpha=0.22, lw=0.8, **style)
+            ax.plot(steps, ema(loss), lw=1.8, **style)
         ax.set_title(mode)
-    one_legend(axes, axes[-1])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+    handles = [Line2D([], [], color=colours[b], lw=1.8, label=b) for b in backbones]
+    handles += [Line2D([], [], color="grey", lw=1.8, linestyle=dashes[i], label=i) for i in inits if dashes]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
     return fig
 
 
@@ -125,6 +153,10 @@ def plot_finetune_metrics(df: pd.DataFrame):
 
 
 FINETUNE_PLOTS: list[PlotSpec] = [
-    ("Fine-tune loss curves", "Training loss per step, per backbone; dashes: pretrained or from scratch.", plot_loss_curves),
-    ("Fine-tune metrics", "Final metrics per backbone.", plot_finetune_metrics),
+    ("Fine-tune loss curves",
+     f"Training loss per step, per backbone: faint, the raw loss of each step; solid, its exponential moving "
+     f"average with smoothing factor {EMA_SMOOTHING:g} (s_t = {EMA_SMOOTHING:g}·s_(t−1) + "
+     f"{1 - EMA_SMOOTHING:.1f}·loss_t, starting at the first step's loss). Where pretrained and "
+     f"from-scratch fine-tunes are both shown, from scratch is dashed.", plot_loss_curves),
+    ("Fine-tune metrics", "Final metrics per backbone (colour: pretrained or from scratch).", plot_finetune_metrics),
 ]

@@ -54,7 +54,7 @@ def load_run(path: Path) -> Run:
     if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
     # A retried cell counts once: its latest record (by timestamp), in every table and plot.
-    records = latest_by_cell(run_dir.records())
+    records = latest_records(run_dir.records())
     if not records:
         raise BadInput(f"'{path / RECORDS}' holds no finished cell; run `bench run --out {path}` to fill it")
     env: dict[str, Any] = {}
@@ -66,6 +66,23 @@ def load_run(path: Path) -> Run:
         except (OSError, ValueError):
             env = {}
     return Run(path=path, env=env, records=records)
+
+
+# Schema v1 records have no config_id, and one v1 run could measure the same cell under several
+# engines (an engines comparison): these settings then tell its configurations apart.
+V1_CONFIGURATION = ("engine", "zero", "world_size", "dtype")
+
+
+def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest record of each cell and configuration (bench.record.latest_by_cell); a record
+    without a config_id is keyed by its V1_CONFIGURATION instead of all falling into one."""
+    keyed = {}
+    for r in records:
+        stand_in = dict(r)
+        if r.get("config_id") is None:
+            stand_in["config_id"] = "v1:" + "|".join(str(r.get(k)) for k in V1_CONFIGURATION)
+        keyed[id(stand_in)] = (stand_in, r)
+    return [keyed[id(kept)][1] for kept in latest_by_cell([stand_in for stand_in, _ in keyed.values()])]
 
 
 def _first(records: Iterable[dict], key: str) -> Any:
@@ -100,14 +117,23 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     df["world_size"] = pd.to_numeric(df["world_size"], errors="coerce").fillna(1).astype(int)
     df["device_name"] = df["device_name"].fillna("unknown device").astype(str)
     df["status"] = df["status"].fillna("ok").astype(str)
+    # Older records name no task: a fine-tune's is its mode, every other cell classifies.
+    df["task"] = [str(t) if not is_missing(t) else (m if m in FINETUNE_MODES else "cls")
+                  for t, m in zip(df["task"], df["mode"])]
+    df["precision"] = [p if not is_missing(p) else d for p, d in zip(df["precision"], df["dtype"])]
     df = df.copy()  # one block again after the per-column conversions of a wide frame
     df["res"] = [_res_label(r) for r in df[["res", "height", "width"]].to_dict("records")]
     df["pixels"] = [_pixels(r) for r in df[["res", "height", "width"]].to_dict("records")]
+    # What the model was fed (det pads to a multiple of 32): the x of the scaling fits.
+    df["input_pixels"] = [_input_pixels(hw, p) for hw, p in zip(df["input_hw"], df["pixels"])]
     for col in NUMERIC_FIELDS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     engine = df["engine"] + [f" ZeRO-{int(z)}" if e == "deepspeed" and pd.notna(z) else "" for e, z in zip(df["engine"], df["zero"])]
     df["setup"] = df["device_name"] + " · " + engine + " ×" + df["world_size"].astype(str)
     df["series"] = df["setup"] + " · " + df["run_id"]
+    # The name a plot line carries: the model, and its task where it is not classification (a
+    # RetinaNet around pvt_small costs far more than pvt_small alone).
+    df["label"] = [m if t == "cls" else f"{m} ({t})" for m, t in zip(df["model"], df["task"])]
     # Order of first appearance: the order the user asked for models and runs.
     df["model_order"] = df["model"].map({m: i for i, m in enumerate(dict.fromkeys(df["model"]))})
     df["series_order"] = df["series"].map({s: i for i, s in enumerate(dict.fromkeys(df["series"]))})
@@ -133,6 +159,15 @@ def _scalar_or_json(name: str, value: Any) -> Any:
     if isinstance(value, (list, dict)) and name not in _CONTAINER_FIELDS:
         return json.dumps(value)[:80]
     return value
+
+
+def _input_pixels(hw: Any, pixels: float) -> float:
+    if isinstance(hw, (list, tuple)) and len(hw) == 2:
+        try:
+            return float(hw[0]) * float(hw[1])
+        except (TypeError, ValueError):
+            pass
+    return pixels
 
 
 def _slowest_rank(v: Any) -> Any:

@@ -15,9 +15,11 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from bench.report.load import performance_cells
+from bench.report.scaling import fit_label, gmacs_slopes, panel_title, scaling_fits
 
-# (title, caption, function of the records frame returning a figure, or None when it has no data)
-PlotSpec = tuple[str, str, Callable]
+# (title, caption, function of the records frame returning a figure, or None when it has no data);
+# the caption is a string or a function of the records frame (a caption that quotes the data).
+PlotSpec = tuple[str, "str | Callable[[pd.DataFrame], str]", Callable]
 
 
 @dataclass
@@ -38,7 +40,7 @@ def make_plots(df: pd.DataFrame, specs: list[PlotSpec]) -> list[Plot]:
         for title, caption, make in specs:
             fig = make(df)
             if fig is not None:
-                plots.append(Plot(title, caption, _data_uri(fig)))
+                plots.append(Plot(title, caption(df) if callable(caption) else caption, _data_uri(fig)))
     return plots
 
 
@@ -138,7 +140,7 @@ def _per_mode_lines(df: pd.DataFrame, y: str, ylabel: str, logy: bool) -> Any:
     fig, axes = figure(5.5 * len(modes) + 3, 4.2, ncols=len(modes))
     for ax, mode in zip(axes, modes):
         part = data[data["mode"] == mode].sort_values("pixels")
-        sns.lineplot(part, x="pixels", y=y, hue="model", hue_order=list(dict.fromkeys(data["model"])),
+        sns.lineplot(part, x="pixels", y=y, hue="label", hue_order=list(dict.fromkeys(data["label"])),
                      errorbar=None, ax=ax, **lines)
         res_axis(ax, part)
         if logy:
@@ -162,11 +164,11 @@ def plot_gmacs(df: pd.DataFrame):
     import seaborn as sns
 
     perf = performance_cells(df)
-    data = perf[perf["gmacs"].notna() & perf["pixels"].notna()].drop_duplicates(["model", "res"]).sort_values("pixels")
+    data = perf[perf["gmacs"].notna() & perf["pixels"].notna()].drop_duplicates(["label", "res"]).sort_values("pixels")
     if data.empty:
         return None
     fig, (ax,) = figure(8.5, 4.5)
-    sns.lineplot(data, x="pixels", y="gmacs", hue="model", hue_order=list(dict.fromkeys(data["model"])),
+    sns.lineplot(data, x="pixels", y="gmacs", hue="label", hue_order=list(dict.fromkeys(data["label"])),
                  style="family" if data["family"].notna().all() else None, markers=True, errorbar=None, ax=ax)
     res_axis(ax, data)
     log_y(ax)
@@ -198,7 +200,7 @@ def plot_stage_gmacs(df: pd.DataFrame):
     import seaborn as sns
 
     data = df[df["stage_gmacs"].map(lambda s: isinstance(s, dict) and bool(s))]
-    data = data.drop_duplicates(["model", "res"]).sort_values(["pixels", "model_order"])
+    data = data.drop_duplicates(["label", "res"]).sort_values(["pixels", "model_order"])
     if data.empty:
         return None
     resolutions = list(dict.fromkeys(data["res"]))
@@ -209,7 +211,7 @@ def plot_stage_gmacs(df: pd.DataFrame):
     colours = sns.color_palette("crest", len(body)) + sns.color_palette("Greys_r", len(stages) - len(body) + 2)[1:-1]
     for ax, res in zip(axes, resolutions):
         part = data[data["res"] == res]
-        table = pd.DataFrame(list(part["stage_gmacs"]), index=list(part["model"]), columns=stages).fillna(0.0)
+        table = pd.DataFrame(list(part["stage_gmacs"]), index=list(part["label"]), columns=stages).fillna(0.0)
         table.plot.bar(stacked=True, ax=ax, color=colours, legend=ax is axes[-1])
         slanted_xticks(ax)
         ax.set_title(f"{res}")
@@ -277,12 +279,59 @@ def plot_scaling(df: pd.DataFrame):
     return fig
 
 
+def gmacs_caption(df: pd.DataFrame) -> str:
+    return ("Multiply-adds per image, log–log, so a line's slope is the k of GMACs ∝ pixels^k. "
+            "Convolutions have k = 1; global attention (ViT) grows with the square of the token "
+            "count N, and PVT v1's spatial-reduction attention with N²/R² — divided by R², still "
+            "quadratic. " + gmacs_slopes(df)).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution scaling: measured points and fitted lines (bench.report.scaling)
+# --------------------------------------------------------------------------------------------
+
+
+def plot_scaling_fits(df: pd.DataFrame):
+    """One log–log panel per metric and mode: the measured points and each fitted line over the
+    range it was fitted on, with k in the legend."""
+    import numpy as np
+    import seaborn as sns
+
+    fits = scaling_fits(df)
+    if not fits:
+        return None
+    panels = list(dict.fromkeys((f.metric, f.mode) for f in fits))
+    labels = list(dict.fromkeys(fit_label(f, fits) for f in fits))
+    colours = dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))))
+    fig, axes = panel_grid(len(panels), 4.6, 3.6)
+    for ax, (metric, mode) in zip(axes, panels):
+        ticks: dict[float, str] = {}
+        for f in (f for f in fits if (f.metric, f.mode) == (metric, mode)):
+            label = fit_label(f, fits)
+            ax.plot(f.pixels, f.values, "o", color=colours[label], ms=5)
+            x = np.geomspace(min(f.pixels), max(f.pixels), 50)
+            ax.plot(x, f.predict(x), "-", color=colours[label], lw=1.4, label=f"{label}: k {f.k:.2f}, R² {f.r2:.3f}")
+            ticks.update(zip(f.pixels, f.res))
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [ticks[p] for p in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlabel("input (log pixels)")
+        log_y(ax)
+        ax.set_title(panel_title(metric, mode))
+        ax.legend(fontsize="x-small", frameon=False, loc="upper left")
+    return fig
+
+
+SCALING_PLOTS: list[PlotSpec] = [
+    ("Cost vs resolution, fitted", "Points: measured cells; lines: the least-squares fit cost = c · "
+     "pixels^k on log–log, drawn over the range it was fitted on (a straight line of slope k). "
+     "k and R² of each fit are in the panel's legend.", plot_scaling_fits),
+]
+
+
 PERF_PLOTS: list[PlotSpec] = [
     ("Throughput vs resolution", "Images per second (log), one line per model; dashes tell runs apart.", plot_throughput),
-    ("GMACs vs resolution",
-     "Multiply-adds per image, log–log. Convolutions grow linearly with the pixel count (slope 1); "
-     "ViT's global attention grows with the square of its token count, so its line bends towards "
-     "slope 2, while PVT's pyramid and spatial-reduction attention keep it close to linear.", plot_gmacs),
+    ("GMACs vs resolution", gmacs_caption, plot_gmacs),
     ("Peak memory vs resolution", "Peak memory of a cell in MB.", plot_memory),
     ("GMACs per stage", "Where the multiply-adds are spent, per model and resolution.", plot_stage_gmacs),
     ("Time by operation category", "Share of profiled time per op category.", plot_op_breakdown),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,15 @@ import pandas as pd
 from bench import __version__
 from bench.errors import BadInput
 from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
-from bench.report.load import FINETUNE_MODES, Run, load_runs, records_frame
-from bench.report.plots import PERF_PLOTS, make_plots
-from bench.report.references import PAPER_TABLE2, reference_table, throughput_reference_table
-from bench.report.tables import Table, as_text, comparison_table, perf_tables, provenance_table, status_text
+from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
+from bench.report.load import Run, load_runs, records_frame
+from bench.report.plots import PERF_PLOTS, SCALING_PLOTS, Plot, PlotSpec, make_plots
+from bench.report.references import (dense_reference_table, reference_table, throughput_reference_table,
+                                     v100_reference_table)
+from bench.report.scaling import SCALING_INTRO, attention_statements, scaling_tables
+from bench.report.sra import SRA_INTRO, sra_section
+from bench.report.tables import (Table, as_text, comparison_table, flag_statements, perf_tables, provenance_table,
+                                 status_text)
 
 FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
@@ -33,13 +39,14 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
     _refuse_overwriting_inputs(run_dirs, Path(out))
     runs = load_runs(run_dirs)
     df = records_frame(runs)
-    tables = all_tables(df)
+    sections = report_sections(df)
+    tables = all_tables(df, sections)
     if fmt == "html":
-        text = render_html(runs, df, tables)
+        text = render_html(runs, df, sections, tables)
     elif fmt == "csv":
         text = render_csv(tables)
     else:
-        text = render_md(runs, tables)
+        text = render_md(runs, sections, tables)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -59,14 +66,71 @@ def _refuse_overwriting_inputs(run_dirs: list[Path], out: Path) -> None:
             raise BadInput(f"--out {out} is one of the report's inputs; write the report elsewhere")
 
 
-def all_tables(df: pd.DataFrame) -> list[Table]:
+RESULTS_INTRO = [
+    "Best value per column, among the cells of the same resolution and batch that finished, in "
+    "bold: highest throughput, MFU and scaling efficiency; lowest params, GMACs, latency, step "
+    "time and memory. GMACs are multiply-adds (GFLOPs = 2 × GMACs).",
+]
+
+
+@dataclass
+class Section:
+    """One part of the page: what it says (``intro``: how to read it; ``statements``: findings
+    generated from the numbers), its tables and its plots. A section with no statement, table or
+    plot is left out of the page entirely: no heading over nothing."""
+
+    key: str     # the HTML id
+    title: str
+    nav: str     # the link text in the page's navigation
+    intro: list[str] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plots: list[PlotSpec] = field(default_factory=list)
+    warn: bool = False  # the statements are warnings
+    rendered_plots: list[Plot] = field(default_factory=list)
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.statements or self.tables or self.rendered_plots)
+
+
+def report_sections(df: pd.DataFrame) -> list[Section]:
+    """Every section of the report in page order (the environment comes first, the provenance
+    last; neither is one of these), with the tables each has; plots are rendered for HTML only."""
+    sra_statements, sra_tables = sra_section(df)
+    return [
+        Section("flags", "Flagged cells", "flags", statements=flag_statements(df), warn=True),
+        Section("results", "Results", "results", RESULTS_INTRO,
+                tables=_present(*perf_tables(df), comparison_table(df))),
+        Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
+                statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
+        Section("sra", "What spatial-reduction attention buys", "SRA", SRA_INTRO,
+                statements=sra_statements, tables=sra_tables),
+        Section("frontier", "Memory frontier", "batch frontier", FRONTIER_INTRO,
+                tables=_present(frontier_table(df)), plots=FRONTIER_PLOTS),
+        Section("reference", "Reference figures", "reference",
+                tables=_present(reference_table(df), throughput_reference_table(df))),
+        Section("dense", "Dense prediction against the paper", "dense",
+                tables=_present(dense_reference_table(df), v100_reference_table(df))),
+        Section("plots", "Plots", "plots", plots=PERF_PLOTS),
+        Section("finetune", "Fine-tunes", "fine-tunes", tables=finetune_tables(df), plots=FINETUNE_PLOTS),
+    ]
+
+
+def _present(*tables: Table | None) -> list[Table]:
+    return [t for t in tables if t is not None]
+
+
+def with_content(sections: list[Section]) -> list[Section]:
+    """The sections that have something to show."""
+    return [s for s in sections if s.has_content]
+
+
+def all_tables(df: pd.DataFrame, sections: list[Section] | None = None) -> list[Table]:
     """Every table of the report, in page order: the Markdown export is all of them, the CSV
     the per-cell ones (see render_csv)."""
-    tables = perf_tables(df)
-    for extra in (comparison_table(df), reference_table(df), throughput_reference_table(df)):
-        if extra is not None:
-            tables.append(extra)
-    tables += finetune_tables(df)
+    sections = report_sections(df) if sections is None else sections
+    tables = [t for s in sections for t in s.tables]
     details = provenance_table(df)
     return tables + ([details] if details is not None else [])
 
@@ -80,16 +144,15 @@ def report_title(runs: list[Run]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def render_html(runs: list[Run], df: pd.DataFrame, tables: list[Table]) -> str:
+def render_html(runs: list[Run], df: pd.DataFrame, sections: list[Section], tables: list[Table]) -> str:
+    for section in sections:
+        section.rendered_plots = make_plots(df, section.plots) if section.plots else []
     return _template_env().get_template(TEMPLATE).render(
         title=report_title(runs),
         version=__version__,
         runs=[environment(r, df) for r in runs],
-        tables=tables,
-        perf_plots=make_plots(df, PERF_PLOTS),
-        finetune_plots=make_plots(df, FINETUNE_PLOTS),
-        reference_models=list(PAPER_TABLE2),
-        finetune_keys=[f"finetune-{task}" for task in FINETUNE_MODES],
+        sections=with_content(sections),
+        details=[t for t in tables if t.key == "provenance"],
     )
 
 
@@ -162,16 +225,29 @@ def _md_cell(text: str) -> str:
     return html.escape(" ".join(str(text).split()), quote=False).replace("|", r"\|")
 
 
-def render_md(runs: list[Run], tables: list[Table]) -> str:
-    """Every table as a Markdown section; best cells in bold, the notes below each table."""
+def render_md(runs: list[Run], sections: list[Section], tables: list[Table]) -> str:
+    """Every section with its findings as a list and its tables; best cells in bold, the notes
+    below each table. The plots are the HTML page's only."""
     parts = [f"# {_md_cell(report_title(runs))}", ""]
+    for section in with_content(sections):
+        parts += [f"## {_md_cell(section.title)}", ""]
+        if section.statements:
+            parts += [f"- {_md_cell(s)}" for s in section.statements] + [""]
+        for t in section.tables:
+            parts += _md_table(t)
     for t in tables:
-        # A "|" or a line break in a cell (a model name, an error message) would end the cell.
-        frame = t.to_frame(mark_best="**").map(_md_cell)
-        frame.columns = [_md_cell(c) for c in frame.columns]
-        # disable_numparse: tabulate would otherwise re-format "13.20" as "13.2".
-        parts += [f"## {_md_cell(t.title)}", "", frame.to_markdown(index=False, disable_numparse=True), ""]
-        parts += [f"- {_md_cell(note)}" for note in t.notes]
-        if t.notes:
-            parts.append("")
+        if t.key == "provenance":
+            parts += _md_table(t)
     return "\n".join(parts)
+
+
+def _md_table(t: Table) -> list[str]:
+    # A "|" or a line break in a cell (a model name, an error message) would end the cell.
+    frame = t.to_frame(mark_best="**").map(_md_cell)
+    frame.columns = [_md_cell(c) for c in frame.columns]
+    # disable_numparse: tabulate would otherwise re-format "13.20" as "13.2".
+    parts = [f"### {_md_cell(t.title)}", "", frame.to_markdown(index=False, disable_numparse=True), ""]
+    parts += [f"- {_md_cell(note)}" for note in t.notes]
+    if t.notes:
+        parts.append("")
+    return parts

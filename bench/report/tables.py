@@ -85,6 +85,52 @@ def varying_settings(df: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def cell_flags(record) -> list[str]:
+    """The flags of one cell (a record or a frame row): its ``flags``, then any of its
+    ``timing_flags`` not among them."""
+    out: list[str] = []
+    for name in ("flags", "timing_flags"):
+        value = record.get(name)
+        if isinstance(value, list):
+            out += [str(f) for f in value if str(f) not in out]
+    return out
+
+
+# What each flag means, as the end of "N cells ...": past tense, right for one cell or many.
+FLAG_TEXT = {
+    "time-cap": "hit the time cap (--max-time ended their timing)",
+    "unstable-timing": "timed unstably (coefficient of variation above 5%)",
+    "few-samples": "timed fewer than 10 iterations",
+    "warmup-unsteady": "never reached a steady warm-up",
+    "compile-fallback": "fell back from torch.compile (graph breaks or recompiles)",
+    "flops-failed": "could not be FLOP-counted",
+    "mfu-over-1": "reported an MFU above 100% (a wrong peak or FLOP count)",
+    "mfu-not-positive": "reported an MFU of zero or less",
+    "batch-1-oom": "ran out of memory at batch 1",
+}
+FLAGGED_CELLS_LISTED = 12  # cells named per flag; the rest are counted
+
+
+def flag_statements(df: pd.DataFrame) -> list[str]:
+    """How many cells carry flags, and which, one sentence per flag ([] when none does)."""
+    flags = [cell_flags(r) for r in df.to_dict("records")]
+    flagged = sum(1 for f in flags if f)
+    if not flagged:
+        return []
+    several_runs = df["run_id"].nunique() > 1
+    names = [f"{r['label']} @ {r['res']} · {r['mode']}" + (f" · batch {as_text(r['batch'])}" if not pd.isna(r["batch"]) else "")
+             + (f" · {r['run_id']}" if several_runs else "") for r in df.to_dict("records")]
+    out = [f"{flagged} of {len(df)} cells carry flags: a figure of a flagged cell may be wrong — read its "
+           "row's flags column before quoting it."]
+    for flag in dict.fromkeys(f for fs in flags for f in fs):
+        cells = [n for n, fs in zip(names, flags) if flag in fs]
+        listed = ", ".join(cells[:FLAGGED_CELLS_LISTED])
+        more = f" and {len(cells) - FLAGGED_CELLS_LISTED} more" if len(cells) > FLAGGED_CELLS_LISTED else ""
+        what = FLAG_TEXT.get(flag, f"carry the flag “{flag}”")
+        out.append(f"{len(cells)} cell{'s' if len(cells) != 1 else ''} {what}: {listed}{more}.")
+    return out
+
+
 def fmt_number(x: float) -> str:
     """Four or so significant digits, never scientific notation for ordinary magnitudes."""
     ax = abs(x)
@@ -171,8 +217,8 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
                 row.append(missing_cell())
         row.append(status_cell(r["status"], r["error"]))
         if "flags" in df.columns:
-            flags = r["flags"] if isinstance(r["flags"], list) else []
-            row.append(Cell(", ".join(map(str, flags)) or "—", kind="warn" if flags else ""))
+            flags = cell_flags(r)
+            row.append(Cell(", ".join(flags) or "—", kind="warn" if flags else ""))
         rows.append(row)
     columns = [h for _, h in id_columns] + [m.header for m in metrics] + ["status"] + \
         (["flags"] if "flags" in df.columns else [])
@@ -193,7 +239,7 @@ def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     """Resolution-major (the best marks compare models at one resolution), then model, batch,
     run."""
-    return df.sort_values(["pixels", "res", "model_order", "batch", "series_order", "dtype"],
+    return df.sort_values(["pixels", "res", "model_order", "task", "batch", "series_order", "dtype"],
                           na_position="last", kind="stable")
 
 
@@ -202,11 +248,14 @@ def perf_tables(df: pd.DataFrame) -> list[Table]:
     tables = []
     perf = performance_cells(df)
     settings = [(name, name.replace("_", " ")) for name in varying_settings(perf)]
+    # A backbone alone and the same backbone inside a detector are different cells: the task is
+    # a column (and part of the best-value group) as soon as more than one task ran.
+    tasks = [("task", "task")] if perf["task"].nunique() > 1 else []
     for mode in dict.fromkeys(perf["mode"]):
         part = sort_cells(perf[perf["mode"] == mode]).reset_index(drop=True)
         tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part,
-                                   PERF_ID_COLUMNS[:4] + settings + PERF_ID_COLUMNS[4:], PERF_METRICS,
-                                   ["res", "batch"] + [name for name, _ in settings]))
+                                   PERF_ID_COLUMNS[:2] + tasks + PERF_ID_COLUMNS[2:4] + settings + PERF_ID_COLUMNS[4:],
+                                   PERF_METRICS, ["res", "batch"] + [n for n, _ in tasks] + [n for n, _ in settings]))
     return tables
 
 
@@ -234,7 +283,8 @@ def comparison_table(df: pd.DataFrame) -> Table | None:
     if len(series) < 2:
         return None
     first = series[0]
-    key = ["mode", "res", "model", "batch", "dtype", *varying_settings(perf)]
+    key = ["mode", "res", "model", *(["task"] if perf["task"].nunique() > 1 else []), "batch", "dtype",
+           *varying_settings(perf)]
     columns = key + [f"throughput (img/s): {s}" for s in series] + \
               [f"speed vs first: {s}" for s in series[1:]]
     rows, group_starts, previous = [], set(), None

@@ -30,7 +30,7 @@ from bench.engines.base import autocast_dtype, weight_dtype
 from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
 from bench.measure import derived
 from bench.measure.flops import count_flops
-from bench.measure.memory import PeakMemory, free_memory, is_oom, memory_breakdown
+from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown
 from bench.measure.timing import measure, measure_lockstep, peak_matmul_tflops
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
@@ -113,8 +113,7 @@ class ClassifyScenario:
         if rec["status"] == "ok":
             rec.update(derived.utilisation(counted.gmacs, cell.train, rec["global_batch"], rec["per_rank_step_ms"],
                                            self.peak_tflops, ctx.world_size))
-            if rec.get("mfu") is not None and not 0 < rec["mfu"] <= 1:
-                flags.append("mfu-over-1" if rec["mfu"] > 1 else "mfu-not-positive")
+            flags += derived.mfu_flags(rec.get("mfu"))
             rec.update(derived.scaling(history, rec))
         rec["flags"] = flags
         return rec
@@ -305,9 +304,15 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
             step, trainer = _make_step(cell, batch, model, ctx, cfg)
             compiled = _compile_first_call(step, ctx) if cfg.compile else None
             time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
-            timing = _timed(step, ctx, cfg, time_left)
+            with DeviceCounters(ctx.device) as device_counters:
+                timing = _timed(step, ctx, cfg, time_left)
         out["peak_mem_mb"] = round(mem.peak_mb, 1)
         out["peak_mem_method"] = mem.method
+        out["mem_reserved_mb"] = mem.reserved_mb
+        out["device_mem_used_mb"] = device_counters.used_mb
+        if device_counters.energy_mj is not None:
+            images = (timing.warmup_iters + timing.iters) * batch
+            out["energy_j_per_image"] = device_counters.energy_mj / 1e3 / max(1, images)
         if compiled is not None:
             out["compile_s"] = compiled["compile_s"]
             out.update(_compile_counts(compiled["_graphs_after_compile"]))

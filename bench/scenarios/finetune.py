@@ -295,7 +295,14 @@ class FinetuneScenario:
         from models.checkpoint import CheckpointError
 
         h, w = self.config.res[0]
-        self._data[(h, w)] = open_splits(self.config, h, w)
+        data = self._data[(h, w)] = open_splits(self.config, h, w)
+        # Each rank takes len // nproc training images (DistributedSampler, drop_last) in whole
+        # batches: fewer than one batch would train nothing.
+        per_rank = len(data.train) // max(1, self.config.nproc)
+        if per_rank < self.config.batch:
+            raise BadInput(f"--batch {self.config.batch} is larger than the training split allows: "
+                           f"{len(data.train)} images over {self.config.nproc} rank(s) is {per_rank} per rank; "
+                           "lower --batch or use more --train-images")
         for name, path in self.config.checkpoints.items():
             try:
                 read_state_dict(path)

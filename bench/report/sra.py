@@ -1,0 +1,197 @@
+"""The spatial-reduction ablation: what PVT v1's spatial-reduction attention (SRA) buys.
+
+Where a run holds ``pvt_X`` and ``pvt_X_nosr`` (the same network with every reduction ratio
+R_i = 1) at the same resolution, this section sets them side by side: the attention products per
+stage (QK^T and AV, from ``attention_gmacs_per_stage``), whose ratio should be R_i² (64 in stage
+1), the total GMACs, the latency and the peak memory, each with its ratio, and plain sentences
+generated from those numbers.
+"""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from bench.report.load import is_missing, performance_cells
+from bench.report.tables import Cell, Table, as_text, fmt_number, missing_cell, status_cell
+
+NOSR_SUFFIX = "_nosr"
+# PVT v1's reduction ratios R_i of stages 1-4 (paper, Table 1; every variant).
+PVT_V1_SR_RATIOS = (8, 4, 2, 1)
+SR_RATIOS = {m: PVT_V1_SR_RATIOS for m in ("pvt_tiny", "pvt_small", "pvt_medium", "pvt_large")}
+
+SRA_INTRO = [
+    "pvt_X_nosr is pvt_X with spatial reduction off (R_i = 1 in every stage): the keys and values "
+    "are not reduced, so each stage's attention products (QK^T and AV) cost N² per head "
+    "dimension instead of N²/R_i². Their ratio should be R_i²: 64, 16, 4 and 1 in stages 1–4. "
+    "Ratios are without SR over with SR: how many times cheaper SRA makes it.",
+]
+
+# (record field, what it is, unit) of the whole-model comparisons
+COSTS = [("latency_ms", "latency", "ms"), ("peak_mem_mb", "peak memory", "MB")]
+
+
+def sra_pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(pvt_X, pvt_X_nosr) for every X whose two models some run measured at one resolution."""
+    perf = performance_cells(df)
+    cells = set(zip(perf["series"], perf["task"], perf["res"], perf["model"]))
+    pairs = []
+    for model in dict.fromkeys(perf["model"]):
+        if model.endswith(NOSR_SUFFIX):
+            base = model[: -len(NOSR_SUFFIX)]
+            if any((s, t, r, base) in cells for s, t, r, m in cells if m == model):
+                pairs.append((base, model))
+    return pairs
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
+
+
+def _stages(per_stage: dict) -> list[str]:
+    def number(name: str) -> int:
+        found = re.search(r"\d+", name)
+        return int(found.group()) if found else 0
+
+    return sorted(per_stage, key=lambda s: (number(s), s))
+
+
+def _stage_ratio(model: str, stage: str) -> int | None:
+    """R_i of ``stage`` ("stage1") of ``model``, where the paper gives it."""
+    ratios = SR_RATIOS.get(model)
+    found = re.search(r"\d+", stage)
+    if ratios is None or found is None or not 1 <= int(found.group()) <= len(ratios):
+        return None
+    return ratios[int(found.group()) - 1]
+
+
+def _one(part: pd.DataFrame, model: str, need: str | None = None) -> pd.Series | None:
+    rows = part[part["model"] == model]
+    if need is not None:
+        rows = rows[rows[need].map(lambda v: not is_missing(v) and (not isinstance(v, dict) or bool(v)))]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _num(value: float) -> Cell:
+    return Cell(fmt_number(float(value)), kind="num")
+
+
+def _ratio_cell(without_sr, with_sr) -> Cell:
+    if is_missing(without_sr) or is_missing(with_sr) or not with_sr:
+        return missing_cell()
+    return Cell(ratio_text(float(without_sr) / float(with_sr)), kind="num")
+
+
+def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
+    """(the sentences, the tables) of the ablation; nothing where no run holds a pair."""
+    pairs = sra_pairs(df)
+    if not pairs:
+        return [], []
+    perf = performance_cells(df)
+    several_runs = perf["series"].nunique() > 1
+    statements: list[str] = []
+    attention_rows, cost_rows = [], []
+    attention_starts, cost_starts = set(), set()
+    for base, nosr in pairs:
+        part = perf[perf["model"].isin([base, nosr])].sort_values(
+            ["series_order", "task", "input_pixels"], kind="stable")
+        for (series, task, res), at in part.groupby(["series", "task", "res"], sort=False):
+            if not {base, nosr} <= set(at["model"]):
+                continue
+            run_id = at.iloc[0]["run_id"]
+            ident = [Cell(base + ("" if task == "cls" else f" ({task})"))] + ([Cell(run_id)] if several_runs else []) \
+                + [Cell(res)]
+            cuts: list[str] = []     # "stage-1 attention from X to Y GMACs (64.0×)"
+            raises: list[str] = []   # where SRA costs more (noise, or a real overhead)
+            failures: list[str] = []
+            # Attention products per stage (per image, whatever the mode).
+            with_sr, without_sr = _one(at, base, "attention_gmacs_per_stage"), _one(at, nosr, "attention_gmacs_per_stage")
+            if with_sr is not None and without_sr is not None:
+                a, b = with_sr["attention_gmacs_per_stage"], without_sr["attention_gmacs_per_stage"]
+                attention_starts.add(len(attention_rows))
+                for stage in _stages({**b, **a}):
+                    r_i = _stage_ratio(base, stage)
+                    va, vb = a.get(stage), b.get(stage)
+                    attention_rows.append(ident + [
+                        Cell(stage), Cell(as_text(r_i)),
+                        _num(vb) if not is_missing(vb) else missing_cell(),
+                        _num(va) if not is_missing(va) else missing_cell(),
+                        _ratio_cell(vb, va), Cell(as_text(r_i * r_i) if r_i else "—", kind="num")])
+                first = _stages(a)[0] if a else None
+                if first and not is_missing(a.get(first)) and not is_missing(b.get(first)) and a[first] > 0:
+                    number = re.search(r"\d+", first)
+                    r_i = _stage_ratio(base, first)
+                    expected = f"; R{_subscript(number.group())}² = {r_i * r_i}" if r_i and number else ""
+                    cuts.append(f"{'stage-' + number.group() if number else first} attention from "
+                                f"{fmt_number(b[first])} to {fmt_number(a[first])} GMACs "
+                                f"({ratio_text(b[first] / a[first])}{expected})")
+            # Whole model: GMACs per image, then latency and memory per mode.
+            g_with, g_without = _one(at, base, "gmacs"), _one(at, nosr, "gmacs")
+            if g_with is not None and g_without is not None and g_with["gmacs"] > 0:
+                cuts.append(f"total GMACs from {fmt_number(g_without['gmacs'])} to {fmt_number(g_with['gmacs'])} "
+                            f"({ratio_text(g_without['gmacs'] / g_with['gmacs'])})")
+            first_cost_row = len(cost_rows)
+            for (mode, batch, precision), cells in at.groupby(["mode", "batch", "precision"], sort=False, dropna=False):
+                rw, rn = _one(cells, base), _one(cells, nosr)
+                if rw is None or rn is None:
+                    continue
+                row = ident + [Cell(mode), Cell(as_text(batch)), Cell(as_text(precision)),
+                               _value_cell(rn, "gmacs", counted=True), _value_cell(rw, "gmacs", counted=True),
+                               _ratio_cell(rn["gmacs"], rw["gmacs"])]
+                failures += [f"{m} {'ran out of memory' if r['status'] == 'oom' else 'failed'} in {mode}"
+                             for m, r in ((nosr, rn), (base, rw)) if r["status"] != "ok"]
+                for field, what, unit in COSTS:
+                    both_ok = (rn["status"], rw["status"]) == ("ok", "ok")
+                    row += [_value_cell(rn, field), _value_cell(rw, field),
+                            _ratio_cell(rn[field], rw[field]) if both_ok else missing_cell()]
+                    a, b = rw[field], rn[field]
+                    if both_ok and not is_missing(a) and not is_missing(b) and a > 0 and b > 0:
+                        numbers = f"({fmt_number(b)} → {fmt_number(a)} {unit})"
+                        if a <= b:
+                            cuts.append(f"{mode} {what} by {ratio_text(b / a)} {numbers}")
+                        else:
+                            raises.append(f"{mode} {what} by {ratio_text(a / b)} {numbers}")
+                cost_rows.append(row)
+            if len(cost_rows) > first_cost_row:
+                cost_starts.add(first_cost_row)
+            where = f"At {res}" + (f" ({run_id})" if several_runs else "") + (f", in {task}" if task != "cls" else "")
+            sentence = []
+            if cuts:
+                sentence.append(f"SRA cuts {base}'s " + _join(cuts))
+            if raises:
+                sentence.append(("it raises " if cuts else f"SRA raises {base}'s ") + _join(raises))
+            if failures:
+                sentence.append(_join(failures))
+            if sentence:
+                statements.append(f"{where}, " + "; ".join(sentence) + ".")
+    ident_columns = ["model", *(["run id"] if several_runs else []), "res"]
+    tables = []
+    if attention_rows:
+        tables.append(Table("sra-attention", "SRA ablation: attention products per stage",
+                            ident_columns + ["stage", "R_i", "GMACs, no SR (R_i = 1)", "GMACs, SRA", "ratio",
+                                             "expected R_i²"], attention_rows,
+                            ["Measured: the attention products QK^T and AV of each stage, per image."],
+                            attention_starts))
+    if cost_rows:
+        columns = ident_columns + ["mode", "batch", "precision", "GMACs, no SR", "GMACs, SRA", "GMACs ratio"]
+        for _, what, unit in COSTS:
+            columns += [f"{what} ({unit}), no SR", f"{what} ({unit}), SRA", f"{what} ratio"]
+        tables.append(Table("sra-cost", "SRA ablation: whole model", columns, cost_rows,
+                            ["Ratios are no SR / SRA: above 1, SRA is cheaper."], cost_starts))
+    return statements, tables
+
+
+def _value_cell(r: pd.Series, field: str, counted: bool = False) -> Cell:
+    """A measured value, or the status of a cell that did not finish (GMACs are counted before
+    the cell runs: ``counted`` shows them whatever its status)."""
+    if r["status"] != "ok" and not counted:
+        return status_cell(r["status"], None)
+    return _num(r[field]) if not is_missing(r[field]) else missing_cell()
+
+
+def _join(clauses: list[str]) -> str:
+    return clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
+
+
+def _subscript(digits: str) -> str:
+    return digits.translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
