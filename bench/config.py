@@ -206,6 +206,7 @@ class RunConfig:
     grad_clip: float = field(default=0.0, metadata=meta(scope="train"))
     profile: bool = field(default=False, metadata=meta())
     max_batch: int = field(default=1024, metadata=meta())
+    time_auto_batch: bool = field(default=False, metadata=meta())
     threads: int | None = field(default=None, metadata=meta(identity=False))  # threads per rank: runtime
     nproc: int = field(default=1, metadata=meta(identity=False))  # world size: runtime
     timeout: float = field(default=300.0, metadata=meta(identity=False, unit="s"))
@@ -373,6 +374,8 @@ def run_params() -> list[click.Parameter]:
         O(["--threads"], default=None, help="Intra-op threads per rank (default: allotted cores / ranks)."),
         O(["--profile"], is_flag=True, help="Record torch.profiler traces per cell into RUN_DIR/traces."),
         O(["--max-batch"], default="1024", show_default=True, help="Upper bound for --batch auto."),
+        O(["--time-auto-batch"], is_flag=True,
+          help="Also time the batch --batch auto finds (default: record the frontier only, one step per trial)."),
         O(["--timeout", "timeout_s"], default="300", show_default=True,
           help="Seconds before a stuck collective ends the job."),
         O(["--out", "out_dir"], default=None, help="Run directory (default results/<run-id>)."),
@@ -396,6 +399,7 @@ def run_config(params: dict[str, Any]) -> RunConfig:
         engine=p["engine"], zero=p["zero"], ds_config=p["ds_config"],
         grad_clip=parse_float(p["grad_clip"], "--grad-clip", 0), nproc=parse_int(p["nproc"], "--nproc"),
         threads=threads, profile=p["profile"], max_batch=parse_int(p["max_batch"], "--max-batch"),
+        time_auto_batch=p["time_auto_batch"],
         timeout=parse_float(p["timeout_s"], "--timeout", 0, min_open=True, maximum=7 * 86400),
         out=p["out_dir"], no_report=p["no_report"],
     ).validate()

@@ -68,3 +68,11 @@ def test_batch_auto_finds_the_cap(tmp_path):
     (rec,) = list(read_records(out / "records.jsonl"))
     assert rec["batch"] == 6 and rec["cell_key"].endswith("|auto")
     assert [t["batch"] for t in rec["batch_search"]] == [1, 2, 4, 6]
+    # The frontier only: one step per trial, the found batch is not timed unless asked.
+    assert rec["flags"] == ["frontier-only"] and rec.get("latency_ms") is None and rec["peak_mem_mb"] > 0
+    timed = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "infer", "--batch", "auto",
+                      "--max-batch", "2", "--time-auto-batch", "--budget", "0.2", "--max-time", "10",
+                      "--out", str(out), "--no-report")
+    assert timed.returncode == 0, timed.stderr[-2000:]
+    last = list(read_records(out / "records.jsonl"))[-1]
+    assert last["batch"] == 2 and last["latency_ms"] > 0

@@ -110,7 +110,7 @@ class ClassifyScenario:
                    input_hw=list(dense.input_hw(cell)))
         rec.update(measure_cell(cell, ctx, cfg, getattr(self, "profile_dir", None)))
         flags = list(rec.get("flags") or [])
-        if rec["status"] == "ok":
+        if rec["status"] == "ok" and rec.get("per_rank_step_ms"):  # frontier-only cells have no time
             rec.update(derived.utilisation(counted.gmacs, cell.train, rec["global_batch"], rec["per_rank_step_ms"],
                                            self.peak_tflops, ctx.world_size))
             flags += derived.mfu_flags(rec.get("mfu"))
@@ -214,6 +214,7 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
 
     def fits(b: int) -> bool:
         nonlocal per_sample
+        peak = None
         try:
             if ctx.device.type == "cpu" and per_sample is not None and not _fits_cpu_memory(per_sample, b):
                 raise _Skip
@@ -223,6 +224,7 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
                 step()
             if b == 1:
                 per_sample = mem.peak_mb
+            peak = round(mem.peak_mb, 1)
             ok = True
         except _Skip:
             ok = False
@@ -232,7 +234,7 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
             ok = False
         free_memory(ctx.device)
         ok = all_reduce_max(0.0 if ok else 1.0, ctx) == 0.0  # every rank must fit
-        tried.append({"batch": b, "fits": ok})
+        tried.append({"batch": b, "fits": ok, "peak_mem_mb": peak if ok else None})
         return ok
 
     if not fits(1):
@@ -295,6 +297,12 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
             out["batch_search"] = tried
             if batch == 0:
                 out.update(status="oom", error="batch 1 does not fit", batch=None, flags=["batch-1-oom"])
+                return out
+            if not cfg.time_auto_batch:
+                # The frontier: one step per trial, the found batch not timed (ask --time-auto-batch).
+                found = next(t for t in reversed(tried) if t["batch"] == batch)
+                out.update(batch=batch, global_batch=batch * ctx.world_size, peak_mem_mb=found["peak_mem_mb"],
+                           peak_mem_method="largest fitting trial", flags=["frontier-only"])
                 return out
         out["batch"] = batch
         model = _build(cell)
@@ -363,15 +371,16 @@ def _summary(console, records: list[dict], run_dir: RunDir) -> None:
                 "img/s", "peak MB", "status", "flags"):
         table.add_column(col, justify="left" if col in ("model", "mode", "status", "flags") else "right")
     for r in records:
-        ok = r["status"] == "ok"
+        ok = r["status"] == "ok" and r.get("latency_ms") is not None  # frontier-only cells: no time
         table.add_row(
             r["model"], r["res"], r["mode"], str(r.get("batch")),
             f"{r['params'] / 1e6:.1f}" if r.get("params") else "-", f"{r['gmacs']:.2f}" if r.get("gmacs") else "-",
             f"{r['latency_ms']:.1f} / {r['latency_p90_ms']:.1f}" if ok else "-",
-            str(r.get("iters", "-")) if ok else "-", f"{100 * r['latency_cv']:.1f}%" if ok else "-",
+            str(r.get("iters", "-")) if ok else "-",
+            f"{100 * r['latency_cv']:.1f}%" if ok and r.get("latency_cv") is not None else "-",
             f"{r['throughput']:.1f}" if ok else "-",
-            f"{r['peak_mem_mb']:.0f}" if ok else "-",
-            r["status"] if ok else f"{r['status']}: {r.get('error') or ''}"[:60],
+            f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-",
+            r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}"[:60],
             ", ".join(r.get("flags") or []) or "-",
         )
     console.print(table)

@@ -1,0 +1,73 @@
+"""Stage 1: DDP and DeepSpeed ZeRO-1/2 at world size 1 over NCCL, against the plain engine.
+
+One GPU: each engine makes a private one-rank NCCL process group (bench.engines.base). Two ranks
+on one GPU would measure contention, not scaling, and NCCL refuses two ranks on one device."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import FAST, FUSED, check_cuda_record, one
+
+TRAIN = ("--res", "224", "--batch", "16", "--modes", "train", "--dtype", "bf16", *FAST)
+
+
+@pytest.fixture(scope="module")
+def plain(bench):
+    return bench("run", "--models", "resnet50,vit_s", *TRAIN, "--engine", "none", name="engine-none")
+
+
+def _check_engine(rec: dict, gpu: dict, engine: str, plain_records: list[dict], dtype: str = "bf16") -> None:
+    check_cuda_record(rec, gpu, dtype=dtype)
+    assert rec["engine"] == engine and rec["world_size"] == 1 and rec["global_batch"] == 16
+    assert rec["optimizer_impl"] == FUSED
+    assert rec["scaling_efficiency"] is None  # world size 1 is its own baseline
+    base = [p for p in plain_records if p["model"] == rec["model"]]
+    if base and dtype == "bf16":
+        # One rank: the engine's bookkeeping must not cost more than the step itself.
+        assert rec["latency_ms"] < 2.0 * base[0]["latency_ms"], (engine, rec["latency_ms"], base[0]["latency_ms"])
+        print(f"{engine} zero={rec.get('zero')} {rec['model']}: {rec['latency_ms']:.2f} ms vs plain "
+              f"{base[0]['latency_ms']:.2f} ms")
+
+
+def test_plain_engine(plain, gpu):
+    assert len(plain) == 2
+    for rec in plain:
+        check_cuda_record(rec, gpu, dtype="bf16")
+        assert rec["engine"] == "none" and rec["zero"] is None
+
+
+def test_ddp(bench, gpu, plain):
+    records = bench("run", "--models", "resnet50,vit_s", *TRAIN, "--engine", "ddp", name="engine-ddp")
+    assert len(records) == 2
+    for rec in records:
+        _check_engine(rec, gpu, "ddp", plain)
+        assert rec["zero"] is None and rec.get("ds_config") is None
+
+
+@pytest.mark.parametrize("zero", [1, 2])
+def test_deepspeed_zero(bench, gpu, plain, zero):
+    models = "resnet50,vit_s" if zero == 2 else "resnet50"
+    records = bench("run", "--models", models, *TRAIN, "--engine", "deepspeed", "--zero", str(zero),
+                    name=f"engine-deepspeed-zero{zero}")
+    assert len(records) == len(models.split(","))
+    for rec in records:
+        _check_engine(rec, gpu, "deepspeed", plain)
+        assert rec["zero"] == zero
+        cfg = rec["ds_config"]
+        assert cfg["zero_optimization"]["stage"] == zero
+        assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # autocast, fp32 weights
+        assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
+        assert cfg["gradient_clipping"] == 0.0
+
+
+def test_deepspeed_zero2_bf16_weights(bench, gpu, plain):
+    """DeepSpeed's own bf16 mode: the model in bf16, fp32 master partitions in the optimizer."""
+    records = bench("run", "--models", "vit_s", "--res", "224", "--batch", "16", "--modes", "train",
+                    "--dtype", "bf16-weights", *FAST, "--engine", "deepspeed", "--zero", "2",
+                    name="engine-deepspeed-zero2-bf16w")
+    rec = one(records, model="vit_s")
+    _check_engine(rec, gpu, "deepspeed", plain, dtype="bf16-weights")
+    assert rec["zero"] == 2 and rec["ds_config"]["bf16"]["enabled"] is True
+    parts = rec["mem_breakdown_mb"]
+    assert parts["params"] == pytest.approx(rec["params"] * 2 / 2**20, rel=0.05), parts
+    assert parts["master_weights"] > 0, parts  # fp32 copies the optimizer steps
