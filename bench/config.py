@@ -255,6 +255,7 @@ class FinetuneConfig:
     synthetic_classes: int = field(default=3, metadata=meta())
     fpn_channels: int = field(default=256, metadata=meta())
     head_norm: str = field(default="none", metadata=meta())
+    bn_mode: str = field(default="auto", metadata=meta())
     checkpoints: dict[str, str] = field(default_factory=dict, metadata=meta(identity=False))  # per cell
     workers: int = field(default=0, metadata=meta(identity=False))
     nproc: int = field(default=1, metadata=meta(identity=False))
@@ -270,6 +271,8 @@ class FinetuneConfig:
             raise BadInput("--nproc > 1 needs --engine ddp or --engine deepspeed")
         if self.zero and self.engine != "deepspeed":
             raise BadInput(f"--zero {self.zero} needs --engine deepspeed")
+        if self.bn_mode == "sync" and self.engine != "ddp":
+            raise BadInput("--bn-mode sync needs --engine ddp (SyncBatchNorm syncs across DDP ranks)")
         return self
 
 
@@ -428,6 +431,10 @@ def finetune_params() -> list[click.Parameter]:
           help="FPN width (the paper's 256; Semantic FPN's head gets half). Narrower is for quick CPU runs."),
         O(["--head-norm"], type=click.Choice(["none", "gn"]), default="none", show_default=True,
           help="RetinaNet head: none = the paper's; gn = GroupNorm convs (torchvision's v2 head)."),
+        O(["--bn-mode"], type=click.Choice(["auto", "frozen", "train", "sync"]), default="auto", show_default=True,
+          help="Backbone BatchNorm: frozen statistics and affine (the paper's mmdet/mmseg baselines, which start "
+               "from ImageNet weights), train, or sync (SyncBatchNorm, needs --engine ddp); auto = frozen with a "
+               "--checkpoint, train from scratch (frozen random statistics would cripple the backbone)."),
         O(["--lr"], default="1e-4", show_default=True, help="AdamW learning rate (paper: 1e-4)."),
         O(["--weight-decay"], default="1e-4", show_default=True),
         O(["--grad-clip"], default="0", show_default=True, help="Max gradient norm; 0 = off."),
@@ -470,7 +477,7 @@ def finetune_config(params: dict[str, Any]) -> FinetuneConfig:
         grad_clip=parse_float(p["grad_clip"], "--grad-clip", 0), dtype=p["dtype"], engine=p["engine"],
         zero=p["zero"], seed=parse_int(p["seed"], "--seed", minimum=0), **optional,
         synthetic_classes=p["synthetic_classes"], fpn_channels=parse_int(p["fpn_channels"], "--fpn-channels", 8),
-        head_norm=p["head_norm"], checkpoints=parse_checkpoints(p["checkpoint_items"], models),
+        head_norm=p["head_norm"], bn_mode=p["bn_mode"], checkpoints=parse_checkpoints(p["checkpoint_items"], models),
         workers=parse_int(p["workers"], "--workers", minimum=0), nproc=parse_int(p["nproc"], "--nproc"),
         out=p["out"],
     ).validate()

@@ -135,6 +135,7 @@ class Record:
     seed: int | None = _f(SETTING)
     fpn_channels: int | None = _f(SETTING)
     head_norm: str | None = _f(SETTING)
+    bn_mode: str | None = _f(SETTING, doc="backbone BatchNorm: frozen | train | sync")
     pretrained: bool | None = _f(SETTING)
     checkpoint: str | None = _f(SETTING)
     num_classes: int | None = _f(MEASURE)
@@ -226,6 +227,9 @@ def timestamp() -> str:
 def new_run_id() -> str:
     """Unique even for two runs started in the same second on one host."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{secrets.token_hex(3)}"
+
+
+_WARNED: set[tuple[str, int]] = set()  # (run directory, lines skipped) already said
 
 
 class RecordWriteError(OSError):
@@ -335,8 +339,11 @@ class RunDir:
             recs, bad = read_records_counted(path)
             out += recs
             skipped += bad
-        if skipped and warn:
-            print(f"bench: skipped {skipped} unreadable line(s) in {self.path}", file=sys.stderr)
+        if skipped and warn and (str(self.path.resolve()), skipped) not in _WARNED:
+            # Once per process: a command reads its directory several times (resume, report).
+            _WARNED.add((str(self.path.resolve()), skipped))
+            print(f"bench: skipped {skipped} unreadable line(s) in {self.path} (not JSON objects, or not UTF-8)",
+                  file=sys.stderr)
         return out
 
     def write_json(self, name: str, obj: Any) -> Path:

@@ -58,7 +58,11 @@ class SimpleFeaturePyramid(nn.Module):
         (c16,) = self.trunk.forward_intermediates(
             x, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True
         )
-        return [self.up4(c16), self.up8(c16), c16, self.down32(c16)]
+        # A head that reads only some levels (RetinaNet: strides 8-32) sets ``compute_levels``
+        # so the stride-4 deconvolutions are not run for nothing.
+        levels = getattr(self, "compute_levels", (0, 1, 2, 3))
+        return [self.up4(c16) if 0 in levels else None, self.up8(c16) if 1 in levels else None, c16,
+                self.down32(c16)]
 
 
 class ResNetFeatures(nn.Module):

@@ -91,3 +91,27 @@ def test_semantic_fpn_head_brings_every_level_to_stride_4():
     assert [h.upsamplings for h in model.scale_heads] == [0, 1, 2, 3]
     pyramid = model.fpn({str(i): m for i, m in enumerate(model.backbone(torch.rand(1, 3, 64, 64)))})
     assert [tuple(h(p).shape[-2:]) for h, p in zip(model.scale_heads, pyramid.values())] == [(16, 16)] * 4
+
+
+def test_resnet_batchnorm_is_frozen_by_default_in_dense_models():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from bench.scenarios.finetune import build_task_model
+
+    model = build_task_model("seg", "resnet18", 3, (64, 64), None, fpn_channels=16)
+    norms = [m for m in model.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    trainable = build_task_model("seg", "resnet18", 3, (64, 64), None, fpn_channels=16, bn_mode="train")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainable.backbone.modules())
+
+
+def test_vit_detection_does_not_compute_the_unread_stride4_level():
+    from bench.scenarios.finetune import build_task_model
+
+    model = build_task_model("det", "vit_t", 3, (64, 64), None, fpn_channels=16).eval()
+    calls = []
+    model.backbone.body.up4.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        model([torch.rand(3, 64, 64)])
+    assert calls == []
+    assert all(name.startswith("body.up4") for name in model.unreached_parameters)

@@ -51,7 +51,7 @@ def frontier_table(df: pd.DataFrame) -> Table | None:
     part = frontier_cells(df)
     if part.empty:
         return None
-    several_runs = part["series"].nunique() > 1
+    several_runs = part["run_id"].nunique() > 1  # the engine and world size are columns of their own
     several_tasks = part["task"].nunique() > 1
     columns = ["mode", "model", *(["task"] if several_tasks else []), "engine", "world size", "precision",
                *(["run id"] if several_runs else []), "res", "largest batch that fits", "smallest that did not",
@@ -86,7 +86,7 @@ def plot_frontier(df: pd.DataFrame):
     part = part[part["largest"] > 0] if not part.empty else part
     if part.empty:
         return None
-    part = part.assign(line=part["label"] + (" · " + part["run_id"] if part["series"].nunique() > 1 else ""))
+    part = part.assign(line=part["label"] + (" · " + part["run_id"] if part["run_id"].nunique() > 1 else ""))
     modes = list(dict.fromkeys(part["mode"]))
     fig, axes = figure(5.5 * len(modes) + 3, 4.2, ncols=len(modes))
     for ax, mode in zip(axes, modes):

@@ -140,6 +140,13 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     return df
 
 
+def series_names(df: pd.DataFrame) -> dict[str, str]:
+    """A name for each series of ``df`` that tells it from the others: its run id where the run
+    ids alone do (one set-up per run), else the whole series (set-up · run id)."""
+    pairs = df[["series", "run_id"]].drop_duplicates()
+    return dict(zip(pairs["series"], pairs["run_id"] if pairs["run_id"].is_unique else pairs["series"]))
+
+
 def performance_cells(df: pd.DataFrame) -> pd.DataFrame:
     """The infer/train cells: everything but the fine-tunes."""
     return df[~df["mode"].isin(FINETUNE_MODES)]

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report.load import is_missing, performance_cells
+from bench.report.load import is_missing, performance_cells, series_names
 from bench.report.tables import Cell, Table, as_text, cell_flags, fmt_number, missing_cell
 
 MIN_RESOLUTIONS = 3  # distinct pixel counts a fit needs: two points always lie on a line
@@ -88,8 +88,8 @@ class Fit:
 
     metric: str            # the record field: gmacs, latency_ms, peak_mem_mb
     mode: str | None       # None for GMACs (per image, any mode)
-    series: str            # set-up and run id (load.records_frame)
-    run_id: str
+    series: str            # set-up and run id (load.records_frame); the run id alone for GMACs
+    run: str               # the series' name among the others (load.series_names)
     model: str
     task: str
     label: str             # load's label: the model, and its task where not classification
@@ -121,12 +121,15 @@ def scaling_fits(df: pd.DataFrame) -> list[Fit]:
     runs and models."""
     perf = performance_cells(df)
     perf = perf[perf["input_pixels"].notna() & (perf["input_pixels"] > 0)]
+    names = series_names(perf) if not perf.empty else {}
     fits: list[Fit] = []
     for metric, _, per_mode in SCALING_METRICS:
         rows = perf[perf[metric].notna() & (perf[metric] > 0)]
         if per_mode:  # a time or a memory is a measurement only when the cell finished
             rows = rows[rows["status"] == "ok"]
-        key = ["series", "task", "model"] + (["mode", "batch", "precision"] if per_mode else [])
+        # GMACs per image depend on the model and the input only: one fit per run, whatever the
+        # engine or device; a time or a memory is one set-up's.
+        key = ["series", "task", "model", "mode", "batch", "precision"] if per_mode else ["run_id", "task", "model"]
         rows = rows.sort_values(["series_order", "model_order", "input_pixels"], kind="stable")
         for _, part in rows.groupby(key, sort=False, dropna=False):
             part = part.drop_duplicates("input_pixels")
@@ -135,8 +138,10 @@ def scaling_fits(df: pd.DataFrame) -> list[Fit]:
             k, c, r2 = fit_power_law(part["input_pixels"], part[metric])
             first = part.iloc[0]
             fits.append(Fit(
-                metric=metric, mode=first["mode"] if per_mode else None, series=first["series"],
-                run_id=first["run_id"], model=first["model"], task=first["task"], label=first["label"],
+                metric=metric, mode=first["mode"] if per_mode else None,
+                series=first["series"] if per_mode else first["run_id"],
+                run=names[first["series"]] if per_mode else first["run_id"],
+                model=first["model"], task=first["task"], label=first["label"],
                 batch=first["batch"] if per_mode else None, precision=first["precision"] if per_mode else None,
                 k=k, coefficient=c, r2=r2, pixels=tuple(part["input_pixels"].astype(float)),
                 values=tuple(part[metric].astype(float)), res=tuple(part["res"]),
@@ -151,7 +156,7 @@ def fit_label(fit: Fit, fits: Iterable[Fit]) -> str:
     peers = [f for f in fits if (f.metric, f.mode) == (fit.metric, fit.mode)]
     parts = [fit.label]
     if len({f.series for f in peers}) > 1:
-        parts.append(fit.run_id)
+        parts.append(fit.run)
     if len({f.batch for f in peers}) > 1:
         parts.append(f"batch {fit.batch}")
     if len({f.precision for f in peers}) > 1:
@@ -246,7 +251,7 @@ def fits_table(fits: list[Fit]) -> Table | None:
         return None
     several_runs = len({f.series for f in fits}) > 1
     several_tasks = len({f.task for f in fits}) > 1
-    columns = ["cost", "mode", "model", *(["task"] if several_tasks else []), *(["run id"] if several_runs else []),
+    columns = ["cost", "mode", "model", *(["task"] if several_tasks else []), *(["run"] if several_runs else []),
                "batch", "precision", "resolutions", "k (cost ∝ pixels^k)", "c", "R²", "flagged points"]
     rows, starts, previous = [], set(), None
     for f in fits:
@@ -255,7 +260,7 @@ def fits_table(fits: list[Fit]) -> Table | None:
             previous = (f.metric, f.mode)
         row = [Cell(METRIC_NAMES[f.metric]), Cell(f.mode or "per image"), Cell(f.model)]
         row += [Cell(f.task)] if several_tasks else []
-        row += [Cell(f.run_id)] if several_runs else []
+        row += [Cell(f.run)] if several_runs else []
         row += [Cell("—" if f.mode is None else as_text(f.batch)), Cell("—" if f.mode is None else as_text(f.precision)),
                 Cell(", ".join(f.res)), Cell(f"{f.k:.3f}", kind="num"), Cell(f"{f.coefficient:.3g}", kind="num"),
                 Cell(f"{f.r2:.4f}", kind="num"),
@@ -297,13 +302,14 @@ def attention_share_table(df: pd.DataFrame) -> Table | None:
     perf = performance_cells(df)
     has = perf["attention_gmacs_per_stage"].map(lambda a: isinstance(a, dict) and bool(a)) & perf["gmacs"].notna()
     data = perf[has].sort_values(["series_order", "model_order", "input_pixels"], kind="stable")
-    data = data.drop_duplicates(["series", "task", "model", "res"])
+    # Per image, like the GMACs: one row per run and model, whatever the engine or device.
+    data = data.drop_duplicates(["run_id", "task", "model", "res"])
     if data.empty:
         return None
     resolutions = list(dict.fromkeys(data.sort_values("input_pixels", kind="stable")["res"]))
-    several_runs = data["series"].nunique() > 1
+    several_runs = data["run_id"].nunique() > 1
     rows = []
-    for _, part in data.groupby(["series", "task", "model"], sort=False):
+    for _, part in data.groupby(["run_id", "task", "model"], sort=False):
         by_res = {r["res"]: r for _, r in part.iterrows()}
         first = part.iloc[0]
         row = [Cell(first["label"])] + ([Cell(first["run_id"])] if several_runs else [])
@@ -329,8 +335,8 @@ def attention_statements(df: pd.DataFrame) -> list[str]:
     perf = performance_cells(df)
     has = perf["attention_gmacs_per_stage"].map(lambda a: isinstance(a, dict) and bool(a)) & (perf["gmacs"] > 0)
     data = perf[has].sort_values(["series_order", "model_order", "input_pixels"], kind="stable")
-    several_runs = data["series"].nunique() > 1
-    for _, part in data.groupby(["series", "task", "model"], sort=False):
+    several_runs = data["run_id"].nunique() > 1
+    for _, part in data.groupby(["run_id", "task", "model"], sort=False):
         part = part.drop_duplicates("res")
         if len(part) < 2:
             continue

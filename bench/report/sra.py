@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from bench.report.load import is_missing, performance_cells
+from bench.report.load import is_missing, performance_cells, series_names
 from bench.report.tables import Cell, Table, as_text, fmt_number, missing_cell, status_cell
 
 NOSR_SUFFIX = "_nosr"
@@ -88,7 +88,11 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
     if not pairs:
         return [], []
     perf = performance_cells(df)
-    several_runs = perf["series"].nunique() > 1
+    # Only the series that hold a pair are named apart.
+    holding = {series for (series, _, _), at in perf.groupby(["series", "task", "res"], sort=False)
+               if any({base, nosr} <= set(at["model"]) for base, nosr in pairs)}
+    names = series_names(perf[perf["series"].isin(holding)])
+    several_runs = len(holding) > 1
     statements: list[str] = []
     attention_rows, cost_rows = [], []
     attention_starts, cost_starts = set(), set()
@@ -98,8 +102,8 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
         for (series, task, res), at in part.groupby(["series", "task", "res"], sort=False):
             if not {base, nosr} <= set(at["model"]):
                 continue
-            run_id = at.iloc[0]["run_id"]
-            ident = [Cell(base + ("" if task == "cls" else f" ({task})"))] + ([Cell(run_id)] if several_runs else []) \
+            run = names[series]
+            ident = [Cell(base + ("" if task == "cls" else f" ({task})"))] + ([Cell(run)] if several_runs else []) \
                 + [Cell(res)]
             cuts: list[str] = []     # "stage-1 attention from X to Y GMACs (64.0×)"
             raises: list[str] = []   # where SRA costs more (noise, or a real overhead)
@@ -154,7 +158,7 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
                 cost_rows.append(row)
             if len(cost_rows) > first_cost_row:
                 cost_starts.add(first_cost_row)
-            where = f"At {res}" + (f" ({run_id})" if several_runs else "") + (f", in {task}" if task != "cls" else "")
+            where = f"At {res}" + (f" ({run})" if several_runs else "") + (f", in {task}" if task != "cls" else "")
             sentence = []
             if cuts:
                 sentence.append(f"SRA cuts {base}'s " + _join(cuts))
@@ -164,7 +168,7 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
                 sentence.append(_join(failures))
             if sentence:
                 statements.append(f"{where}, " + "; ".join(sentence) + ".")
-    ident_columns = ["model", *(["run id"] if several_runs else []), "res"]
+    ident_columns = ["model", *(["run"] if several_runs else []), "res"]
     tables = []
     if attention_rows:
         tables.append(Table("sra-attention", "SRA ablation: attention products per stage",

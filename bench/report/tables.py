@@ -239,7 +239,7 @@ def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     """Resolution-major (the best marks compare models at one resolution), then model, batch,
     run."""
-    return df.sort_values(["pixels", "res", "model_order", "task", "batch", "series_order", "dtype"],
+    return df.sort_values(["pixels", "res", "task", "model_order", "batch", "series_order", "dtype"],
                           na_position="last", kind="stable")
 
 

@@ -107,7 +107,7 @@ class ClassifyScenario:
         rec.update(params=counted.params, gmacs=counted.gmacs, gflops=counted.gflops, stage_gmacs=counted.stage_gmacs,
                    attention_gmacs_per_stage=counted.attention_gmacs_per_stage or None,
                    part_gmacs=counted.part_gmacs or None, part_params=counted.part_params or None,
-                   input_hw=list(dense.input_hw(cell)))
+                   input_hw=list(dense.input_hw(cell)), bn_mode="frozen" if cell.task != "cls" else None)
         rec.update(measure_cell(cell, ctx, cfg, getattr(self, "profile_dir", None)))
         flags = list(rec.get("flags") or [])
         if rec["status"] == "ok" and rec.get("per_rank_step_ms"):  # frontier-only cells have no time

@@ -34,12 +34,14 @@ DEFAULT_SYNTHETIC_TRAIN, DEFAULT_SYNTHETIC_VAL = 512, 64
 
 
 def build_task_model(task: str, name: str, num_classes: int, image_size: tuple[int, int],
-                     checkpoint: str | None, fpn_channels: int = 256, head_norm: str = "none") -> nn.Module:
-    """Backbone ``name`` (ImageNet weights from ``checkpoint`` if given) under the task's head."""
+                     checkpoint: str | None, fpn_channels: int = 256, head_norm: str = "none",
+                     bn_mode: str = "frozen") -> nn.Module:
+    """Backbone ``name`` (ImageNet weights from ``checkpoint`` if given) under the task's head;
+    its BatchNorms frozen by default (``bn_mode``), as the paper's mmdet/mmseg baselines."""
     from bench.build import build_model
-    from models.heads import SemanticFPN, build_retinanet
+    from models.heads import SemanticFPN, apply_bn_mode, build_retinanet
 
-    backbone = build_model(name, features_only=True, checkpoint=checkpoint)
+    backbone = apply_bn_mode(build_model(name, features_only=True, checkpoint=checkpoint), bn_mode)
     if task == "det":
         return build_retinanet(backbone, num_classes, image_size, fpn_channels=fpn_channels, head_norm=head_norm)
     return SemanticFPN(backbone, num_classes, fpn_channels=fpn_channels, head_channels=fpn_channels // 2)
@@ -53,6 +55,26 @@ def task_loss(task: str, model: nn.Module, batch: dict, device: torch.device,
         return sum(model(list(images), targets).values())
     logits = model(images)
     return F.cross_entropy(logits.float(), batch["semantic"].to(device), ignore_index=IGNORE_INDEX)
+
+
+def _one_line_errors(iterable):
+    """Bad data found by a DataLoader worker reaches the user as the same one line as in the main
+    process: torch re-raises the worker's BadInput with the worker's whole traceback as its
+    message; keep the original message (the last line) only."""
+    iterator = iter(iterable)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except BadInput as exc:
+            lines = [ln for ln in str(exc.message).splitlines() if ln.strip()]
+            last = lines[-1] if lines else str(exc.message)
+            for prefix in ("bench.errors.BadInput: ", "BadInput: "):
+                if last.startswith(prefix):
+                    last = last[len(prefix):]
+            raise BadInput(last) from None
+        yield item
 
 
 def trainable_parameters(model: nn.Module) -> int:
@@ -76,7 +98,7 @@ def evaluate(task: str, module: nn.Module, dataset: Dataset, num_classes: int, c
     loader = DataLoader(shard, batch_size=batch, collate_fn=collate)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     targets, predictions = [], []
-    for data in loader:
+    for data in _one_line_errors(loader):
         images = data["images"].to(ctx.device, dtype)
         if task == "det":
             predictions += [{k: v.float().cpu() for k, v in p.items()} for p in module(list(images))]
@@ -145,6 +167,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def effective_bn_mode(settings: FinetuneConfig, name: str) -> str:
+    if settings.bn_mode != "auto":
+        return settings.bn_mode
+    return "frozen" if settings.checkpoints.get(name) else "train"
+
+
 def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
     """What a cell's record says before it runs: the cell and its set-up."""
     from bench.engines import PRECISIONS
@@ -162,6 +190,7 @@ def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
         "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype], "world_size": ctx.world_size,
         "device": ctx.device.type, "device_name": device_name(ctx.device), "threads": torch.get_num_threads(),
         "pretrained": checkpoint is not None, "checkpoint": checkpoint,
+        "bn_mode": effective_bn_mode(settings, cell.model),
     }
 
 
@@ -176,7 +205,7 @@ def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data:
     checkpoint = settings.checkpoints.get(name)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank and every run
     model = build_task_model(task, name, data.num_classes, (height, width), checkpoint,
-                             settings.fpn_channels, settings.head_norm)
+                             settings.fpn_channels, settings.head_norm, effective_bn_mode(settings, name))
     backbone = model.backbone.body if task == "det" else model.backbone
     record = {
         "num_classes": data.num_classes, "class_names": data.class_names,
@@ -196,7 +225,7 @@ def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data:
     with PeakMemory(ctx.device, trainer.module) as memory:
         for _ in range(settings.steps):
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = next(_one_line_errors(batches))
             t1 = time.perf_counter()
             with trainer.autocast():
                 loss = task_loss(task, trainer.model, batch, ctx.device, trainer.input_dtype)

@@ -30,8 +30,45 @@ def pad_to_32(height: int, width: int) -> tuple[int, int]:
     return -(-height // 32) * 32, -(-width // 32) * 32
 
 
-def build_dense(task: str, backbone_name: str, image_size: tuple[int, int], fpn_channels: int = 256) -> nn.Module:
-    backbone = create_model(backbone_name, features_only=True)
+BN_MODES = ("frozen", "train", "sync")
+
+
+def freeze_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm2d under ``module`` by torchvision's FrozenBatchNorm2d (statistics
+    and affine parameters fixed, as mmdet/mmseg baselines train ResNet at 2 images per GPU).
+    Returns how many were replaced. Parameter names are unchanged."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+            replaced += 1
+        else:
+            replaced += freeze_batchnorm(child)
+    return replaced
+
+
+def apply_bn_mode(backbone: nn.Module, bn_mode: str) -> nn.Module:
+    """``frozen`` (default): FrozenBatchNorm2d; ``sync``: SyncBatchNorm (under DDP); ``train``:
+    plain BatchNorm in train mode, which 2 images per rank handicap."""
+    if bn_mode == "frozen":
+        freeze_batchnorm(backbone)
+    elif bn_mode == "sync":
+        backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    elif bn_mode != "train":
+        raise ValueError(f"bn_mode must be one of {BN_MODES}")
+    return backbone
+
+
+def build_dense(task: str, backbone_name: str, image_size: tuple[int, int], fpn_channels: int = 256,
+                bn_mode: str = "frozen") -> nn.Module:
+    backbone = apply_bn_mode(create_model(backbone_name, features_only=True), bn_mode)
     if task == "det":
         # RetinaNet's own transform neither resizes nor pads further: images arrive at image_size.
         return build_retinanet(backbone, DENSE_CLASSES["det"], image_size, fpn_channels=fpn_channels)

@@ -30,6 +30,8 @@ class BackboneFPN(nn.Module):
     def __init__(self, backbone: nn.Module, out_channels: int = 256):
         super().__init__()
         self.body = backbone
+        if hasattr(backbone, "compute_levels") or type(backbone).__name__ == "SimpleFeaturePyramid":
+            backbone.compute_levels = FPN_LEVELS  # don't compute maps the FPN never reads
         in_channels = [backbone.feature_channels[i] for i in FPN_LEVELS]
         extra = LastLevelP6P7(in_channels[-1], out_channels)
         extra.use_P5 = False  # "on input": P6 from C5 even where C5 happens to have out_channels
