@@ -85,4 +85,11 @@ def collect_env(command: str, device: torch.device | None = None, run_id: str | 
         "packages": versions,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "flush_denormal": _FLUSH_DENORMAL,
+        # The math mode every cell of this invocation ran in (bench.scenarios.classify.apply_math_mode).
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "threads_allotted": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }

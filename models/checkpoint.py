@@ -30,7 +30,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code objects, truncated file...
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "weights only load failed" in text.lower() or "weights_only" in text:
+            # torch's own message suggests weights_only=False: the unsafe route. We never take it.
+            raise CheckpointError(
+                f"refused checkpoint {path}: it holds Python objects besides tensors, and unpickling them could "
+                "run code; save a plain state dict (torch.save(model.state_dict(), ...)) or .safetensors") from None
+        first_line = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line[:200]}") from None
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -40,6 +46,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"checkpoint {path} holds no state dict (expected a dict of tensors, or {{'model': ...}})"
         )
+    complex_keys = [k for k, v in obj.items() if v.is_complex()]
+    if complex_keys:
+        raise CheckpointError(f"checkpoint {path} holds complex-valued tensors ({complex_keys[0]}, ...): "
+                              "not a backbone's weights")
     # DDP / DeepSpeed save with a 'module.' prefix.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 

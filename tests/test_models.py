@@ -151,3 +151,32 @@ def test_unknown_model_lists_known_ones():
         models.create_model("pvt_huge")
     for known in ("pvt_small", "vit_s", "resnet50"):
         assert known in str(info.value)
+
+
+class _RunsCode:
+    """Unpickling this would call os.system: a malicious checkpoint."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused_without_the_unsafe_hint(tmp_path):
+    from models import CheckpointError, read_state_dict
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _RunsCode()}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(str(path))
+    message = str(info.value)
+    assert "refused" in message and "weights_only" not in message and "\n" not in message
+
+
+def test_complex_tensors_are_refused(tmp_path):
+    from models import CheckpointError, read_state_dict
+
+    path = tmp_path / "complex.pth"
+    torch.save({"w": torch.zeros(2, dtype=torch.complex64)}, path)
+    with pytest.raises(CheckpointError, match="complex"):
+        read_state_dict(str(path))

@@ -53,6 +53,7 @@ def apply_math_mode(cfg: RunConfig) -> None:
 class ClassifyScenario:
     def __init__(self, config: RunConfig):
         self.config = config
+        apply_math_mode(config)  # before the environment is recorded, so env.json says it too
         self.peak_tflops: float | None = None
         self._flops: dict[tuple[str, int, int], object] = {}
 
@@ -61,7 +62,6 @@ class ClassifyScenario:
         return make_cells(c.models, c.res, c.modes, c.batches, c.task)
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
-        apply_math_mode(self.config)
         dtype = autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
         peak = peak_matmul_tflops(ctx.device, dtype, budget_s=min(1.0, self.config.budget))
         self.peak_tflops = peak if math.isfinite(peak) and peak > 0 else None
