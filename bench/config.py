@@ -33,7 +33,13 @@ from bench.errors import BadInput
 MODES = ("infer", "train")
 TASKS = ("cls", "det", "seg")
 DTYPE_CHOICES = ("fp32", "bf16", "fp16", "bf16-weights")
-ENGINE_CHOICES = ("none", "ddp", "deepspeed")  # bench.engines registers one module per name
+
+
+def engine_choices() -> list[str]:
+    """The registered engines (bench.engines registers one module per name)."""
+    from bench.engines import engine_names
+
+    return engine_names()
 _DIGITS = re.compile(r"[0-9]+")
 # A plain decimal number in ASCII: no "_" separators, no full-width digits, no nan/inf words.
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -369,7 +375,7 @@ def run_params() -> list[click.Parameter]:
         O(["--cudnn-benchmark"], is_flag=True, help="Let cuDNN pick conv algorithms by timing them (CUDA)."),
         O(["--channels-last"], is_flag=True, help="NHWC memory format for models and inputs."),
         O(["--compile", "use_compile"], is_flag=True, help="torch.compile the model (compile time recorded apart)."),
-        O(["--engine"], default="none", show_default=True, type=click.Choice(ENGINE_CHOICES), help="Training engine."),
+        O(["--engine"], default="none", show_default=True, type=click.Choice(engine_choices()), help="Training engine."),
         O(["--zero"], default=0, show_default=True, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
         O(["--ds-config"], help="Your DeepSpeed JSON config (deep-merged over the generated one)."),
         O(["--grad-clip"], default="0", show_default=True, help="Gradient clipping for every engine (0 = off)."),
@@ -438,7 +444,7 @@ def finetune_params() -> list[click.Parameter]:
         O(["--lr"], default="1e-4", show_default=True, help="AdamW learning rate (paper: 1e-4)."),
         O(["--weight-decay"], default="1e-4", show_default=True),
         O(["--grad-clip"], default="0", show_default=True, help="Max gradient norm; 0 = off."),
-        O(["--engine"], type=click.Choice(ENGINE_CHOICES), default="none", show_default=True),
+        O(["--engine"], type=click.Choice(engine_choices()), default="none", show_default=True),
         O(["--zero"], type=click.IntRange(0, 3), default=0, show_default=True, help="DeepSpeed ZeRO stage."),
         O(["--nproc"], default="1", show_default=True, help="Ranks on this node (re-launches under torchrun)."),
         O(["--dtype"], type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True),
