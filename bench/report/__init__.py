@@ -9,10 +9,15 @@ Modules, in the order the data flows:
 
 - ``load``: run directories -> Run objects -> one DataFrame of records with labels and sort keys
 - ``tables``: the Table/Cell structure, cell formatting, best-value marks, performance tables
-- ``references``: the PVT paper's and published figures, and the tables that compare with them
-- ``plots``: the performance plots as PNG data URIs, and the figure helpers
+- ``scaling``: cost ∝ pixels^k fitted per model (``fit_power_law``), crossovers, attention's share
+- ``references``: the PVT paper's and published figures (classification and dense prediction),
+  and the tables that compare with them
+- ``sra``: the spatial-reduction ablation (pvt_X against pvt_X_nosr), with generated statements
+- ``plots``: the performance and scaling plots as PNG data URIs, and the figure helpers
+- ``frontier``: the largest batch that fits per resolution (``--batch auto`` cells)
 - ``finetune``: the fine-tune tables and plots
-- ``render``: all tables in page order, rendered as HTML, CSV or Markdown to a file
+- ``render``: the page's sections in order (a section with nothing to show is left out), rendered
+  as HTML, CSV or Markdown to a file
 - ``command``: the ``bench report`` command line
 """
 from bench.report.command import report_command

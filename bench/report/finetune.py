@@ -74,7 +74,8 @@ def _labelled_finetunes(df: pd.DataFrame) -> pd.DataFrame:
     their panels, not their labels)."""
     part = finetune_cells(df).copy()
     runs_per_backbone = part.groupby(["model", "mode"])["series"].transform("nunique")
-    part["backbone"] = [m + (f" · {run}" if n > 1 else "") for m, run, n in zip(part["model"], part["run_id"], runs_per_backbone)]
+    part["backbone"] = [m + (f" · {run}" if n > 1 else "")
+                        for m, run, n in zip(part["model"], part["run_id"], runs_per_backbone)]
     part["init"] = part["pretrained"].map(lambda p: "pretrained" if p is True else ("scratch" if p is False else "?"))
     return part
 

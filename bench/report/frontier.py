@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.report.load import is_missing, performance_cells
-from bench.report.plots import PlotSpec, figure, one_legend
+from bench.report.plots import PlotSpec, figure, one_legend, res_axis
 from bench.report.tables import Cell, Table, as_text, fmt_number, missing_cell, status_cell
 
 FRONTIER_INTRO = [
@@ -98,11 +98,7 @@ def plot_frontier(df: pd.DataFrame):
         if not capped.empty:
             ax.scatter(capped["input_pixels"], capped["largest"] * 1.25, marker="^", facecolors="none",
                        edgecolors="grey", label="lower bound (search cap)")
-        ticks = data.drop_duplicates("input_pixels").sort_values("input_pixels")
-        ax.set_xscale("log")
-        ax.set_xticks(list(ticks["input_pixels"]), list(ticks["res"]))
-        ax.minorticks_off()
-        ax.set_xlabel("resolution (log pixels)")
+        res_axis(ax, data, "input_pixels")
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_ylabel("largest batch that fits")

@@ -98,7 +98,9 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     """All records of all runs in one frame, with the labels and sort keys the report needs.
 
     ``setup`` is "<device_name> · <engine> ×<world_size>", ``series`` adds the run id so two runs
-    of the same set-up (two commits, say) stay apart.
+    of the same set-up (two commits, say) stay apart. ``task`` and ``precision`` are filled for
+    older records, ``pixels`` is the size asked for, ``input_pixels`` the size fed to the model
+    (``input_hw``), and ``label`` the model with its task where that is not classification.
     """
     rows = []
     for run_index, run in enumerate(runs):

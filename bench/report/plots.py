@@ -77,11 +77,11 @@ def panel_grid(n: int, panel_width: float, panel_height: float):
     return fig, axes[:n]
 
 
-def res_axis(ax, part: pd.DataFrame) -> None:
-    """x = pixel count on a log scale, labelled with the resolution names."""
-    ticks = part.drop_duplicates("pixels").sort_values("pixels")
+def res_axis(ax, part: pd.DataFrame, x: str = "pixels") -> None:
+    """x = pixel count (column ``x``) on a log scale, labelled with the resolution names."""
+    ticks = part.drop_duplicates(x).sort_values(x)
     ax.set_xscale("log")
-    ax.set_xticks(list(ticks["pixels"]), list(ticks["res"]))
+    ax.set_xticks(list(ticks[x]), list(ticks["res"]))
     ax.minorticks_off()
     ax.set_xlabel("resolution (log pixels)")
 
@@ -180,7 +180,7 @@ def plot_gmacs(df: pd.DataFrame):
 TAIL_GROUPS = ("head", "other")
 
 
-def _stage_order(labels: Iterable[str]) -> list[str]:
+def stage_order(labels: Iterable[str]) -> list[str]:
     """Input to output: the embedding, then stages or block groups by their first number
     ("stage2" before "stage10", "blocks3-5" after "blocks0-2"), then the head and "other".
     Records are written with sorted keys, so their own order is alphabetical."""
@@ -205,7 +205,7 @@ def plot_stage_gmacs(df: pd.DataFrame):
         return None
     resolutions = list(dict.fromkeys(data["res"]))
     fig, axes = panel_grid(len(resolutions), 5, 3.8)
-    stages = _stage_order(k for s in data["stage_gmacs"] for k in s)
+    stages = stage_order(k for s in data["stage_gmacs"] for k in s)
     body = [s for s in stages if s not in TAIL_GROUPS]
     # The backbone in one sequential palette (input to output), the head and the rest in greys.
     colours = sns.color_palette("crest", len(body)) + sns.color_palette("Greys_r", len(stages) - len(body) + 2)[1:-1]

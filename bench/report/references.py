@@ -240,15 +240,19 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
             row += [Cell(size_text), Cell(fmt_number(ours_g), kind="num")]
             if paper_gmacs is not None:
                 deltas.append((ours_g - float(paper_gmacs)) / float(paper_gmacs) * 100)
-                row += [Cell(fmt_number(float(paper_gmacs)), kind="num"), Cell(_delta(ours_g, float(paper_gmacs)), kind="num")]
+                row += [Cell(fmt_number(float(paper_gmacs)), kind="num"),
+                        Cell(_delta(ours_g, float(paper_gmacs)), kind="num")]
             else:
                 row += [missing_cell("not in the paper"), missing_cell()]
             reasons += [d for d in _config_differences(g, task) if d not in reasons]
         else:
-            measured = sorted({f"{hw[0]}×{hw[1]}" for hw in (_hw(x) for _, x in other_sizes.iterrows()) if hw})
-            row += [Cell(size_text), missing_cell("not measured" + (f" (only at {', '.join(measured)})" if measured else "")),
-                Cell(fmt_number(float(paper_gmacs)), kind="num") if paper_gmacs is not None else missing_cell("not in the paper"),
-                missing_cell()]
+            sizes = sorted({hw for hw in (_hw(x) for _, x in other_sizes.iterrows()) if hw},
+                           key=lambda hw: hw[0] * hw[1])
+            only = f" (only at {', '.join(f'{h}×{w}' for h, w in sizes)})" if sizes else ""
+            row += [Cell(size_text), missing_cell("not measured" + only),
+                    Cell(fmt_number(float(paper_gmacs)), kind="num") if paper_gmacs is not None
+                    else missing_cell("not in the paper"),
+                    missing_cell()]
         split_from = g if g is not None else r
         row += [Cell(_split(r.get("part_params"), 1e-6)), Cell(_split(split_from.get("part_gmacs")))]
         if task == "seg" and model.startswith("resnet"):
@@ -258,13 +262,18 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
                 reasons.append(f"agrees within {AGREE_PERCENT:g}%")
             elif deltas:
                 reasons.append("no known cause: check the head's configuration against the paper's")
-        row.append(Cell("; ".join(reasons), kind="warn" if deltas and max(abs(d) for d in deltas) > AGREE_PERCENT else ""))
+        differs = bool(deltas) and max(abs(d) for d in deltas) > AGREE_PERCENT
+        row.append(Cell("; ".join(reasons), kind="note warn" if differs else "note"))
         rows.append(row)
     if not rows:
         return None
     columns = ["model head", "backbone", "paper name", "params (M), ours", "params (M), paper", "Δ params (M)",
                "size (H×W)", "GMACs, ours", "GFLOPs = GMACs, paper", "Δ GMACs", "params split (M)",
                "GMACs split", "why it differs"]
+    # The part splits only where some cell recorded one.
+    empty = {i for i, c in enumerate(columns) if "split" in c and all(row[i].text == "—" for row in rows)}
+    columns = [c for i, c in enumerate(columns) if i not in empty]
+    rows = [[cell for i, cell in enumerate(row) if i not in empty] for row in rows]
     return Table("reference-dense", "Dense prediction against the paper: the whole model", columns, rows,
                  DENSE_REFERENCE_NOTES)
 
@@ -289,7 +298,8 @@ def v100_reference_table(df: pd.DataFrame) -> Table | None:
             hw = _hw(r)
             on_v100 = "v100" in str(r["device_name"]).lower()
             row += [Cell(fmt_number(float(r["latency_ms"]) / batch), kind="num"),
-                    Cell(f"{hw[0]}×{hw[1]}" if hw else "—"), Cell(f"{r['device_name']} · {r['precision']} · batch {as_text(r['batch'])}"),
+                    Cell(f"{hw[0]}×{hw[1]}" if hw else "—"),
+                    Cell(f"{r['device_name']} · {r['precision']} · batch {as_text(r['batch'])}"),
                     Cell(_split(r.get("part_latency_ms"), 1.0 / batch)),
                     Cell("a V100: comparable at the same precision" if on_v100
                          else f"comparable only on a V100: not comparable, ran on {r['device_name']}",

@@ -261,7 +261,8 @@ def fits_table(fits: list[Fit]) -> Table | None:
         row = [Cell(METRIC_NAMES[f.metric]), Cell(f.mode or "per image"), Cell(f.model)]
         row += [Cell(f.task)] if several_tasks else []
         row += [Cell(f.run)] if several_runs else []
-        row += [Cell("—" if f.mode is None else as_text(f.batch)), Cell("—" if f.mode is None else as_text(f.precision)),
+        row += [Cell("—" if f.mode is None else as_text(f.batch)),
+                Cell("—" if f.mode is None else as_text(f.precision)),
                 Cell(", ".join(f.res)), Cell(f"{f.k:.3f}", kind="num"), Cell(f"{f.coefficient:.3g}", kind="num"),
                 Cell(f"{f.r2:.4f}", kind="num"),
                 Cell("; ".join(f.flagged), kind="warn") if f.flagged else missing_cell()]

@@ -13,7 +13,8 @@ import re
 import pandas as pd
 
 from bench.report.load import is_missing, performance_cells, series_names
-from bench.report.tables import Cell, Table, as_text, fmt_number, missing_cell, status_cell
+from bench.report.plots import stage_order
+from bench.report.tables import Cell, Table, as_text, cell_flags, fmt_number, missing_cell, status_cell
 
 NOSR_SUFFIX = "_nosr"
 # PVT v1's reduction ratios R_i of stages 1-4 (paper, Table 1; every variant).
@@ -46,14 +47,6 @@ def sra_pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 def ratio_text(ratio: float) -> str:
     return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
-
-
-def _stages(per_stage: dict) -> list[str]:
-    def number(name: str) -> int:
-        found = re.search(r"\d+", name)
-        return int(found.group()) if found else 0
-
-    return sorted(per_stage, key=lambda s: (number(s), s))
 
 
 def _stage_ratio(model: str, stage: str) -> int | None:
@@ -109,11 +102,12 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
             raises: list[str] = []   # where SRA costs more (noise, or a real overhead)
             failures: list[str] = []
             # Attention products per stage (per image, whatever the mode).
-            with_sr, without_sr = _one(at, base, "attention_gmacs_per_stage"), _one(at, nosr, "attention_gmacs_per_stage")
+            with_sr = _one(at, base, "attention_gmacs_per_stage")
+            without_sr = _one(at, nosr, "attention_gmacs_per_stage")
             if with_sr is not None and without_sr is not None:
                 a, b = with_sr["attention_gmacs_per_stage"], without_sr["attention_gmacs_per_stage"]
                 attention_starts.add(len(attention_rows))
-                for stage in _stages({**b, **a}):
+                for stage in stage_order([*b, *a]):
                     r_i = _stage_ratio(base, stage)
                     va, vb = a.get(stage), b.get(stage)
                     attention_rows.append(ident + [
@@ -121,7 +115,7 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
                         _num(vb) if not is_missing(vb) else missing_cell(),
                         _num(va) if not is_missing(va) else missing_cell(),
                         _ratio_cell(vb, va), Cell(as_text(r_i * r_i) if r_i else "—", kind="num")])
-                first = _stages(a)[0] if a else None
+                first = stage_order(a)[0] if a else None
                 if first and not is_missing(a.get(first)) and not is_missing(b.get(first)) and a[first] > 0:
                     number = re.search(r"\d+", first)
                     r_i = _stage_ratio(base, first)
@@ -151,6 +145,9 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
                     a, b = rw[field], rn[field]
                     if both_ok and not is_missing(a) and not is_missing(b) and a > 0 and b > 0:
                         numbers = f"({fmt_number(b)} → {fmt_number(a)} {unit})"
+                        flags = list(dict.fromkeys(cell_flags(rn) + cell_flags(rw)))
+                        if flags and field == "latency_ms":  # a timing that may be off says so
+                            numbers += f" [flagged: {', '.join(flags)}]"
                         if a <= b:
                             cuts.append(f"{mode} {what} by {ratio_text(b / a)} {numbers}")
                         else:

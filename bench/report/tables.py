@@ -98,7 +98,7 @@ def cell_flags(record) -> list[str]:
 
 # What each flag means, as the end of "N cells ...": past tense, right for one cell or many.
 FLAG_TEXT = {
-    "time-cap": "hit the time cap (--max-time ended their timing)",
+    "time-cap": "hit the time cap (--max-time ended the timing)",
     "unstable-timing": "timed unstably (coefficient of variation above 5%)",
     "few-samples": "timed fewer than 10 iterations",
     "warmup-unsteady": "never reached a steady warm-up",
@@ -118,10 +118,11 @@ def flag_statements(df: pd.DataFrame) -> list[str]:
     if not flagged:
         return []
     several_runs = df["run_id"].nunique() > 1
-    names = [f"{r['label']} @ {r['res']} · {r['mode']}" + (f" · batch {as_text(r['batch'])}" if not pd.isna(r["batch"]) else "")
+    names = [f"{r['label']} @ {r['res']} · {r['mode']}"
+             + (f" · batch {as_text(r['batch'])}" if not pd.isna(r["batch"]) else "")
              + (f" · {r['run_id']}" if several_runs else "") for r in df.to_dict("records")]
-    out = [f"{flagged} of {len(df)} cells carry flags: a figure of a flagged cell may be wrong — read its "
-           "row's flags column before quoting it."]
+    out = [f"{flagged} of {len(df)} cells {'carries' if flagged == 1 else 'carry'} flags: a figure of a flagged "
+           "cell may be wrong — read its row's flags column before quoting it."]
     for flag in dict.fromkeys(f for fs in flags for f in fs):
         cells = [n for n, fs in zip(names, flags) if flag in fs]
         listed = ", ".join(cells[:FLAGGED_CELLS_LISTED])
@@ -237,8 +238,8 @@ def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.
 
 
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
-    """Resolution-major (the best marks compare models at one resolution), then model, batch,
-    run."""
+    """Resolution-major (the best marks compare models at one resolution), then task, model,
+    batch, run."""
     return df.sort_values(["pixels", "res", "task", "model_order", "batch", "series_order", "dtype"],
                           na_position="last", kind="stable")
 
