@@ -243,8 +243,10 @@ def _fits(left_ns: float, est_ms: float, limit: int, rounding: Callable[[float],
     return int(min(limit, rounding(left_ns / (est_ms * 1e6))))
 
 
-def _run(step, device, budget_s, max_time_s, agree, *, min_iters, min_time_s, max_iters, clock, block_s,
-         ci_tolerance, warmup_block, min_warmup, warmup_tolerance, max_warmup_iters) -> Timing:
+def _run(step, device, budget_s, max_time_s, agree, *, min_iters: int = 10, min_time_s: float = 1.0,
+         max_iters: int = 10_000, clock: Callable[[], int] = time.perf_counter_ns, block_s: float = 0.1,
+         ci_tolerance: float = 0.02, warmup_block: int = 3, min_warmup: int = 3, warmup_tolerance: float = 0.05,
+         max_warmup_iters: int = 1000) -> Timing:
     for name, v in (("budget_s", budget_s), ("min_time_s", min_time_s), ("block_s", block_s),
                     ("ci_tolerance", ci_tolerance), ("warmup_tolerance", warmup_tolerance)):
         if not (v >= 0 and math.isfinite(v)):
@@ -339,61 +341,24 @@ def _run(step, device, budget_s, max_time_s, agree, *, min_iters, min_time_s, ma
                       sample_rules_met=not need or reason == "max-iters", warmup_steady=steady)
 
 
-def measure(
-    step: Callable[[], object],
-    device: torch.device | str,
-    budget_s: float,
-    max_time_s: float | None = None,
-    *,
-    min_iters: int = 10,
-    min_time_s: float = 1.0,
-    max_iters: int = 10_000,
-    clock: Callable[[], int] = time.perf_counter_ns,
-    block_s: float = 0.1,
-    ci_tolerance: float = 0.02,
-    warmup_block: int = 3,
-    min_warmup: int = 3,
-    warmup_tolerance: float = 0.05,
-    max_warmup_iters: int = 1000,
-) -> Timing:
+def measure(step: Callable[[], object], device: torch.device | str, budget_s: float,
+            max_time_s: float | None = None, **options) -> Timing:
     """Time ``step`` on ``device`` under the protocol of this module's docstring: warm-up until two
     consecutive block medians agree, then at least ``min_iters`` iterations and ``min_time_s`` of
     timed iterations, then blocks until the 95% CI of the median is within ±``ci_tolerance`` or
     ``budget_s`` seconds of timing are spent; ``max_time_s`` (warm-up included) is a hard cap.
-    ``clock`` returns integer nanoseconds."""
-    return _run(step, device, budget_s, max_time_s, lambda v: v, min_iters=min_iters, min_time_s=min_time_s,
-                max_iters=max_iters, clock=clock, block_s=block_s, ci_tolerance=ci_tolerance,
-                warmup_block=warmup_block, min_warmup=min_warmup, warmup_tolerance=warmup_tolerance,
-                max_warmup_iters=max_warmup_iters)
+    ``options`` are ``_run``'s keywords (``clock`` returns integer nanoseconds)."""
+    return _run(step, device, budget_s, max_time_s, lambda v: v, **options)
 
 
-def measure_lockstep(
-    step: Callable[[], object],
-    device: torch.device | str,
-    budget_s: float,
-    agree: Callable[[float], float],
-    max_time_s: float | None = None,
-    *,
-    min_iters: int = 10,
-    min_time_s: float = 1.0,
-    max_iters: int = 10_000,
-    clock: Callable[[], int] = time.perf_counter_ns,
-    block_s: float = 0.1,
-    ci_tolerance: float = 0.02,
-    warmup_block: int = 3,
-    min_warmup: int = 3,
-    warmup_tolerance: float = 0.05,
-    max_warmup_iters: int = 1000,
-) -> Timing:
+def measure_lockstep(step: Callable[[], object], device: torch.device | str, budget_s: float,
+                     agree: Callable[[float], float], max_time_s: float | None = None, **options) -> Timing:
     """``measure`` for several ranks whose step holds collectives. ``agree(value) -> float`` must
     be an all-reduce MAX across ranks, and every rank must pass the same options (``max_time_s``
     None on all ranks or on none). Every decision is agreed between blocks, so all ranks run
     exactly the same number of warm-up and timed iterations and no rank stops while another
     still waits in a collective. With one rank (``agree=lambda v: v``) it is ``measure``."""
-    return _run(step, device, budget_s, max_time_s, agree, min_iters=min_iters, min_time_s=min_time_s,
-                max_iters=max_iters, clock=clock, block_s=block_s, ci_tolerance=ci_tolerance,
-                warmup_block=warmup_block, min_warmup=min_warmup, warmup_tolerance=warmup_tolerance,
-                max_warmup_iters=max_warmup_iters)
+    return _run(step, device, budget_s, max_time_s, agree, **options)
 
 
 def peak_matmul_tflops(device: torch.device | str, dtype: torch.dtype, budget_s: float = 1.0) -> float:
