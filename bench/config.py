@@ -272,7 +272,9 @@ class FinetuneConfig:
     def validate(self) -> "FinetuneConfig":
         from bench.data import parse_data_spec
 
-        parse_data_spec(self.data, self.task)
+        kind, where = parse_data_spec(self.data, self.task)
+        if kind != "synthetic" and not Path(where).is_dir():
+            raise BadInput(f"--data {self.data}: {where} is not a directory; give the data set's root")
         if self.nproc > 1 and self.engine == "none":
             raise BadInput("--nproc > 1 needs --engine ddp or --engine deepspeed")
         if self.zero and self.engine != "deepspeed":

@@ -132,6 +132,30 @@ def test_missing_sbatch_exits_2(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("wrapped, fragment", [
+    (["run", "--models", "resnet18", "--batch", "0"], "bad batch size '0'"),
+    (["run", "--models", "resnet18", "--batch", "abc"], "bad batch size 'abc'"),
+    (["run", "--models", "resnet18", "--budget", "-1"], "bad --budget '-1'"),
+    (["run", "--models", "resnet18", "--engine", "deepspeed", "--ds-config", "/nonexistent.json"], "not found"),
+    (["finetune", "--task", "seg", "--models", "resnet18", "--checkpoint", "resnet18=/nonexistent.pth"], "not found"),
+    (["finetune", "--task", "seg", "--models", "resnet18", "--data", "ade20k:/nonexistent"], "not a directory"),
+    (["flops", "--models", "resnet18"], "wraps one of"),
+])
+def test_submit_validates_the_wrapped_command_before_sbatch(wrapped, fragment, tmp_path):
+    """A job that could only fail in the queue is never submitted (and nothing is written)."""
+    result = cli("submit", "--", *wrapped, "--out", str(tmp_path / "r"), env={"PATH": str(tmp_path)})
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "sbatch not found" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_status_of_a_plan_missing_keys_is_one_line(tmp_path):
+    (tmp_path / PLAN).write_text('{"cells": []}')
+    result = cli("status", str(tmp_path))
+    assert result.exit_code == 2 and "missing 'bench_args'" in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
+
+
 def test_cell_states_merge_queue_and_records():
     cells = [{"model": "resnet18", "res": r} for r in ("64", "96", "128", "160", "192")]
     keys = {f"resnet18@{c['res']}": [f"cls|resnet18|{c['res']}|{m}|1" for m in ("infer", "train")] for c in cells}

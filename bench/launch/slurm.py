@@ -45,7 +45,7 @@ from bench.errors import BadInput
 from bench.launch.local import PREEMPTED_EXIT, strip_option
 from bench.record import RunDir, new_run_id
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository: bench/launch/slurm.py
 TEMPLATE_DIR = SOURCE_ROOT / "slurm"
 TEMPLATE = "bench_job.sbatch.j2"
 SCRIPT = "slurm_job.sbatch"
