@@ -56,19 +56,20 @@ def meta(identity: bool = True, scope: str = "all", unit: str = "") -> dict:
 # Strict parsers (shared by every command)
 
 
+def _shown(value: Any) -> str:
+    """A bad value as an error message shows it: short, on one line, and never itself an error
+    (a 5000-digit int cannot be turned into text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"
+    text = str(value).strip()
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:40])
+
+
 def parse_int(text: str, what: str, minimum: int = 1) -> int:
     text = str(text).strip()
     if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum:
-        raise BadInput(f"bad {what} '{text[:40]}': give an integer >= {minimum} in ASCII digits")
+        raise BadInput(f"bad {what} '{_shown(text)}': give an integer >= {minimum} in ASCII digits")
     return int(text)
-
-
-def _shown(value: Any) -> str:
-    """A bad value as an error message shows it: short, and never itself an error (a
-    5000-digit int cannot be turned into text)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return "a very large integer"
-    return str(value).strip()[:40]
 
 
 def parse_float(value: Any, what: str, minimum: float | None = None, min_open: bool = False,
@@ -104,7 +105,7 @@ def parse_models(text: str | list) -> list[str]:
     known = list_models()
     for n in names:
         if n not in known:
-            raise BadInput(f"unknown model '{n}'; known models: {', '.join(known)}")
+            raise BadInput(f"unknown model '{_shown(n)}'; known models: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -113,7 +114,7 @@ def _side(text: str, item: str, multiple: int = 32) -> int:
     if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > 6 or not 0 < int(text) <= MAX_SIDE \
             or int(text) % multiple:
         what = "a positive multiple of 32" if multiple == 32 else "a positive integer"
-        raise BadInput(f"bad resolution '{item[:40]}': each side must be {what} up to {MAX_SIDE} in ASCII digits "
+        raise BadInput(f"bad resolution '{_shown(item)}': each side must be {what} up to {MAX_SIDE} in ASCII digits "
                        "(e.g. 224, 512, 512x640, or a range 224:1024:64)")
     return int(text)
 
@@ -138,16 +139,16 @@ def parse_resolutions(text: str | list, multiple: int = 32) -> list[tuple[int, i
         if ":" in item:
             parts = item.split(":")
             if len(parts) != 3:
-                raise BadInput(f"bad resolution range '{item}': give START:STOP:STEP, e.g. 224:1024:64")
+                raise BadInput(f"bad resolution range '{_shown(item)}': give START:STOP:STEP, e.g. 224:1024:64")
             start, stop = _side(parts[0], item, multiple), _side(parts[1], item, multiple)
-            step = parse_int(parts[2], f"resolution step in '{item}'")
+            step = parse_int(parts[2], f"resolution step in '{_shown(item)}'")
             if step % multiple or stop < start:
-                raise BadInput(f"bad resolution range '{item}': STEP a multiple of {multiple} and STOP >= START")
+                raise BadInput(f"bad resolution range '{_shown(item)}': STEP a multiple of {multiple} and STOP >= START")
             out += [(s, s) for s in range(start, stop + 1, step)]
             continue
         sides = [_side(p, item, multiple) for p in item.lower().split("x")]
         if len(sides) not in (1, 2):
-            raise BadInput(f"bad resolution '{item}': give a size like 224 or HxW like 512x640")
+            raise BadInput(f"bad resolution '{_shown(item)}': give a size like 224 or HxW like 512x640")
         out.append((sides[0], sides[-1]))
     return list(dict.fromkeys(out))
 
@@ -161,7 +162,7 @@ def parse_batches(text: str | list, allow_auto: bool = True) -> list[int | str]:
             out.append("auto")
         elif not _DIGITS.fullmatch(item) or len(item.lstrip("0")) > MAX_DIGITS or int(item) <= 0:
             hint = " or 'auto'" if allow_auto else ""
-            raise BadInput(f"bad batch size '{item[:40]}': give positive integers{hint}, e.g. --batch 1,8")
+            raise BadInput(f"bad batch size '{_shown(item)}': give positive integers{hint}, e.g. --batch 1,8")
         else:
             out.append(int(item))
     if not out:
@@ -174,7 +175,7 @@ def parse_modes(text: str | list) -> list[str]:
     modes = [str(m).strip() for m in items if str(m).strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise BadInput(f"bad mode '{bad[0] if bad else text}'; choose from {', '.join(MODES)}")
+        raise BadInput(f"bad mode '{_shown(bad[0] if bad else text)}'; choose from {', '.join(MODES)}")
     return list(dict.fromkeys(modes))
 
 

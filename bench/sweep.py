@@ -18,6 +18,7 @@ both:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -30,6 +31,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import click
 
 from bench.config import identity, identity_id
 from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
@@ -213,7 +216,8 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
             from bench.errors import BadInput
 
             raise BadInput(f"cannot create the run directory {run_dir.path} ({exc.strerror or exc})") from None
-        invocation = record_invocation(run_dir, command, ctx)
+        with _write_errors(run_dir, "the invocation log"):
+            invocation = record_invocation(run_dir, command, ctx)
     invocation = broadcast_object(invocation, ctx)
     barrier(ctx)
 
@@ -253,7 +257,10 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
                                   f"rerun with --out {run_dir.path} to resume")
                     exit_code = PREEMPTED_EXIT
                     break
-                holder = _claim(claims, run_dir, cell.key, ids[cell.key], known) if ctx.is_main else None
+                holder = None
+                if ctx.is_main:
+                    with _write_errors(run_dir, f"the claim of {cell.key}"):
+                        holder = _claim(claims, run_dir, cell.key, ids[cell.key], known)
                 holder = broadcast_object(holder, ctx)
                 if holder:
                     console.print(f"[yellow]skip:[/] {cell.key} {holder}")
@@ -298,6 +305,21 @@ def _cell_settings(cfg, cell: Cell) -> Any:
     """Per-cell settings outside the shared config (a fine-tune's checkpoint for this model)."""
     checkpoints = getattr(cfg, "checkpoints", None) or {}
     return checkpoints.get(cell.model)
+
+
+class WriteFailed(click.ClickException):
+    """The run directory cannot be written (disk full, quota, I/O error): one line, exit 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _write_errors(run_dir: RunDir, what: str):
+    try:
+        yield
+    except OSError as exc:
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        raise WriteFailed(f"cannot write {what} in {run_dir.path} ({reason})") from None
 
 
 def _finished(records: list[dict]) -> set[tuple[str, str]]:

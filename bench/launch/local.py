@@ -141,15 +141,22 @@ def _kill_job(job: subprocess.Popen) -> None:
             pass
 
 
-def _die_with_parent() -> None:
-    """In torchrun (before exec): get SIGTERM if this process dies, so a killed parent leaves
-    no job behind (torchrun then stops its ranks)."""
+def _die_with_parent_hook():
+    """A preexec_fn for torchrun: get SIGTERM if this process dies, so a killed parent leaves no
+    job behind (torchrun then stops its ranks). prctl is looked up here, before the fork, so the
+    child only makes the one call. None where there is no prctl (not Linux)."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: nothing to set
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sig = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threads_per_rank: int | None = None) -> None:
@@ -193,7 +200,7 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     interrupted_at = None
     try:
-        job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent_hook())
         while True:
             try:
                 code = job.wait(timeout=0.5)
