@@ -393,13 +393,20 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     yield from read_records_counted(path)[0]
 
 
+# Schema v1 records have no config_id; one v1 run directory could hold the same cell under several
+# engines, so these settings tell its configurations apart.
+V1_CONFIGURATION = ("engine", "zero", "world_size", "dtype")
+
+
 def latest_by_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per (cell_key, config_id): the latest by timestamp (a retried cell's last try).
     A record whose cell_key is not a string (or config_id neither a string nor missing) stands alone."""
     best: dict[tuple, dict[str, Any]] = {}
     for i, rec in enumerate(records):
         cell_key, config_id = rec.get("cell_key"), rec.get("config_id")
-        if isinstance(cell_key, str) and cell_key and (config_id is None or isinstance(config_id, str)):
+        if config_id is None:  # schema v1: its configuration stands in (an engines sweep in one directory)
+            config_id = "v1:" + "|".join(str(rec.get(k)) for k in V1_CONFIGURATION)
+        if isinstance(cell_key, str) and cell_key and isinstance(config_id, str):
             key: tuple = ("cell", cell_key, config_id)
         else:
             key = ("#", i)

@@ -54,7 +54,7 @@ def load_run(path: Path) -> Run:
     if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
     # A retried cell counts once: its latest record (by timestamp), in every table and plot.
-    records = latest_records(run_dir.records())
+    records = latest_by_cell(run_dir.records())
     if not records:
         raise BadInput(f"'{path / RECORDS}' holds no finished cell; run `bench run --out {path}` to fill it")
     env: dict[str, Any] = {}
@@ -66,23 +66,6 @@ def load_run(path: Path) -> Run:
         except (OSError, ValueError):
             env = {}
     return Run(path=path, env=env, records=records)
-
-
-# Schema v1 records have no config_id, and one v1 run could measure the same cell under several
-# engines (an engines comparison): these settings then tell its configurations apart.
-V1_CONFIGURATION = ("engine", "zero", "world_size", "dtype")
-
-
-def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest record of each cell and configuration (bench.record.latest_by_cell); a record
-    without a config_id is keyed by its V1_CONFIGURATION instead of all falling into one."""
-    keyed = {}
-    for r in records:
-        stand_in = dict(r)
-        if r.get("config_id") is None:
-            stand_in["config_id"] = "v1:" + "|".join(str(r.get(k)) for k in V1_CONFIGURATION)
-        keyed[id(stand_in)] = (stand_in, r)
-    return [keyed[id(kept)][1] for kept in latest_by_cell([stand_in for stand_in, _ in keyed.values()])]
 
 
 def _first(records: Iterable[dict], key: str) -> Any:
