@@ -237,6 +237,13 @@ class RunConfig:
             from bench.engines.deepspeed import load_ds_config
 
             load_ds_config(self.ds_config)  # malformed JSON fails here, before anything runs
+        if self.engine == "deepspeed" and "train" in self.modes:
+            from bench.engines import TrainSpec
+            from bench.engines.deepspeed import check_config
+
+            micro = next((b for b in self.batches if isinstance(b, int)), 1)
+            check_config(TrainSpec(engine="deepspeed", zero=self.zero, dtype=self.dtype, grad_clip=self.grad_clip,
+                                   micro_batch=micro, ds_config=self.ds_config), self.nproc)
         return self
 
 

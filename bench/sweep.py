@@ -190,11 +190,16 @@ def _alive(holder: dict) -> bool:
     return True
 
 
-def record_invocation(run_dir: RunDir, command: str, ctx: DistContext) -> str:
-    """Append this command to invocations.jsonl (and env.json on a new directory); its id."""
+def record_invocation(run_dir: RunDir, command: str, ctx: DistContext, config=None) -> str:
+    """Append this command, its whole configuration and the environment to invocations.jsonl
+    (and env.json on a new directory); its id."""
+    from dataclasses import asdict
+
     from bench.environment import collect_env
 
     env = collect_env(command, ctx.device, run_dir.path.name)
+    if config is not None:
+        env.update(kind=config.kind, settings=asdict(config))
     inv_id = secrets.token_hex(6)
     run_dir.append_invocation({"invocation": inv_id, **env})
     if not (run_dir.path / "env.json").exists():
@@ -217,7 +222,7 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
 
             raise BadInput(f"cannot create the run directory {run_dir.path} ({exc.strerror or exc})") from None
         with _write_errors(run_dir, "the invocation log"):
-            invocation = record_invocation(run_dir, command, ctx)
+            invocation = record_invocation(run_dir, command, ctx, cfg)
     invocation = broadcast_object(invocation, ctx)
     barrier(ctx)
 

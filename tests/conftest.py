@@ -27,3 +27,14 @@ def run_bench(*args: str, timeout: float = 600, env: dict | None = None, cwd: Pa
 def official_shapes() -> dict:
     """Every key and shape of the official PVT v1 classification state dicts (1000 classes)."""
     return json.loads(SHAPES_FILE.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """An in-process CLI call (CliRunner) flushes denormals for the whole pytest process, as the
+    real command does for its own; put IEEE behaviour back after each test, so later tests (and
+    hypothesis, which refuses to run with subnormals flushed) see a normal process."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)

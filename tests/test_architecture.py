@@ -225,3 +225,15 @@ def test_no_import_circles():
         pytest.skip("the shared import-circle tool is not beside this clone")
     proc = subprocess.run([sys.executable, str(tool)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "no import circles" in proc.stdout, proc.stdout
+
+
+def test_deepspeed_config_of_the_wrong_type_is_bad_input_before_measuring(tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"zero_optimization": {"overlap_comm": "maybe"}}')
+    with pytest.raises(BadInput, match="DeepSpeed rejects the config"):
+        parse_command(["run", "--models", "resnet18", "--modes", "train", "--engine", "deepspeed",
+                       "--ds-config", str(bad)])
+    bad.write_text('{"train_micro_batch_size_per_gpu": "abc"}')
+    with pytest.raises(BadInput, match="DeepSpeed rejects the config"):
+        parse_command(["run", "--models", "resnet18", "--modes", "train", "--engine", "deepspeed",
+                       "--ds-config", str(bad)])

@@ -31,7 +31,10 @@ def test_ddp_two_ranks_and_scaling_efficiency(tmp_path):
     assert (two["world_size"], two["engine"], two["global_batch"]) == (2, "ddp", 2)
     assert two["status"] == "ok" and len(two["per_rank_step_ms"]) == 2
     assert two["throughput"] == pytest.approx(2 / (max(two["per_rank_step_ms"]) / 1e3))
-    assert two["scaling_efficiency"] == pytest.approx(two["throughput"] / (2 * one["throughput"]))
+    # Same machine, same total threads (2 for one rank, 1 each for two): efficiency is the speed-up.
+    assert one["threads"] == 2 * two["threads"]
+    assert two["scaling_basis"] == "same-total-threads"
+    assert two["scaling_efficiency"] == pytest.approx(two["throughput"] / one["throughput"])
 
 
 def test_deepspeed_zero2_two_ranks(tmp_path):

@@ -17,7 +17,7 @@ from bench.data import write_ade20k_fixture, write_coco_fixture
 from bench.cli import main
 from bench.scenarios.finetune import build_task_model
 from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
-from bench.record import read_records
+from bench.record import RunDir
 from conftest import REPO
 from slurm_cluster import slurm_one  # noqa: F401  (fixture: a private one-node Slurm cluster)
 
@@ -142,7 +142,7 @@ def test_timm_checkpoint_loads_into_the_segmenter(tmp_path, name, timm_name, suf
 
 
 def _records(out: Path) -> list[dict]:
-    return list(read_records(out / "records.jsonl"))
+    return RunDir(out).records()  # records.jsonl, and each SLURM job's shard
 
 
 def test_every_family_runs_both_tasks_and_records_the_start(tmp_path):
@@ -166,7 +166,7 @@ def test_every_family_runs_both_tasks_and_records_the_start(tmp_path):
         for r in records:
             assert r["status"] == "ok", r.get("error")
             assert COMMON_FIELDS | fields <= set(r), (COMMON_FIELDS | fields) - set(r)
-            assert r["mode"] == task and r["cell_key"] == f"{r['model']}|64|{task}"
+            assert r["mode"] == task and r["cell_key"] == f"{task}|{r['model']}|64|{task}|2"
             assert len(r["loss_curve"]) == 2 and r["world_size"] == 1 and r["engine"] == "none"
         pvt, vit, resnet = records
         assert pvt["pretrained"] and pvt["checkpoint"] == str(checkpoint)
@@ -271,7 +271,7 @@ def test_signal_stops_between_cells_and_a_rerun_resumes(tmp_path):
     assert [r["model"] for r in _records(out)] == ["resnet18", "vit_t"]
     again = run_finetune_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("resume:") == 2
+    assert "skipping 2 finished cells" in again.stderr
     assert [r["model"] for r in _records(out)] == ["resnet18", "vit_t", "pvt_tiny"]
 
 

@@ -100,3 +100,20 @@ def test_peak_memory_does_not_depend_on_the_cell_before(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (alone,) = list(read_records(alone_dir / "records.jsonl"))
     assert after["peak_mem_mb"] == pytest.approx(alone["peak_mem_mb"], rel=0.25)
+
+
+@pytest.mark.slow
+def test_run_task_det_measures_the_whole_detector(tmp_path):
+    """bench run --task det on CPU at a small size: padded input, parts, NMS timed apart, a step."""
+    out = tmp_path / "det"
+    proc = run_bench("run", "--task", "det", "--models", "resnet18", "--res", "100x130", "--budget", "0.2",
+                     "--max-time", "15", "--no-report", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    infer, train = sorted(read_records(out / "records.jsonl"), key=lambda r: r["mode"])
+    for rec in (infer, train):
+        assert rec["status"] == "ok" and rec["task"] == "det" and rec["res"] == "100x130"
+        assert rec["input_hw"] == [128, 160] and rec["bn_mode"] == "frozen"
+        assert sum(rec["part_gmacs"].values()) == pytest.approx(rec["gmacs"], rel=1e-9)
+    assert set(infer["part_latency_ms"]) == {"backbone", "neck", "head", "postprocess"}
+    assert all(v > 0 for v in infer["part_latency_ms"].values())
+    assert train["latency_ms"] > 0 and train["mem_breakdown_mb"]["optimizer"] > 0

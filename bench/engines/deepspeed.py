@@ -71,6 +71,24 @@ def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None)
     return cfg
 
 
+def check_config(spec: TrainSpec, world_size: int) -> dict:
+    """Parse the effective config with DeepSpeed's own validation (its pydantic models) before
+    anything runs: a value of the wrong type is bad input (exit 2), not an error cell."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    user = load_ds_config(spec.ds_config) if spec.ds_config else None
+    cfg = deepspeed_config(spec, world_size, user)
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(copy.deepcopy(cfg))
+    except Exception as exc:  # noqa: BLE001 - pydantic, TypeError, ValueError, AssertionError...
+        text = " ".join(str(exc).split())
+        raise BadInput(f"DeepSpeed rejects the config{f' {spec.ds_config}' if spec.ds_config else ''}: "
+                       f"{type(exc).__name__}: {text[:240]}") from None
+    return cfg
+
+
 def effective_zero_stage(cfg: dict) -> int:
     return int((cfg.get("zero_optimization") or {}).get("stage", 0))
 
