@@ -243,7 +243,7 @@ class RunConfig:
 
             micro = next((b for b in self.batches if isinstance(b, int)), 1)
             check_config(TrainSpec(engine="deepspeed", zero=self.zero, dtype=self.dtype, grad_clip=self.grad_clip,
-                                   micro_batch=micro, ds_config=self.ds_config), self.nproc)
+                                   micro_batch=micro, ds_config=self.ds_config))
         return self
 
 

@@ -71,13 +71,15 @@ def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None)
     return cfg
 
 
-def check_config(spec: TrainSpec, world_size: int) -> dict:
+def check_config(spec: TrainSpec) -> dict:
     """Parse the effective config with DeepSpeed's own validation (its pydantic models) before
-    anything runs: a value of the wrong type is bad input (exit 2), not an error cell."""
+    anything runs: a value of the wrong type is bad input (exit 2), not an error cell. Checked as
+    for one rank: outside a process group DeepSpeed takes the world size to be 1, and the batch
+    keys are derived from the world size anyway when the ranks start."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     user = load_ds_config(spec.ds_config) if spec.ds_config else None
-    cfg = deepspeed_config(spec, world_size, user)
+    cfg = deepspeed_config(spec, 1, user)
     from deepspeed.runtime.config import DeepSpeedConfig
 
     try:
