@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from bench.measure.timing import measure
 def load_official(path: str):
     spec = importlib.util.spec_from_file_location("official_pvt", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["official_pvt"] = module  # timm's @register_model looks its module up there
     spec.loader.exec_module(module)
     return module
 
