@@ -295,3 +295,22 @@ def test_two_srun_tasks_fine_tune_as_two_ddp_ranks(slurm_one, tmp_path):
     assert slurm_one.wait_job(job, timeout=300) == ["COMPLETED"], log.read_text() if log.exists() else slurm_one.logs()
     (r,) = _records(out)
     assert r["status"] == "ok" and (r["engine"], r["world_size"]) == ("ddp", 2)
+
+
+def test_capped_validation_split_without_boxes_is_refused(tmp_path):
+    """--val-images N keeping only images with no box would score mAP 0: refused, not scored."""
+    from bench.config import FinetuneConfig
+    from bench.errors import BadInput
+    from bench.scenarios.finetune import open_splits
+
+    root = write_coco_fixture(tmp_path / "c", train_images=4, val_images=3, height=64, width=64)
+    (ann,) = (root / "annotations").glob("*val*")
+    data = json.loads(ann.read_text())
+    first = min(image["id"] for image in data["images"])
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != first]
+    ann.write_text(json.dumps(data))
+    config = FinetuneConfig(models=["resnet18"], task="det", data=f"coco:{root}", val_images=1)
+    with pytest.raises(BadInput, match="hold no box"):
+        open_splits(config, 64, 64)
+    config.val_images = 3
+    assert len(open_splits(config, 64, 64).val) == 3

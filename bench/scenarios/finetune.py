@@ -287,6 +287,13 @@ def open_splits(settings: FinetuneConfig, height: int, width: int) -> DataSplits
             data.train = Subset(data.train, range(min(settings.train_images, len(data.train))))
         if settings.val_images:
             data.val = Subset(data.val, range(min(settings.val_images, len(data.val))))
+            coco = getattr(data.val.dataset, "coco", None)
+            if settings.task == "det" and coco is not None:
+                kept = [data.val.dataset.image_ids[i] for i in data.val.indices]
+                if not any(coco.imgToAnns.get(image_id) for image_id in kept):
+                    # pycocotools would score that split mAP 0, which reads as a result.
+                    raise BadInput(f"--val-images {settings.val_images}: the first {len(kept)} validation images of "
+                                   f"{settings.data} hold no box to score against; give more images")
     return data
 
 
