@@ -21,6 +21,7 @@ object, invalid UTF-8) with one warning that counts them.
 """
 from __future__ import annotations
 
+import datetime
 import errno
 import fcntl
 import json
@@ -220,8 +221,9 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def timestamp() -> str:
-    """Local time with microseconds and offset: orders retries within one second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1e6) % 1_000_000:06d}" + time.strftime("%z")
+    """Local time with microseconds and offset: orders retries within one second. One clock
+    read, so the seconds and the microseconds cannot come from two different seconds."""
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 def new_run_id() -> str:
@@ -230,6 +232,15 @@ def new_run_id() -> str:
 
 
 _WARNED: set[tuple[str, int]] = set()  # (run directory, lines skipped) already said
+
+
+def writer_name() -> str | None:
+    """The shard this process writes: None (records.jsonl) for a local run; one per SLURM job or
+    array task, since O_APPEND is not atomic across NFS clients."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return f"slurm-{job}-{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
 
 
 class RecordWriteError(OSError):

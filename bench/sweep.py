@@ -36,10 +36,11 @@ import click
 
 from bench.config import identity, identity_id
 from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
+from bench.launch.local import PREEMPTED_EXIT  # the one code the SLURM template requeues on
 from bench.plan import Cell
-from bench.record import RecordWriteError, RunDir, cell_identity, check_record, new_run_id, timestamp, well_formed
+from bench.record import (RecordWriteError, RunDir, cell_identity, check_record, new_run_id, timestamp, well_formed,
+                          writer_name)
 
-PREEMPTED_EXIT = 99  # "preempted; rerun with the same --out to resume"
 FINISHED = ("ok", "oom")
 
 
@@ -106,15 +107,6 @@ def runtime_identity(ctx: DistContext) -> dict[str, Any]:
         "device_count": torch.cuda.device_count() if ctx.device.type == "cuda" else 1,
         "threads": torch.get_num_threads(),
     }
-
-
-def writer_name() -> str | None:
-    """The shard this process writes: None (records.jsonl) for a local run; one per SLURM job or
-    array task, since O_APPEND is not atomic across NFS clients."""
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    return f"slurm-{job}-{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
 
 
 class Claims:

@@ -263,7 +263,7 @@ def test_preempted_job_stops_at_a_cell_boundary_requeues_and_resumes(slurm_one, 
     res = ["64", "96", "128", "160"]
     job = submitted_job(cli("submit", "--", "run", "--models", "resnet18", "--res", ",".join(res), *TINY,
                             "--out", str(out), env=slurm_one.env))
-    records = out / f"records.slurm-{job}-0.jsonl"  # a job's own shard (bench.sweep.writer_name)
+    records = out / f"records.slurm-{job}-0.jsonl"  # a job's own shard (bench.record.writer_name)
     wait_for(lambda: records.exists() and records.read_text(), 120, "no first record")
     states = status_rows(out, slurm_one.env)
     assert states["resnet18@64"] == "done" and states["resnet18@160"] == "running"

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.errors import BadInput
 from bench.launch.context import free_port, started_by_srun
 
-PREEMPTED_EXIT = 99
+PREEMPTED_EXIT = 99  # "preempted; rerun with the same --out to resume"
 
 
 def under_launcher() -> bool:
@@ -61,7 +61,7 @@ def check_out_dir(out: str | None) -> None:
         raise BadInput(f"--out {out}: {where} ({exc.strerror or exc}); choose another --out") from None
     if path.is_dir():
         from bench.record import RunDir
-        from bench.sweep import writer_name
+        from bench.record import writer_name
 
         RunDir(path, writer_name()).check_writable()
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.plan import Cell
+from models.heads.retinanet import FPN_LEVELS
 
 
 def input_hw(cell: Cell) -> tuple[int, int]:
@@ -104,10 +106,6 @@ def part_latency_ms(cell: Cell, model: nn.Module, x: torch.Tensor, iters: int = 
         if cell.task == "det":
             images, _ = model.transform(list(x))
             maps = timed("backbone", model.backbone.body, images.tensors)
-            from collections import OrderedDict
-
-            from models.heads.retinanet import FPN_LEVELS
-
             pyramid = timed("neck", model.backbone.fpn,
                             OrderedDict((f"c{2 ** (j + 2)}", maps[j]) for j in FPN_LEVELS))
             features = list(pyramid.values())
@@ -115,8 +113,6 @@ def part_latency_ms(cell: Cell, model: nn.Module, x: torch.Tensor, iters: int = 
             timed("postprocess", _postprocess, model, images, features, head_out)
         else:
             maps = timed("backbone", model.backbone, (x - model.mean) / model.std)
-            from collections import OrderedDict
-
             pyramid = timed("neck", model.fpn, OrderedDict((str(j), m) for j, m in enumerate(maps)))
             timed("head", _seg_head, model, list(pyramid.values()), x.shape[-2:])
         if i == 0:  # the first pass warms caches and allocators
