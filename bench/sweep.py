@@ -38,8 +38,16 @@ from bench.config import identity, identity_id
 from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
 from bench.launch.local import PREEMPTED_EXIT  # the one code the SLURM template requeues on
 from bench.plan import Cell
-from bench.record import (RecordWriteError, RunDir, cell_identity, check_record, new_run_id, timestamp, well_formed,
-                          writer_name)
+from bench.record import (
+    RecordWriteError,
+    RunDir,
+    cell_identity,
+    check_record,
+    new_run_id,
+    timestamp,
+    well_formed,
+    writer_name,
+)
 
 FINISHED = ("ok", "oom")
 

@@ -4,11 +4,10 @@ timm-style registry.
 The registry is imported first and imports no family; the family modules below register their
 variants with ``@register_model`` as they are imported, so ``import models`` knows them all.
 """
+from models import convnext, pvt, pvt_v2, swin, timm_backbones  # noqa: E402,F401  (registers the families)
 from models.checkpoint import CheckpointError, read_state_dict
 from models.features import stage_prefixes
 from models.registry import UnknownModelError, create_model, list_models, model_family
-
-from models import convnext, pvt, pvt_v2, swin, timm_backbones  # noqa: E402,F401  (registers the families)
 
 __all__ = [
     "CheckpointError",

@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
+from conftest import REPO, run_bench
 
 from bench.config import RunConfig, identity, identity_id, parse_command
 from bench.errors import BadInput
 from bench.plan import Cell, make_cells
-from bench.record import (FIELDS, SCHEMA_VERSION, RunDir, SchemaError, check_record, latest_by_cell, read_records,
-                          upgrade)
-from conftest import REPO, run_bench
+from bench.record import (
+    FIELDS,
+    SCHEMA_VERSION,
+    RunDir,
+    SchemaError,
+    check_record,
+    latest_by_cell,
+    read_records,
+    upgrade,
+)
 
 QUICK = ["--budget", "0.1", "--max-time", "3", "--no-report"]
 
@@ -191,9 +199,7 @@ def _rank_main(rank: int, out: str, port: int, result_dir: str) -> None:
     from rich.console import Console
 
     from bench.launch.context import init_distributed, shutdown
-    from bench.sweep import run_sweep
-
-    from bench.sweep import runtime_identity
+    from bench.sweep import run_sweep, runtime_identity
 
     ctx = init_distributed("cpu", timeout_s=60)
     scenario = _CountingScenario(out)

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_bench
 
 from bench.record import read_records
-from conftest import REPO, run_bench
 
 pytestmark = pytest.mark.slow
 

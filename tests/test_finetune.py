@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
-from bench.data import write_ade20k_fixture, write_coco_fixture
-from bench.cli import main
-from bench.scenarios.finetune import build_task_model
-from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
-from bench.record import RunDir
 from conftest import REPO
 from slurm_cluster import slurm_one  # noqa: F401  (fixture: a private one-node Slurm cluster)
+
+from bench.cli import main
+from bench.data import write_ade20k_fixture, write_coco_fixture
+from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
+from bench.record import RunDir
+from bench.scenarios.finetune import build_task_model
 
 # Every record carries these, whatever the task.
 COMMON_FIELDS = {

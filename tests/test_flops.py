@@ -6,10 +6,10 @@ import json
 import pytest
 import timm
 import torch
+from conftest import run_bench
 
 import models
 from bench.measure.flops import count_flops
-from conftest import run_bench
 
 # PVT paper, Table 2 (params in M, "GFLOPs" = multiply-adds, i.e. our GMACs), rounded as printed.
 PAPER_224 = {

@@ -17,8 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.config import (MAX_SIDE, MODES, parse_batches, parse_float, parse_int, parse_models, parse_modes,
-                          parse_resolutions)
+from bench.config import (
+    MAX_SIDE,
+    MODES,
+    parse_batches,
+    parse_float,
+    parse_int,
+    parse_models,
+    parse_modes,
+    parse_resolutions,
+)
 from bench.errors import BadInput
 from bench.record import latest_by_cell, read_records_counted
 from models import list_models

@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+from conftest import run_bench
 
 import models
 from bench.engines import TrainSpec, build_trainer
@@ -15,7 +16,6 @@ from bench.measure import derived
 from bench.measure.memory import PeakMemory, memory_breakdown
 from bench.measure.profile import op_breakdown
 from bench.record import RunDir
-from conftest import run_bench
 
 CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), None)
 

@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import run_bench
 
 from bench.measure.profile import CATEGORIES, categorize
 from bench.record import read_records
-from conftest import run_bench
 
 pytestmark = pytest.mark.slow
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import REPO, run_bench
 
 from bench.record import RunDir, new_run_id, read_records, read_records_counted
-from conftest import REPO, run_bench
 
 SMALL = ["--models", "resnet18", "--modes", "infer", "--budget", "0.1", "--max-time", "10"]
 

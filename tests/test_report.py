@@ -18,12 +18,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser import dump_dom, screenshot
 from click.testing import CliRunner
 from PIL import Image
 
 from bench.record import read_records
 from bench.report import PAPER_TABLE2, fmt_number, render_report, report_command
-from browser import dump_dom, screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["resnet18", "pvt_tiny"]

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
+from conftest import REPO, run_bench
 
 from bench.record import read_records
-from conftest import REPO, run_bench
 
 ARGS = ["run", "--models", "resnet18", "--res", "64,96,128", "--modes", "infer,train", "--budget", "0.5", "--no-report"]
 

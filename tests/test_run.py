@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_bench
 
 from bench.record import read_records
-from conftest import run_bench
 
 REQUIRED = {"model", "res", "mode", "batch", "device", "dtype", "params", "gmacs", "latency_ms", "throughput",
             "peak_mem_mb", "status", "error", "engine", "world_size", "global_batch", "latency_p90_ms"}

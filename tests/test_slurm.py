@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from slurm_cluster import slurm_one, slurm_two  # noqa: F401  (fixtures)
 
-from bench.record import read_records
 from bench.cli import slurm_group
 from bench.launch.slurm import PLAN, SCRIPT, cell_states
 from bench.record import RunDir
-from slurm_cluster import slurm_one, slurm_two  # noqa: F401  (fixtures)
 
 TINY = ["--modes", "infer", "--budget", "0.2", "--no-report"]
 HOSTILE = "it's a \"run\" $(touch PWNED) `touch PWNED` %j #x"

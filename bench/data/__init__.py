@@ -34,8 +34,6 @@ every pixel ignored) run when a sample is read, before any pixel buffer is sized
 """
 from __future__ import annotations
 
-from bench.errors import BadInput
-
 from bench.data.ade20k import ADE20K_NUM_CLASSES, Ade20kDataset, read_ade_class_names
 from bench.data.coco import (
     CocoDataset,
@@ -59,6 +57,7 @@ from bench.data.common import (
 )
 from bench.data.fixtures import write_ade20k_fixture, write_coco_fixture
 from bench.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, render_scene, sample_from_arrays
+from bench.errors import BadInput
 
 
 def parse_data_spec(spec: str, task: str) -> tuple[str, str]:

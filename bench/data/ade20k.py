@@ -27,7 +27,6 @@ from bench.data.common import (
     resolve_inside,
 )
 
-
 ADE20K_NUM_CLASSES = 150
 ADE_SPLITS = {"train": "training", "val": "validation"}
 LABEL_MODES = ("L", "P", "I", "I;16")

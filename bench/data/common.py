@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 from bench.errors import BadInput
 
-
 IGNORE_INDEX = 255
 
 # The largest image (width x height, in pixels) a data set may hold: PIL's own default

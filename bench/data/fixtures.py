@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from bench.data.synthetic import SYNTHETIC_CLASSES, render_scene
 
 

@@ -1,13 +1,12 @@
 """Synthetic scenes: a deterministic generator of boxes and masks, nothing read or downloaded."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
-from bench.data.common import Sample
 
+from bench.data.common import Sample
 
 SYNTHETIC_CLASSES = ("rectangle", "ellipse", "triangle", "cross")
 

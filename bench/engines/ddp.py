@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.engines.base import (TrainSpec, Trainer, make_optimizer, register_engine, single_process_group, torch_step,
-                                weight_dtype)
+from bench.engines.base import (
+    Trainer,
+    TrainSpec,
+    make_optimizer,
+    register_engine,
+    single_process_group,
+    torch_step,
+    weight_dtype,
+)
 from bench.launch.context import DistContext
 
 

@@ -15,8 +15,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bench.engines.base import (TrainSpec, Trainer, autocast_dtype, make_optimizer, register_engine,
-                                single_process_group, weight_dtype)
+from bench.engines.base import (
+    Trainer,
+    TrainSpec,
+    autocast_dtype,
+    make_optimizer,
+    register_engine,
+    single_process_group,
+    weight_dtype,
+)
 from bench.errors import BadInput
 from bench.launch.context import DistContext
 

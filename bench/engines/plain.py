@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.engines.base import TrainSpec, Trainer, make_optimizer, register_engine, torch_step, weight_dtype
+from bench.engines.base import Trainer, TrainSpec, make_optimizer, register_engine, torch_step, weight_dtype
 from bench.launch.context import DistContext
 
 

@@ -60,8 +60,7 @@ def check_out_dir(out: str | None) -> None:
         where = f"{parent} is not writable" if parent != path else "is not writable"
         raise BadInput(f"--out {out}: {where} ({exc.strerror or exc}); choose another --out") from None
     if path.is_dir():
-        from bench.record import RunDir
-        from bench.record import writer_name
+        from bench.record import RunDir, writer_name
 
         RunDir(path, writer_name()).check_writable()
 

@@ -16,12 +16,23 @@ from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
 from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
 from bench.report.load import Run, load_runs, records_frame
 from bench.report.plots import PERF_PLOTS, SCALING_PLOTS, Plot, PlotSpec, make_plots
-from bench.report.references import (dense_reference_table, reference_table, throughput_reference_table,
-                                     v100_reference_table)
+from bench.report.references import (
+    dense_reference_table,
+    reference_table,
+    throughput_reference_table,
+    v100_reference_table,
+)
 from bench.report.scaling import SCALING_INTRO, attention_statements, scaling_tables
 from bench.report.sra import SRA_INTRO, sra_section
-from bench.report.tables import (Table, as_text, comparison_table, flag_statements, perf_tables, provenance_table,
-                                 status_text)
+from bench.report.tables import (
+    Table,
+    as_text,
+    comparison_table,
+    flag_statements,
+    perf_tables,
+    provenance_table,
+    status_text,
+)
 
 FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`

@@ -197,8 +197,8 @@ def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
 def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data: DataSplits, ctx) -> dict:
     """Fine-tune one backbone at one resolution; return what it measured (metrics before and
     after training, loss per step, speed, memory)."""
-    from bench.launch.context import all_gather_floats
     from bench.engines import TrainSpec, build_trainer
+    from bench.launch.context import all_gather_floats
     from bench.measure.memory import PeakMemory, free_memory
 
     task = settings.task
