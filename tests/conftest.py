@@ -14,7 +14,8 @@ REFERENCE = Path(__file__).resolve().parent / "data"  # vendored from ../shared/
 SHAPES_FILE = REFERENCE / "pvt_v1_state_dict_shapes.json"
 
 
-def run_bench(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_bench(*args: str, timeout: float = 600, env: dict | None = None,
+              cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command line, as a user runs it (``python -m bench.cli`` == the ``bench`` script)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

@@ -469,7 +469,8 @@ segmentations = st.one_of(
     st.lists(st.lists(st.one_of(st.floats(), st.integers(-100, 200), st.booleans(), st.text(max_size=2)), max_size=10),
              max_size=3),
     st.fixed_dictionaries({"size": st.one_of(json_values, st.lists(st.integers(-2, 70), min_size=2, max_size=2)),
-                           "counts": st.one_of(json_values, rle_alphabet, st.lists(st.integers(-5, 3000), max_size=6))}),
+                           "counts": st.one_of(json_values, rle_alphabet,
+                                               st.lists(st.integers(-5, 3000), max_size=6))}),
 )
 sizes = st.one_of(st.none(), st.tuples(st.integers(1, 64), st.integers(1, 64)))
 
@@ -611,7 +612,8 @@ def test_valid_documents_always_pass_and_draw(doc):
 
 @FAST
 @given(mask=st.integers(1, 30).flatmap(lambda h: st.integers(1, 30).flatmap(
-    lambda w: st.lists(st.booleans(), min_size=h * w, max_size=h * w).map(lambda v: np.array(v, np.uint8).reshape(h, w)))))
+    lambda w: st.lists(st.booleans(), min_size=h * w, max_size=h * w).map(
+        lambda v: np.array(v, np.uint8).reshape(h, w)))))
 def test_rle_strings_from_pycocotools_decode_to_the_full_image(mask):
     from pycocotools import mask as mask_utils
 

@@ -174,19 +174,27 @@ def check_segmentation(segm: Any, where: str, size: tuple[int, int] | None = Non
     if segm is None:
         return
     if isinstance(segm, list):
-        for i, poly in enumerate(segm):
-            if not isinstance(poly, list):
-                raise _refuse(where, f"segmentation[{i}]", poly, "expected a polygon, a list of numbers")
-            if not _finite_numbers(poly):
-                raise _refuse(where, f"segmentation[{i}]", poly, "expected finite numbers")
-            if size is not None and len(poly) >= 2:
-                img_w, img_h = size
-                xs, ys = poly[0::2], poly[1::2]
-                if min(xs) < -img_w or max(xs) > 2 * img_w or min(ys) < -img_h or max(ys) > 2 * img_h:
-                    raise _refuse(where, f"segmentation[{i}]", poly, f"points far outside the {img_w}x{img_h} image")
-        return
-    if not isinstance(segm, dict):
+        _check_polygons(segm, where, size)
+    elif isinstance(segm, dict):
+        _check_rle(segm, where, size)
+    else:
         raise _refuse(where, "segmentation", segm, "expected a list of polygons or an RLE object")
+
+
+def _check_polygons(segm: list, where: str, size: tuple[int, int] | None) -> None:
+    for i, poly in enumerate(segm):
+        if not isinstance(poly, list):
+            raise _refuse(where, f"segmentation[{i}]", poly, "expected a polygon, a list of numbers")
+        if not _finite_numbers(poly):
+            raise _refuse(where, f"segmentation[{i}]", poly, "expected finite numbers")
+        if size is not None and len(poly) >= 2:
+            img_w, img_h = size
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < -img_w or max(xs) > 2 * img_w or min(ys) < -img_h or max(ys) > 2 * img_h:
+                raise _refuse(where, f"segmentation[{i}]", poly, f"points far outside the {img_w}x{img_h} image")
+
+
+def _check_rle(segm: dict, where: str, size: tuple[int, int] | None) -> None:
     rle_size, counts = segm.get("size"), segm.get("counts")
     if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(is_int(v) and v > 0 for v in rle_size)):
         raise _refuse(where, "segmentation.size", rle_size, "expected [height, width], two positive integers")
@@ -263,7 +271,8 @@ def validate_coco(data: Any, path: str | os.PathLike) -> dict[int, tuple[int, in
         raise data_error(f"{_MALFORMED} {path}: 'categories': empty list, no class to learn")
     if len(data["categories"]) > MAX_COCO_CATEGORIES:
         raise data_error(
-            f"{_MALFORMED} {path}: 'categories': {len(data['categories'])} entries, at most {MAX_COCO_CATEGORIES} supported"
+            f"{_MALFORMED} {path}: 'categories': {len(data['categories'])} entries, "
+            f"at most {MAX_COCO_CATEGORIES} supported"
         )
     if not data["images"]:
         raise data_error(f"{_MALFORMED} {path}: 'images': empty list, an empty split cannot be trained or scored")

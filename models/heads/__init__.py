@@ -15,5 +15,6 @@ from models.heads.dense import (
 from models.heads.retinanet import HEAD_NORMS, build_retinanet
 from models.heads.semantic_fpn import SemanticFPN
 
-__all__ = ["BACKBONE_ROOT", "BN_MODES", "DENSE_PARTS", "apply_bn_mode", "freeze_batchnorm", "DENSE_TASKS", "DetectorCostView", "HEAD_NORMS", "SemanticFPN",
+__all__ = ["BACKBONE_ROOT", "BN_MODES", "DENSE_PARTS", "apply_bn_mode", "freeze_batchnorm", "DENSE_TASKS",
+           "DetectorCostView", "HEAD_NORMS", "SemanticFPN",
            "build_dense", "build_retinanet", "cost_view", "pad_to_32"]

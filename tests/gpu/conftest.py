@@ -67,7 +67,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     mine = [item for item in items if _in_gpu_dir(item)]
     if not mine:
         return
-    skip = None if cuda_available() else pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    skip = None if cuda_available() else pytest.mark.skip(
+        reason="needs a CUDA device (torch.cuda.is_available() is False)")
     for item in mine:
         item.add_marker(pytest.mark.gpu)
         if skip is not None:
@@ -97,7 +98,8 @@ def gpu() -> dict[str, Any]:
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                              text=True, timeout=60)
-        info["smi_name"] = smi.stdout.strip().splitlines()[0].strip() if smi.returncode == 0 and smi.stdout.strip() else None
+        found = smi.returncode == 0 and smi.stdout.strip()
+        info["smi_name"] = smi.stdout.strip().splitlines()[0].strip() if found else None
     except (OSError, subprocess.SubprocessError):
         info["smi_name"] = None
     return info
