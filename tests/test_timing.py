@@ -144,7 +144,7 @@ def test_statistics_equal_hand_computation():
     assert t.ci95_ms == pytest.approx([s[4], s[15]])
     assert t.ci95_ms == pytest.approx(list(h_ci(samples)))
     assert t.cv > 0.05 and not t.stable and "unstable-timing" in t.flags
-    rec = t.as_record()
+    rec = t.to_record()
     assert tuple(rec) == RECORD_KEYS
     assert rec == {
         "iters": 20, "warmup_iters": 6, "latency_ms": t.median_ms, "latency_p10_ms": t.p10_ms,
@@ -210,7 +210,7 @@ def test_hard_cap_ends_cell_early():
     assert t.iters == 9 < 10
     assert t.stop_reason == "time-cap"
     assert "time-cap" in t.flags and "few-samples" in t.flags
-    rec = t.as_record()
+    rec = t.to_record()
     assert rec["timing_stable"] is False and rec["timing_stop"] == "time-cap"
     assert rec["latency_ms"] == pytest.approx(100.0)
 
@@ -221,13 +221,13 @@ def test_hard_cap_during_warmup_and_zero_cap():
     s = Script([], then=lambda i: 1000.0)
     t = run(s, max_time_s=2.5)
     assert (t.warmup_iters, t.iters, s.calls) == (1, 1, 2)
-    rec = t.as_record()
+    rec = t.to_record()
     assert rec["latency_ms"] == pytest.approx(1000.0) and rec["timing_stable"] is False
     assert set(rec["timing_flags"]) >= {"time-cap", "few-samples", "warmup-unsteady"}
     # 1 s steps, cap 0.9 s: the first warm-up iteration already passes the cap, nothing timed
     s = Script([], then=lambda i: 1000.0)
     t = run(s, max_time_s=0.9)
-    assert (t.warmup_iters, t.iters) == (1, 0) and t.as_record()["latency_ms"] is None
+    assert (t.warmup_iters, t.iters) == (1, 0) and t.to_record()["latency_ms"] is None
     s = Script([], then=lambda i: 1.0)
     t = run(s, max_time_s=0.0)
     assert (t.warmup_iters, t.iters, s.calls, t.stop_reason) == (0, 0, 0, "time-cap")
@@ -291,7 +291,7 @@ def test_lockstep_one_rank_matches_measure(name):
     calls = []
     tb = measure_lockstep(b.step, CPU, budget, lambda v: calls.append(v) or v, clock=b.clock, **kw)
     assert (tb.warmup_iters, tb.iters, tb.stop_reason) == (ta.warmup_iters, ta.iters, ta.stop_reason)
-    assert tb.times_ms == ta.times_ms and tb.as_record() == ta.as_record()
+    assert tb.times_ms == ta.times_ms and tb.to_record() == ta.to_record()
     assert calls  # the decisions did go through agree
 
 

@@ -80,12 +80,16 @@ import torch
 CV_LIMIT = 0.05          # cv above this: "unstable-timing", not stable
 FEW_SAMPLES = 10         # fewer timed iterations than this: "few-samples"
 WARMUP_CAP_SHARE = 0.5   # warm-up stops (unsteady, flagged) before it would pass half the hard cap
-STOP_REASONS = ("converged", "budget", "time-cap", "max-iters")
 RECORD_KEYS = ("iters", "warmup_iters", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_cv",
                "latency_ci95_ms", "timing_stable", "timing_stop", "timing_flags")
 
 
 # --------------------------------------------------------------------------- statistics
+def median(values: list[float]) -> float:
+    """``statistics.median`` (mean of the two middle values for even n); NaN if empty."""
+    return statistics.median(values) if values else math.nan
+
+
 def percentile(sorted_ms: list[float], p: float) -> float:
     """Linear interpolation between order statistics (numpy default, type 7); NaN if empty."""
     n = len(sorted_ms)
@@ -131,8 +135,9 @@ def _none_if_nan(v: float) -> float | None:
 
 
 @dataclass
-class Timing:
-    """One cell's timing. ``times_ms`` are the timed samples only (warm-up excluded)."""
+class Latency:
+    """One cell's timing, the latency tracker's result: the timed samples (warm-up excluded, kept
+    in memory) and what the statistics, flags and record fields are computed from."""
 
     times_ms: list[float]
     warmup_iters: int
@@ -151,7 +156,7 @@ class Timing:
 
     @property
     def median_ms(self) -> float:
-        return statistics.median(self.times_ms) if self.times_ms else math.nan
+        return median(self.times_ms)
 
     @property
     def p10_ms(self) -> float:
@@ -190,7 +195,7 @@ class Timing:
             out.append("warmup-unsteady")
         return out
 
-    def as_record(self) -> dict:
+    def to_record(self) -> dict:
         """The record fields (``RECORD_KEYS``); undefined statistics (no or one sample) are None."""
         return {
             "iters": self.iters,
@@ -243,106 +248,155 @@ def _fits(left_ns: float, est_ms: float, limit: int, rounding: Callable[[float],
     return int(min(limit, rounding(left_ns / (est_ms * 1e6))))
 
 
-def _run(step, device, budget_s, max_time_s, agree, *, min_iters: int = 10, min_time_s: float = 1.0,
-         max_iters: int = 10_000, clock: Callable[[], int] = time.perf_counter_ns, block_s: float = 0.1,
-         ci_tolerance: float = 0.02, warmup_block: int = 3, min_warmup: int = 3, warmup_tolerance: float = 0.05,
-         max_warmup_iters: int = 1000) -> Timing:
-    for name, v in (("budget_s", budget_s), ("min_time_s", min_time_s), ("block_s", block_s),
-                    ("ci_tolerance", ci_tolerance), ("warmup_tolerance", warmup_tolerance)):
-        if not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if max_time_s is not None and not (max_time_s >= 0):
-        raise ValueError(f"max_time_s must be >= 0 or None, got {max_time_s!r}")
-    if not 1 <= min_iters <= max_iters:
-        raise ValueError(f"need 1 <= min_iters <= max_iters, got {min_iters}, {max_iters}")
-    if warmup_block < 1 or min_warmup < 0 or max_warmup_iters < 1:
-        raise ValueError("need warmup_block >= 1, min_warmup >= 0, max_warmup_iters >= 1")
-    device = torch.device(device)
+@dataclass(frozen=True)
+class _Options:
+    """The protocol's knobs (``measure``'s keywords), checked once."""
 
-    def agree_max(v: float) -> float:
-        return float(agree(float(v)))
+    min_iters: int = 10
+    min_time_s: float = 1.0
+    max_iters: int = 10_000
+    block_s: float = 0.1
+    ci_tolerance: float = 0.02
+    warmup_block: int = 3
+    min_warmup: int = 3
+    warmup_tolerance: float = 0.05
+    max_warmup_iters: int = 1000
 
-    def agree_min(v: float) -> float:
-        return -agree_max(-float(v))
+    def check(self, budget_s: float, max_time_s: float | None) -> None:
+        for name, v in (("budget_s", budget_s), ("min_time_s", self.min_time_s), ("block_s", self.block_s),
+                        ("ci_tolerance", self.ci_tolerance), ("warmup_tolerance", self.warmup_tolerance)):
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if max_time_s is not None and not (max_time_s >= 0):
+            raise ValueError(f"max_time_s must be >= 0 or None, got {max_time_s!r}")
+        if not 1 <= self.min_iters <= self.max_iters:
+            raise ValueError(f"need 1 <= min_iters <= max_iters, got {self.min_iters}, {self.max_iters}")
+        if self.warmup_block < 1 or self.min_warmup < 0 or self.max_warmup_iters < 1:
+            raise ValueError("need warmup_block >= 1, min_warmup >= 0, max_warmup_iters >= 1")
 
-    t_start = clock()
-    cap_ns = math.inf if max_time_s is None else max_time_s * 1e9
 
-    def cap_room(recent_ms: list[float]) -> int:
+def _stop_reason(need: bool, unconverged: bool, budget_room: int, at_max_iters: bool, cap_room: int) -> str | None:
+    """Why timing stops at this block boundary (None: go on), in the docstring's precedence."""
+    if not need and not unconverged:
+        return "converged"
+    if not need and budget_room <= 0:
+        return "budget"
+    if at_max_iters:
+        return "max-iters"
+    if cap_room < 1:
+        return "time-cap"
+    return None
+
+
+class _Session:
+    """One cell under the protocol: the step, the clock, the cap, and the agreement between ranks
+    (every decision goes through ``agree``, in the same order on every rank)."""
+
+    def __init__(self, step, device, budget_s: float, max_time_s: float | None, agree, clock, options: _Options):
+        self.step, self.device, self.agree, self.clock, self.o = step, torch.device(device), agree, clock, options
+        self.budget_ns = budget_s * 1e9
+        self.t_start = clock()
+        self.cap_ns = math.inf if max_time_s is None else max_time_s * 1e9
+
+    def agree_max(self, v: float) -> float:
+        return float(self.agree(float(v)))
+
+    def agree_min(self, v: float) -> float:
+        return -self.agree_max(-float(v))
+
+    def cap_room(self, recent_ms: list[float]) -> int:
         """Iterations predicted to fit before the cap, agreed (min over ranks)."""
-        left = cap_ns - (clock() - t_start)
+        left = self.cap_ns - (self.clock() - self.t_start)
         if math.isinf(left):
-            room = max_iters
+            room = self.o.max_iters
         elif not recent_ms:  # nothing to predict from: the cell's first iteration starts if the cap hasn't passed
             room = 1 if left > 0 else 0
         else:
-            room = _fits(left, statistics.median(recent_ms[-3:]), max_iters, math.floor)
-        return int(agree_min(room))
+            room = _fits(left, statistics.median(recent_ms[-3:]), self.o.max_iters, math.floor)
+        return int(self.agree_min(room))
 
-    def warmup_cut(recent_ms: list[float]) -> bool:
+    def warmup_cut(self, recent_ms: list[float]) -> bool:
         """Warm-up may use at most WARMUP_CAP_SHARE of the cap (agreed), so that a slow cell still
         gets timed samples rather than none."""
-        if math.isinf(cap_ns):
+        if math.isinf(self.cap_ns):
             return False
-        next_end = clock() - t_start + statistics.median(recent_ms[-3:]) * 1e6
-        return agree_max(1.0 if next_end > WARMUP_CAP_SHARE * cap_ns else 0.0) > 0
+        next_end = self.clock() - self.t_start + statistics.median(recent_ms[-3:]) * 1e6
+        return self.agree_max(1.0 if next_end > WARMUP_CAP_SHARE * self.cap_ns else 0.0) > 0
 
     # ---- warm-up: one iteration at a time, blocks of warmup_block for the steadiness test
-    warm: list[float] = []
-    block_medians: list[float] = []
-    steady = False
-    while len(warm) < max_warmup_iters:
-        if warm and warmup_cut(warm):
-            break  # the cap's first half is spent: leave the rest for timed samples (flagged)
-        if cap_room(warm) < 1:
-            return Timing(times_ms=[], warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason="time-cap",
-                          sample_rules_met=False, warmup_steady=False)
-        warm += time_block(step, device, 1, clock)
-        if len(warm) % warmup_block == 0:
-            block_medians.append(statistics.median(warm[-warmup_block:]))
-            if len(block_medians) >= 2 and len(warm) >= min_warmup:
-                m_prev, m_last = block_medians[-2], block_medians[-1]
-                here = abs(m_last - m_prev) <= warmup_tolerance * min(m_prev, m_last)
-                if agree_max(0.0 if here else 1.0) == 0.0:  # steady on every rank
-                    steady = True
-                    break
+    def warm_up(self) -> tuple[list[float], bool | None]:
+        """(warm-up times, steady); steady is None when the cap left no room to finish warming up."""
+        warm: list[float] = []
+        block_medians: list[float] = []
+        while len(warm) < self.o.max_warmup_iters:
+            if warm and self.warmup_cut(warm):
+                return warm, False  # the cap's first half is spent: leave the rest for timed samples (flagged)
+            if self.cap_room(warm) < 1:
+                return warm, None
+            warm += time_block(self.step, self.device, 1, self.clock)
+            if self._steady(warm, block_medians):
+                return warm, True
+        return warm, False
+
+    def _steady(self, warm: list[float], block_medians: list[float]) -> bool:
+        """At a warm-up block's end: do the last two block medians agree on every rank?"""
+        o = self.o
+        if len(warm) % o.warmup_block:
+            return False
+        block_medians.append(statistics.median(warm[-o.warmup_block:]))
+        if len(block_medians) < 2 or len(warm) < o.min_warmup:
+            return False
+        m_prev, m_last = block_medians[-2], block_medians[-1]
+        here = abs(m_last - m_prev) <= o.warmup_tolerance * min(m_prev, m_last)
+        return self.agree_max(0.0 if here else 1.0) == 0.0
 
     # ---- timed blocks
-    times: list[float] = []
-    t_timed = clock()
-    budget_ns = budget_s * 1e9
-    block_ns = block_s * 1e9
-    while True:
+    def sample(self, warm: list[float], steady: bool) -> Latency:
+        times: list[float] = []
+        t_timed = self.clock()
+        while True:
+            reason, size, need = self._decide(times, warm, t_timed)
+            if reason is not None:
+                return Latency(times_ms=times, warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason=reason,
+                               sample_rules_met=not need or reason == "max-iters", warmup_steady=steady)
+            times += time_block(self.step, self.device, size, self.clock)
+
+    def _decide(self, times: list[float], warm: list[float], t_timed: int) -> tuple[str | None, int, bool]:
+        """Between blocks: (stop reason or None, next block size, some rank still short of the
+        sample rules). Every input is agreed, in the same order on every rank."""
+        o = self.o
         n = len(times)
-        ordered = sorted(times)
         recent = times[-3:] if n else warm[-3:]
         est_ms = statistics.median(recent)
-        need_here = n < min_iters or sum(times) < min_time_s * 1e3
-        need = agree_max(1.0 if need_here else 0.0) > 0           # some rank still short of the sample rules
-        unconverged = agree_max(0.0 if _ci_converged(ordered, ci_tolerance) else 1.0) > 0
-        budget_room = int(agree_min(_fits(budget_ns - (clock() - t_timed), est_ms, max_iters, math.ceil)))
-        room = cap_room(recent)
-        pref = int(agree_min(max(1, _fits(block_ns, est_ms, max_iters, math.floor)) if block_ns > 0 else 1))
-        if not need and not unconverged:
-            reason = "converged"
-        elif not need and budget_room <= 0:
-            reason = "budget"
-        elif n >= max_iters:
-            reason = "max-iters"
-        elif room < 1:
-            reason = "time-cap"
-        else:
-            b = min(pref, max_iters - n, room)
-            if not need:
-                b = min(b, budget_room)
-            times += time_block(step, device, max(1, b), clock)
-            continue
-        return Timing(times_ms=times, warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason=reason,
-                      sample_rules_met=not need or reason == "max-iters", warmup_steady=steady)
+        need_here = n < o.min_iters or sum(times) < o.min_time_s * 1e3
+        need = self.agree_max(1.0 if need_here else 0.0) > 0
+        unconverged = self.agree_max(0.0 if _ci_converged(sorted(times), o.ci_tolerance) else 1.0) > 0
+        budget_left = self.budget_ns - (self.clock() - t_timed)
+        budget_room = int(self.agree_min(_fits(budget_left, est_ms, o.max_iters, math.ceil)))
+        room = self.cap_room(recent)
+        block_ns = o.block_s * 1e9
+        pref = int(self.agree_min(max(1, _fits(block_ns, est_ms, o.max_iters, math.floor)) if block_ns > 0 else 1))
+        reason = _stop_reason(need, unconverged, budget_room, n >= o.max_iters, room)
+        size = min(pref, o.max_iters - n, room)
+        if not need:
+            size = min(size, budget_room)
+        return reason, max(1, size), need
+
+
+def _run(step, device, budget_s, max_time_s, agree, *, clock: Callable[[], int] = time.perf_counter_ns,
+         **options) -> Latency:
+    opts = _Options(**options)
+    opts.check(budget_s, max_time_s)
+    session = _Session(step, device, budget_s, max_time_s, agree, clock, opts)
+    warm, steady = session.warm_up()
+    if steady is None:
+        return Latency(times_ms=[], warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason="time-cap",
+                       sample_rules_met=False, warmup_steady=False)
+    return session.sample(warm, steady)
 
 
 def measure(step: Callable[[], object], device: torch.device | str, budget_s: float,
-            max_time_s: float | None = None, **options) -> Timing:
+            max_time_s: float | None = None, **options) -> Latency:
     """Time ``step`` on ``device`` under the protocol of this module's docstring: warm-up until two
     consecutive block medians agree, then at least ``min_iters`` iterations and ``min_time_s`` of
     timed iterations, then blocks until the 95% CI of the median is within ±``ci_tolerance`` or
@@ -352,7 +406,7 @@ def measure(step: Callable[[], object], device: torch.device | str, budget_s: fl
 
 
 def measure_lockstep(step: Callable[[], object], device: torch.device | str, budget_s: float,
-                     agree: Callable[[float], float], max_time_s: float | None = None, **options) -> Timing:
+                     agree: Callable[[float], float], max_time_s: float | None = None, **options) -> Latency:
     """``measure`` for several ranks whose step holds collectives. ``agree(value) -> float`` must
     be an all-reduce MAX across ranks, and every rank must pass the same options (``max_time_s``
     None on all ranks or on none). Every decision is agreed between blocks, so all ranks run

@@ -33,7 +33,7 @@ block = time_block(lambda: torch.cuda._sleep(cycles), dev, 10)
 block_wall_ms = (time.perf_counter() - t0) * 1e3
 timing = measure(lambda: torch.cuda._sleep(cycles), dev, budget_s=0.5, max_time_s=10)
 print(json.dumps({"cycles": cycles, "walls": walls, "launch_ms": launch_ms, "block": block,
-                  "block_wall_ms": block_wall_ms, "measure": timing.as_record()}))
+                  "block_wall_ms": block_wall_ms, "measure": timing.to_record()}))
 """
 
 
