@@ -231,6 +231,12 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{secrets.token_hex(3)}"
 
 
+def default_run_dir() -> Path:
+    """Where a run writes without ``--out``: ``results/<new run id>``. The one place it is spelled,
+    for the local commands, the sweep and ``bench slurm submit``."""
+    return Path("results") / new_run_id()
+
+
 _WARNED: set[tuple[str, int]] = set()  # (run directory, lines skipped) already said
 
 

@@ -14,7 +14,11 @@ both:
   measuring it: an exclusive claim file per cell identity under ``claims/``, released when the
   cell ends; a claim whose process is gone (same host, dead pid) is taken over; a cell another
   live writer holds is skipped, and said so.
-- SIGUSR1 / SIGTERM stop the sweep at the next cell boundary with exit code 99.
+- SIGUSR1 / SIGTERM stop the sweep at the next cell boundary with exit code 99
+  (bench.launch.signals).
+
+The sweep neither renders the report nor knows a command: the command that called it does that
+with the ``SweepResult`` it gets back.
 """
 from __future__ import annotations
 
@@ -35,51 +39,22 @@ from typing import Any, Protocol
 import click
 
 from bench.config import identity, identity_id
+from bench.errors import BadInput
 from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
-from bench.launch.local import PREEMPTED_EXIT  # the one code the SLURM template requeues on
+from bench.launch.signals import PREEMPTED_EXIT, StopFlag  # 99: the code the SLURM template requeues on
 from bench.plan import Cell
 from bench.record import (
     RecordWriteError,
     RunDir,
     cell_identity,
     check_record,
-    new_run_id,
+    default_run_dir,
     timestamp,
     well_formed,
     writer_name,
 )
 
 FINISHED = ("ok", "oom")
-
-
-class StopFlag:
-    """Set by SIGUSR1/SIGTERM; the sweep checks it between cells. One per process
-    (``StopFlag.shared()``), so a signal that arrives while the process starts up (before the
-    sweep) still counts once the command installs it early."""
-
-    _shared: "StopFlag | None" = None
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.installed = False
-
-    @classmethod
-    def shared(cls) -> "StopFlag":
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
-
-    def install(self) -> "StopFlag":
-        import signal
-
-        if not self.installed:
-            for sig in (signal.SIGUSR1, signal.SIGTERM):
-                signal.signal(sig, self._handle)
-            self.installed = True
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
 
 
 class Scenario(Protocol):
@@ -93,7 +68,7 @@ class Scenario(Protocol):
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict: ...
 
-    def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext) -> None: ...
+    def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None: ...
 
 
 @dataclass
@@ -210,22 +185,47 @@ def record_invocation(run_dir: RunDir, command: str, ctx: DistContext, config=No
 def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     """Run every cell of ``scenario`` not already finished in its run directory."""
     cfg = scenario.config
-    run_dir = RunDir(broadcast_object(str(cfg.out or Path("results") / new_run_id()), ctx), writer_name())
-    command = shlex.join(["bench", *sys.argv[1:]])
+    run_dir = RunDir(broadcast_object(str(cfg.out or default_run_dir()), ctx), writer_name())
+    invocation = _open_run_dir(run_dir, cfg, ctx)
+    sweep = _Sweep(scenario, ctx, console, run_dir, invocation, _todo(scenario, run_dir, ctx, console))
+    if sweep.todo.cells:
+        scenario.prepare(ctx, run_dir, sweep.todo.cells)
+    new_records, exit_code = sweep.run_cells()
+    if ctx.is_main and exit_code != PREEMPTED_EXIT:
+        scenario.summarize(new_records, run_dir, ctx, console)
+    return SweepResult(run_dir, new_records, exit_code)
+
+
+def _open_run_dir(run_dir: RunDir, cfg, ctx: DistContext) -> str | None:
+    """Rank 0 creates the run directory and logs the invocation; every rank gets its id."""
     invocation = None
     if ctx.is_main:
         run_dir.check_writable()  # before creating anything (records.jsonl a directory, a symlink)
         try:
             run_dir.create()
         except OSError as exc:
-            from bench.errors import BadInput
-
             raise BadInput(f"cannot create the run directory {run_dir.path} ({exc.strerror or exc})") from None
         with _write_errors(run_dir, "the invocation log"):
-            invocation = record_invocation(run_dir, command, ctx, cfg)
+            invocation = record_invocation(run_dir, shlex.join(["bench", *sys.argv[1:]]), ctx, cfg)
     invocation = broadcast_object(invocation, ctx)
     barrier(ctx)
+    return invocation
 
+
+@dataclass
+class _Todo:
+    """What this writer measures, in order, and what it needs to know about the directory."""
+
+    cells: list[Cell]
+    ids: dict[str, str]  # cell key -> resume identity (config id, runtime included)
+    settings_ids: dict[str, str]  # cell key -> the same without the runtime (SLURM status compares these)
+    history: list[dict]  # well-formed records already there (rank 0), then each new one
+    known: dict[tuple[str, str], int]  # records per cell identity at the start: more later = another writer's
+
+
+def _todo(scenario: Scenario, run_dir: RunDir, ctx: DistContext, console) -> _Todo:
+    """Rank 0 reads the directory and decides which cells are left; the other ranks get its list."""
+    cfg = scenario.config
     runtime = runtime_identity(ctx)
     cells = list(dict.fromkeys(scenario.cells()))
     ids = {c.key: identity_id({**identity(cfg, c.train, runtime), "cell": _cell_settings(cfg, c)}) for c in cells}
@@ -237,73 +237,89 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
         readable = run_dir.records()  # one warning if some lines are unreadable
         history = [r for r in readable if well_formed(r)]  # what scenarios compute with
         done = _finished(readable)
-        known = _counts(readable)  # records per cell identity now: another writer's are new
+        known = _counts(readable)
         skipped = [c.key for c in cells if (c.key, ids[c.key]) in done]
         if skipped:
             console.print(f"[yellow]resume:[/] skipping {len(skipped)} finished cells in {run_dir.path}: "
                           + ", ".join(skipped))
         todo_keys = [c.key for c in cells if c.key not in skipped]
-    todo_keys = broadcast_object(todo_keys, ctx)
-    todo = [c for c in cells if c.key in set(todo_keys)]
+    todo_keys = set(broadcast_object(todo_keys, ctx))
+    return _Todo([c for c in cells if c.key in todo_keys], ids, settings_ids, history, known)
 
-    stop = StopFlag.shared().install()
-    claims = Claims(run_dir)
-    new_records: list[dict] = []
-    exit_code = 0
-    if todo:
-        scenario.prepare(ctx, run_dir, todo)
-    progress = _progress(console)
-    try:
-        with progress:
-            task = progress.add_task("cells", total=len(todo))
-            for cell in todo:
-                if all_reduce_max(1.0 if stop.signal else 0.0, ctx):
-                    console.print(f"[red]preempted[/] (signal {stop.signal}): stopped at a cell boundary; "
-                                  f"rerun with --out {run_dir.path} to resume")
-                    exit_code = PREEMPTED_EXIT
-                    break
-                holder = None
-                if ctx.is_main:
-                    with _write_errors(run_dir, f"the claim of {cell.key}"):
-                        holder = _claim(claims, run_dir, cell.key, ids[cell.key], known)
-                holder = broadcast_object(holder, ctx)
-                if holder:
-                    console.print(f"[yellow]skip:[/] {cell.key} {holder}")
-                    progress.advance(task)
-                    continue
-                progress.update(task, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
-                try:
-                    rec = scenario.run(cell, ctx, history)
-                    rec.update(cell_key=cell.key, config_id=ids[cell.key], settings_id=settings_ids[cell.key], invocation=invocation,
-                               run_id=run_dir.path.name, timestamp=timestamp(), hostname=socket.gethostname())
-                    rec = check_record(rec)
-                    if ctx.is_main:
-                        _append_or_die(run_dir, rec)
-                finally:
-                    if ctx.is_main:
-                        claims.release(cell.key, ids[cell.key])
-                history.append(rec)
-                new_records.append(rec)
-                progress.advance(task)
-                if ctx.distributed and rec["status"] == "error":
-                    # Ranks may now be out of step (a peer died, a collective failed): end the job
-                    # rather than let the next cell's collectives wait on a rank that is gone.
-                    console.print(f"[red]rank {ctx.rank}: cell {cell.key} failed in a {ctx.world_size}-rank job: "
-                                  f"{rec.get('error')}; ending the job")
-                    exit_code = 1
-                    break
-            else:
-                # A stop asked for during the last cell: every cell is recorded, but the caller asked
-                # us to stop, and says so with the same exit code (nothing is left to resume).
-                if all_reduce_max(1.0 if stop.signal else 0.0, ctx):
-                    console.print(f"[red]preempted[/] (signal {stop.signal}) during the last cell; every cell is "
-                                  f"recorded in {run_dir.path}")
-                    exit_code = PREEMPTED_EXIT
-    finally:
-        claims.release_all()
-    if ctx.is_main and exit_code != PREEMPTED_EXIT:
-        scenario.summarize(new_records, run_dir, ctx)
-    return SweepResult(run_dir, new_records, exit_code)
+
+@dataclass
+class _Sweep:
+    """One sweep in progress: the loop over the cells, a stop at a cell boundary, claims."""
+
+    scenario: Scenario
+    ctx: DistContext
+    console: Any
+    run_dir: RunDir
+    invocation: str | None
+    todo: _Todo
+
+    def run_cells(self) -> tuple[list[dict], int]:
+        """The new records and the exit code: 0, PREEMPTED_EXIT (a stop was asked for) or 1 (a
+        cell failed in a distributed job, whose ranks may now be out of step)."""
+        stop = StopFlag.shared().install()
+        claims = Claims(self.run_dir)
+        new_records: list[dict] = []
+        try:
+            with _progress(self.console) as progress:
+                bar = progress.add_task("cells", total=len(self.todo.cells))
+                for cell in self.todo.cells:
+                    if self._stop_agreed(stop):
+                        self.console.print(f"[red]preempted[/] (signal {stop.signal}): stopped at a cell boundary; "
+                                           f"rerun with --out {self.run_dir.path} to resume")
+                        return new_records, PREEMPTED_EXIT
+                    progress.update(bar, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
+                    rec = self._measure(cell, claims)
+                    progress.advance(bar)
+                    if rec is None:
+                        continue
+                    new_records.append(rec)
+                    if self.ctx.distributed and rec["status"] == "error":
+                        self.console.print(f"[red]rank {self.ctx.rank}: cell {cell.key} failed in a "
+                                           f"{self.ctx.world_size}-rank job: {rec.get('error')}; ending the job")
+                        return new_records, 1
+        finally:
+            claims.release_all()
+        if self._stop_agreed(stop):
+            # Asked for during the last cell: every cell is recorded, but the caller asked us to
+            # stop, and says so with the same exit code (nothing is left to resume).
+            self.console.print(f"[red]preempted[/] (signal {stop.signal}) during the last cell; every cell is "
+                               f"recorded in {self.run_dir.path}")
+            return new_records, PREEMPTED_EXIT
+        return new_records, 0
+
+    def _stop_agreed(self, stop: StopFlag) -> bool:
+        """A collective: every rank stops at the same boundary if any rank got the signal."""
+        return bool(all_reduce_max(1.0 if stop.signal else 0.0, self.ctx))
+
+    def _measure(self, cell: Cell, claims: Claims) -> dict | None:
+        """Claim ``cell``, measure it and append its record; None when another writer has it."""
+        ctx, key = self.ctx, cell.key
+        holder = None
+        if ctx.is_main:
+            with _write_errors(self.run_dir, f"the claim of {key}"):
+                holder = _claim(claims, self.run_dir, key, self.todo.ids[key], self.todo.known)
+        holder = broadcast_object(holder, ctx)
+        if holder:
+            self.console.print(f"[yellow]skip:[/] {key} {holder}")
+            return None
+        try:
+            rec = self.scenario.run(cell, ctx, self.todo.history)
+            rec.update(cell_key=key, config_id=self.todo.ids[key], settings_id=self.todo.settings_ids[key],
+                       invocation=self.invocation, run_id=self.run_dir.path.name, timestamp=timestamp(),
+                       hostname=socket.gethostname())
+            rec = check_record(rec)
+            if ctx.is_main:
+                _append_or_die(self.run_dir, rec)
+        finally:
+            if ctx.is_main:
+                claims.release(key, self.todo.ids[key])
+        self.todo.history.append(rec)
+        return rec
 
 
 def _cell_settings(cfg, cell: Cell) -> Any:
@@ -353,8 +369,8 @@ def _claim(claims: Claims, run_dir: RunDir, key: str, config_id: str, known: dic
     holder = claims.take(key, config_id)
     if holder:
         return f"is being measured by {holder}"
-    records = run_dir.records(warn=False)
-    if (key, config_id) in _finished(records) or _counts(records).get((key, config_id), 0) > known.get((key, config_id), 0):
+    records, ident = run_dir.records(warn=False), (key, config_id)
+    if ident in _finished(records) or _counts(records).get(ident, 0) > known.get(ident, 0):
         claims.release(key, config_id)
         return "was measured meanwhile by another writer into this directory"
     return None

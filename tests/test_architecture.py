@@ -189,7 +189,7 @@ class _CountingScenario:
         self.ran.append(cell.key)
         return {**cell.as_dict(), "status": "ok"}
 
-    def summarize(self, records, run_dir, ctx):
+    def summarize(self, records, run_dir, ctx, console):
         pass
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from slurm_cluster import slurm_one, slurm_two  # noqa: F401  (fixtures)
 
 from bench.cli import slurm_group
-from bench.launch.slurm import PLAN, SCRIPT, cell_states
+from bench.commands.slurm import PLAN, SCRIPT, cell_states
 from bench.record import RunDir
 
 TINY = ["--modes", "infer", "--budget", "0.2", "--no-report"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bench.errors import BadInput
+from bench.errors import BadInput, first_line  # first_line: re-exported for coco.py and ade20k.py
 
 IGNORE_INDEX = 255
 
@@ -91,11 +91,6 @@ def resolve_inside(folder: Path, name: str, source: str, field: str, *, resolved
     if resolved == base or not resolved.is_relative_to(base):
         raise data_error(f"{source}: {field} {show(name)} resolves outside the folder {base}: refused")
     return path
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _lazy_open(path: Path, what: str) -> Image.Image:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from bench.errors import BadInput
 from bench.launch.context import free_port, started_by_srun
-
-PREEMPTED_EXIT = 99  # "preempted; rerun with the same --out to resume"
+from bench.launch.signals import PREEMPTED_EXIT
 
 
 def under_launcher() -> bool:
@@ -170,14 +169,9 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
     if nproc <= 1 or under_launcher():
         return
     args = strip_option(sys.argv[1:], "--nproc") + list(extra_args or [])
-    env = dict(os.environ)
-    if threads_per_rank:
-        env["OMP_NUM_THREADS"] = str(threads_per_rank)
-    elif "OMP_NUM_THREADS" not in env:  # never overwrite what SLURM or the user set
-        env["OMP_NUM_THREADS"] = str(max(1, allotted_cores() // nproc))
     fd, status_path = tempfile.mkstemp(prefix="bench-job-", suffix=".status")
     os.close(fd)
-    env[JOB_STATUS_ENV] = status_path
+    env = _rank_env(nproc, threads_per_rank, status_path)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc-per-node", str(nproc),
@@ -186,45 +180,80 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
         "--monitor-interval", "1",
         "-m", "bench.cli", *args,
     ]
-    stopped: list[int] = []
-    pending: list[int] = []  # signals not yet delivered (no rank started yet)
-    job: subprocess.Popen | None = None
-
-    def forward(signum, frame):
-        stopped.append(signum)
-        if job is None or not _signal_ranks(job, signum):
-            pending.append(signum)
-
+    forwarder = _Forwarder()
     # Handlers first: a signal while torchrun starts is kept and delivered once ranks exist.
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-    interrupted_at = None
+    previous = {s: signal.signal(s, forwarder.forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
-        job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent_hook())
-        while True:
-            try:
-                code = job.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if pending and _ranks(job):
-                for sig in dict.fromkeys(pending):
-                    _signal_ranks(job, sig)
-                pending.clear()
-            if signal.SIGINT in stopped:
-                import time
-
-                interrupted_at = interrupted_at or time.monotonic()
-                if stopped.count(signal.SIGINT) > 1 or time.monotonic() - interrupted_at > INTERRUPT_GRACE_S:
-                    _kill_job(job)
+        forwarder.job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent_hook())
+        code = forwarder.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        try:
-            reported = {int(x) for x in Path(status_path).read_text().split() if x.isdigit()}
-        except OSError:
-            reported = set()
-        Path(status_path).unlink(missing_ok=True)
-    if signal.SIGINT in stopped or 130 in reported:
+        reported = _read_status(status_path)
+    _exit_like_the_job(nproc, code, signal.SIGINT in forwarder.stopped, reported)
+
+
+def _rank_env(nproc: int, threads_per_rank: int | None, status_path: str) -> dict[str, str]:
+    """The ranks' environment: threads per rank (never overwriting what SLURM or the user set)
+    and the status file they report a stop in."""
+    env = dict(os.environ)
+    if threads_per_rank:
+        env["OMP_NUM_THREADS"] = str(threads_per_rank)
+    elif "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, allotted_cores() // nproc))
+    env[JOB_STATUS_ENV] = status_path
+    return env
+
+
+class _Forwarder:
+    """Forwards the signals this process gets to torchrun's ranks, keeping those that arrive
+    before any rank exists, and kills the job after a Ctrl-C grace period or a second Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.job: subprocess.Popen | None = None
+        self.stopped: list[int] = []  # every signal received, in order
+        self.pending: list[int] = []  # signals not yet delivered (no rank started yet)
+        self.interrupted_at: float | None = None
+
+    def forward(self, signum, frame) -> None:
+        self.stopped.append(signum)
+        if self.job is None or not _signal_ranks(self.job, signum):
+            self.pending.append(signum)
+
+    def wait(self) -> int:
+        """torchrun's exit code, delivering pending signals and enforcing the grace meanwhile."""
+        import time
+
+        assert self.job is not None
+        while True:
+            try:
+                return self.job.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.pending and _ranks(self.job):
+                for sig in dict.fromkeys(self.pending):
+                    _signal_ranks(self.job, sig)
+                self.pending.clear()
+            if signal.SIGINT in self.stopped:
+                self.interrupted_at = self.interrupted_at or time.monotonic()
+                grace_over = time.monotonic() - self.interrupted_at > INTERRUPT_GRACE_S
+                if self.stopped.count(signal.SIGINT) > 1 or grace_over:
+                    _kill_job(self.job)
+
+
+def _read_status(status_path: str) -> set[int]:
+    """The stop codes the ranks reported (and the status file removed)."""
+    try:
+        reported = {int(x) for x in Path(status_path).read_text().split() if x.isdigit()}
+    except OSError:
+        reported = set()
+    Path(status_path).unlink(missing_ok=True)
+    return reported
+
+
+def _exit_like_the_job(nproc: int, code: int, interrupted: bool, reported: set[int]) -> None:
+    """Exit as one process would have: 130 interrupted, 99 stopped at a boundary, else torchrun's code."""
+    if interrupted or 130 in reported:
         print(f"bench: interrupted the {nproc}-rank job", file=sys.stderr)
         sys.exit(130)
     if PREEMPTED_EXIT in reported:

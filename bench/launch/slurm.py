@@ -1,10 +1,7 @@
-"""SLURM batch submission: turn a ``bench`` command into one job or one array task per cell.
-
-``bench slurm submit [OPTIONS] -- run --models ... --res ...`` renders ``slurm/bench_job.sbatch.j2``
-into the run directory as ``slurm_job.sbatch`` (a plain script a user can also ``sbatch`` by hand),
-writes ``slurm_plan.json`` (the bench arguments, the cells, the options and every job submitted)
-and submits it with ``sbatch``. Every job writes into the same run directory, so the results and
-the report are those of a local run.
+"""SLURM, the launching half: render the batch script from the top-level ``slurm/`` template and
+talk to Slurm (sbatch, squeue, sacct). The command half (``bench slurm submit | status |
+resubmit``: validating the bench command, the plan file, cell states, printing) is
+bench.commands.slurm; this module knows no config, cell or record.
 
 How a job starts bench (documented in the template header too):
 
@@ -22,88 +19,30 @@ source tree on PYTHONPATH. Every user value reaches the script through ``shlex.q
 Slurm rejects comes back as sbatch's own message with exit 2.
 
 Preemption: ``--signal=B:USR1@S`` and ``--requeue``; the batch shell forwards USR1 to bench, which
-stops at a cell boundary and exits 99; the job then requeues itself and the rerun resumes (bench run
-skips cells already recorded). ``bench slurm status`` merges squeue (sacct where accounting exists)
-with the records; ``bench slurm resubmit`` sends only the cells that are neither done nor queued.
+stops at a cell boundary and exits 99 (bench.launch.signals); the job then requeues itself and the
+rerun resumes.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import shlex
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
 from bench.errors import BadInput
-from bench.launch.local import PREEMPTED_EXIT, strip_option
-from bench.record import RunDir, new_run_id
+from bench.launch.local import strip_option
+from bench.launch.signals import PREEMPTED_EXIT
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository: bench/launch/slurm.py
 TEMPLATE_DIR = SOURCE_ROOT / "slurm"
 TEMPLATE = "bench_job.sbatch.j2"
-SCRIPT = "slurm_job.sbatch"
-PLAN = "slurm_plan.json"
-
-RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "RESIZING", "SIGNALING"}
-PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD", "STOPPED"}
-STATES = ("done", "running", "pending", "failed", "missing")
-
-
-# --------------------------------------------------------------------------------------------
-# The bench command being submitted
-# --------------------------------------------------------------------------------------------
-@dataclass
-class BenchCommand:
-    """The arguments after ``--``, validated by bench's one parser (bench.config.parse_command),
-    so a job that can only fail in the queue is never submitted."""
-
-    args: list[str]
-    run_dir: Path
-    cells: list[dict[str, str]]  # [{"model": ..., "res": ...}], in run order
-    cell_keys: dict[str, list[str]]  # "model@res" -> the sweep's cell keys (modes x batches)
-    settings_ids: dict[str, str]  # "train" / "infer" -> bench.config.settings id (identity without runtime)
-
-
-def parse_bench_command(args: tuple[str, ...] | list[str], distributed: bool) -> BenchCommand:
-    """Validate the bench command; inject ``--out RUN_DIR`` (absolute) and ``--engine ddp`` for a
-    distributed launch when no engine was given. (Threads need nothing: the script sets
-    OMP_NUM_THREADS from the CPUs Slurm allocated, which torch follows.)"""
-    from bench.config import identity, identity_id, parse_command
-    from bench.plan import make_cells
-
-    name, cfg, ctx = parse_command(list(args))
-    rest = list(args[1:])
-    run_dir = (Path(cfg.out) if cfg.out else Path("results") / new_run_id()).resolve()
-    rest = strip_option(rest, "--out") + ["--out", str(run_dir)]
-    if distributed:
-        if ctx.get_parameter_source("engine") is click.core.ParameterSource.DEFAULT:
-            rest += ["--engine", "ddp"]
-            cfg.engine = "ddp"
-        elif cfg.engine == "none":
-            raise BadInput("several nodes, tasks or GPUs need a distributed engine: drop --engine none (ddp is then used)")
-    modes = getattr(cfg, "modes", None) or [cfg.task]
-    batches = getattr(cfg, "batches", None) or [cfg.batch]
-    if name == "profile" and ctx.get_parameter_source("modes_text") is click.core.ParameterSource.DEFAULT:
-        modes = ["infer"]
-    cells, keys = [], {}
-    for c in make_cells(cfg.models, cfg.res, ["infer"], [1]):
-        cells.append({"model": c.model, "res": c.res})
-        keys[f"{c.model}@{c.res}"] = [k.key for k in make_cells([c.model], [(c.height, c.width)], modes, batches,
-                                                                 getattr(cfg, "task", "cls"))]
-    settings = {kind: identity_id(identity(cfg, kind == "train", {})) for kind in ("train", "infer")}
-    return BenchCommand([name, *rest], run_dir, cells, keys, settings)
 
 
 def without_sweep(args: list[str]) -> list[str]:
     """``args`` without --models/--res, for array tasks that each add their own cell."""
     return [args[0], *strip_option(strip_option(args[1:], "--models"), "--res")]
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +109,7 @@ def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, scri
     )
 
 
+
 # --------------------------------------------------------------------------------------------
 # Talking to Slurm
 # --------------------------------------------------------------------------------------------
@@ -228,177 +168,3 @@ def queue_states(job_ids: list[str]) -> tuple[dict[tuple[str, str | None], str],
                     states[(job, idx or None)] = state.split()[0]
     return states, notes
 
-
-# --------------------------------------------------------------------------------------------
-# Cell states
-# --------------------------------------------------------------------------------------------
-def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
-                queue: dict[tuple[str, str | None], str]) -> list[dict[str, Any]]:
-    """One row per planned cell (model x resolution): done when every one of its sweep cells
-    (modes x batches) has an ok/oom record of the same configuration (the resume identity without
-    the runtime: ``settings_id``), else running / pending from the latest job that covers it, else
-    failed (an error record, or its job ended without recording it), else missing."""
-    settings = set((plan.get("settings_ids") or {}).values())
-    finished = {r.get("cell_key") for r in records if r.get("status") in ("ok", "oom")
-                and (not settings or r.get("settings_id") in settings)}
-    rows = []
-    for cell in plan["cells"]:
-        mine = [r for r in records if r.get("model") == cell["model"] and str(r.get("res")) == cell["res"]]
-        expected = (plan.get("cell_keys") or {}).get(f"{cell['model']}@{cell['res']}") or []
-        done = bool(expected) and all(k in finished for k in expected)
-        job_ref, slurm_state = None, None
-        for job in plan["jobs"]:
-            if cell not in job["cells"]:
-                continue
-            idx = str(job["cells"].index(cell)) if job["array"] else None
-            job_ref = f"{job['job_id']}_{idx}" if idx is not None else job["job_id"]
-            slurm_state = queue.get((job["job_id"], idx))
-        if done:
-            state = "done"
-        elif slurm_state in RUNNING:
-            state = "running"
-        elif slurm_state in PENDING:
-            state = "pending"
-        elif any(r.get("status") == "error" for r in mine) or slurm_state is not None:
-            state = "failed"
-        else:
-            state = "missing"
-        rows.append({**cell, "state": state, "job": job_ref, "slurm_state": slurm_state,
-                     "records": len(mine), "errors": sum(r.get("status") == "error" for r in mine)})
-    return rows
-
-
-_PLAN_KEYS = {"bench_args": list, "cells": list, "cell_keys": dict, "run_dir": str, "python": str, "workdir": str,
-              "source_root": str, "options": dict, "jobs": list}
-_OPTION_KEYS = ("partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "time", "account",
-                "job_name", "signal_before", "sbatch_opts", "array_per_cell")
-
-
-def load_plan(run_dir: Path) -> dict[str, Any]:
-    """``slurm_plan.json``, checked: a missing key or a wrong type is one line, exit 2."""
-    path = run_dir / PLAN
-    if not path.exists():
-        raise BadInput(f"{run_dir} has no {PLAN}: it was not submitted with 'bench slurm submit'")
-    try:
-        plan = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(plan, dict):
-        raise BadInput(f"{path} is not a bench slurm plan (expected a JSON object)")
-    for key, kind in _PLAN_KEYS.items():
-        if not isinstance(plan.get(key), kind):
-            raise BadInput(f"{path} is missing '{key}' (or it is not a {kind.__name__}); resubmit with "
-                           "'bench slurm submit' into a new --out")
-    missing = [k for k in _OPTION_KEYS if k not in plan["options"]]
-    bad_cells = [c for c in plan["cells"] if not (isinstance(c, dict) and isinstance(c.get("model"), str)
-                                                   and isinstance(c.get("res"), str))]
-    bad_jobs = [j for j in plan["jobs"] if not (isinstance(j, dict) and {"job_id", "array", "cells"} <= j.keys())]
-    if missing or bad_cells or bad_jobs:
-        what = f"options {', '.join(missing)}" if missing else ("a cell" if bad_cells else "a job")
-        raise BadInput(f"{path} is malformed ({what} missing or of the wrong type)")
-    return plan
-
-
-def current_states(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-    plan = load_plan(run_dir)
-    queue, notes = queue_states([j["job_id"] for j in plan["jobs"]])
-    return plan, cell_states(plan, RunDir(run_dir).records(), queue), notes
-
-
-# --------------------------------------------------------------------------------------------
-# Submitting
-# --------------------------------------------------------------------------------------------
-def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: str, dry_run: bool) -> str | None:
-    """Render, write and submit one job covering ``cells``, then record it in the plan. A
-    submission sbatch refuses leaves nothing behind."""
-    array = plan["options"]["array_per_cell"]
-    script = render_script(plan, cells if array else None, script_name)
-    if dry_run:
-        click.echo(script, nl=False)
-        return None
-    run = RunDir(plan["run_dir"])
-    created = not run.path.exists()
-    run.create()
-    path = run.path / script_name
-    path.write_text(script)
-    path.chmod(0o755)
-    try:
-        job_id = sbatch(path, Path(plan["workdir"]))
-    except BadInput:
-        path.unlink()
-        if created:
-            run.path.rmdir()
-        raise
-    plan["jobs"].append({
-        "job_id": job_id, "array": array, "cells": cells, "script": script_name,
-        "submitted_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    })
-    run.write_json(PLAN, plan)
-    return job_id
-
-
-def submit(o: dict[str, Any]) -> list[str]:
-    """``bench slurm submit``: the lines to print."""
-    launch, _ = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
-    cmd = parse_bench_command(o["bench_args"], distributed=launch != "single")
-    plan = {
-        "bench_args": cmd.args,
-        "cells": cmd.cells,
-        "cell_keys": cmd.cell_keys,
-        "settings_ids": cmd.settings_ids,
-        "run_dir": str(cmd.run_dir),
-        "python": sys.executable,
-        "workdir": os.getcwd(),
-        "source_root": str(SOURCE_ROOT),
-        "options": {
-            "partition": o["partition"], "nodes": o["nodes"], "gpus_per_node": o["gpus_per_node"],
-            "tasks_per_node": o["tasks_per_node"], "cpus_per_task": o["cpus_per_task"], "time": o["time_limit"],
-            "account": o["account"], "job_name": o["job_name"], "signal_before": o["signal_before"],
-            "sbatch_opts": list(o["sbatch_opts"]), "array_per_cell": o["array_per_cell"],
-        },
-        "jobs": [],
-    }
-    if (cmd.run_dir / PLAN).exists() and not o["dry_run"]:
-        raise BadInput(f"{cmd.run_dir} already has {PLAN}; use 'bench slurm resubmit {cmd.run_dir}' or a new --out")
-    job_id = submit_plan(plan, cmd.cells, SCRIPT, o["dry_run"])
-    if job_id is None:
-        return []
-    what = f"array of {len(cmd.cells)} cells" if o["array_per_cell"] else f"{len(cmd.cells)} cells"
-    return [f"Submitted batch job {job_id} ({what}) into {cmd.run_dir}"]
-
-
-def print_status(run_dir: Path, as_json: bool) -> None:
-    """``bench slurm status``: which cells are done, running, pending, failed or missing."""
-    _, rows, notes = current_states(run_dir)
-    if as_json:
-        click.echo(json.dumps({"cells": rows, "notes": notes}, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    colour = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "missing": "magenta"}
-    table = Table(title=f"SLURM cells in {run_dir}")
-    for col in ("model", "res", "state", "job", "slurm state", "records"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["model"], r["res"], f"[{colour[r['state']]}]{r['state']}[/]", r["job"] or "-",
-                      r["slurm_state"] or "-", f"{r['records']} ({r['errors']} error)" if r["errors"] else str(r["records"]))
-    console = Console()
-    console.print(table)
-    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    for note in notes:
-        console.print(f"note: {note}")
-
-
-def resubmit(run_dir: Path, dry_run: bool) -> list[str]:
-    """``bench slurm resubmit``: only the cells that are neither done nor queued."""
-    plan, rows, _ = current_states(run_dir)
-    todo = [{"model": r["model"], "res": r["res"]} for r in rows if r["state"] in ("failed", "missing")]
-    if not todo:
-        return ["Nothing to resubmit: every cell is done, running or pending."]
-    script_name = f"slurm_job.resubmit-{len(plan['jobs'])}.sbatch"
-    job_id = submit_plan(plan, todo, script_name, dry_run)
-    if job_id is None:
-        return []
-    return [f"Submitted batch job {job_id} for {len(todo)} cells: " + ", ".join(f"{c['model']}@{c['res']}" for c in todo)]

@@ -27,6 +27,7 @@ from bench.build import build_model, place_model
 from bench.config import RunConfig
 from bench.engines import PRECISIONS, TrainSpec, build_trainer
 from bench.engines.base import autocast_dtype, weight_dtype
+from bench.errors import first_line
 from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
 from bench.measure import derived
 from bench.measure.flops import count_flops
@@ -78,8 +79,8 @@ class ClassifyScenario:
                     counted = dense.count(cell) if cell.task != "cls" else count_flops(
                         build_model(cell.model), cell.model, cell.height, cell.width, cross_check=False)
                 except Exception as exc:  # noqa: BLE001 - recorded in the cell
-                    counted = RuntimeError(f"{type(exc).__name__} while counting FLOPs: {_first_line(exc)}") \
-                        if not is_oom(exc) else MemoryError(f"out of memory while counting FLOPs: {_first_line(exc)}")
+                    counted = RuntimeError(f"{type(exc).__name__} while counting FLOPs: {first_line(exc)}") \
+                        if not is_oom(exc) else MemoryError(f"out of memory while counting FLOPs: {first_line(exc)}")
                 free_memory(torch.device("cpu"))
             self._flops[key] = broadcast_object(counted, ctx)
         return self._flops[key]
@@ -118,28 +119,13 @@ class ClassifyScenario:
         rec["flags"] = flags
         return rec
 
-    def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext) -> None:
-        from bench.sweep import make_console
-
-        console = make_console(ctx)
+    def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
+        """The summary table on the sweep's console; the command renders the report afterwards."""
         _summary(console, records, run_dir)
-        if not self.config.no_report and run_dir.records():
-            from bench.report import render_report
-
-            try:
-                path = render_report([run_dir.path], run_dir.path / "report.html")
-                console.print(f"report: {path}")
-            except Exception as exc:  # noqa: BLE001 - the records are safe; the report is a view
-                console.print(f"[yellow]report not rendered:[/] {type(exc).__name__}: {_first_line(exc)}")
 
 
 # --------------------------------------------------------------------------------------------
 # One cell
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def _build(cell: Cell) -> nn.Module:
@@ -354,7 +340,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
         del step, model, trainer
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         out["status"] = "oom" if is_oom(exc) else "error"
-        out["error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+        out["error"] = first_line(exc, with_type=True)
     finally:
         free_memory(ctx.device)
     out["flags"] = flags

@@ -22,10 +22,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from bench.config import FinetuneConfig
 from bench.data import IGNORE_INDEX, DataSplits, collate, open_data
-from bench.errors import BadInput
+from bench.errors import BadInput, first_line
 from bench.plan import Cell, make_cells
 
-TASKS = ("det", "seg")
 DEFAULT_SYNTHETIC_TRAIN, DEFAULT_SYNTHETIC_VAL = 512, 64
 
 
@@ -362,13 +361,12 @@ class FinetuneScenario:
         except Exception as exc:  # one failed cell (OOM, diverged loss) must not end the sweep
             if ctx.distributed:
                 raise  # the other ranks may be waiting in a collective: end the job
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            record.update({"status": "error", "error": f"{type(exc).__name__}: {message}"[:500],
+            record.update({"status": "error", "error": first_line(exc, 500, with_type=True)[:500],
                            "traceback": traceback.format_exc(limit=5)})
         record["wall_s"] = time.time() - started
         if ctx.is_main:
             print(summary_line(record), flush=True)
         return record
 
-    def summarize(self, records: list[dict], run_dir, ctx) -> None:
+    def summarize(self, records: list[dict], run_dir, ctx, console) -> None:
         print(f"records: {run_dir.records_path}", flush=True)

@@ -1,0 +1,99 @@
+"""``bench run`` and ``bench profile``, and what every sweeping command shares: self-launching for
+``--nproc``, the sweep inside the process group, and the report rendered after the sweep."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bench import config as cfgmod
+from bench.errors import BadInput, first_line
+from bench.record import RunDir, default_run_dir
+
+
+def start(nproc: int, threads: int | None, out: str | None, new_out: bool) -> str | None:
+    """Self-launch under torchrun for --nproc > 1 (exits with the job's status); else set threads.
+    The run directory is chosen here, before the ranks exist, so every rank writes into one."""
+    import torch
+
+    from bench.launch.local import relaunch_if_requested
+
+    if nproc > 1:
+        out = out or str(default_run_dir())
+        relaunch_if_requested(nproc, [] if not new_out else ["--out", out], threads)
+    if threads:
+        torch.set_num_threads(threads)
+    return out
+
+
+def sweep(scenario, device: str, timeout_s: float = 300.0, report: bool = False) -> None:
+    """Run ``scenario``'s sweep in this process group; rank 0 then renders the run's report (when
+    ``report``) unless the sweep was stopped. Exits with the sweep's code when it is not 0."""
+    from bench.launch.context import init_distributed, shutdown
+    from bench.launch.local import report_stop_to_launcher
+    from bench.launch.signals import PREEMPTED_EXIT, StopFlag
+    from bench.sweep import make_console, run_sweep
+
+    StopFlag.shared().install()  # a SIGTERM while the process group forms still stops the sweep
+    ctx = init_distributed(device, timeout_s=timeout_s)
+    console = make_console(ctx)
+    try:
+        result = run_sweep(scenario, ctx, console)
+    finally:
+        shutdown(ctx)
+    if report and ctx.is_main and result.exit_code != PREEMPTED_EXIT:
+        render_run_report(result.run_dir, console)
+    if result.exit_code:
+        sys.exit(report_stop_to_launcher(result.exit_code))
+
+
+def render_run_report(run_dir: RunDir, console) -> None:
+    """``report.html`` beside the records. A report that fails is one line: the records are safe
+    and ``bench report`` can render them later."""
+    if not run_dir.records():
+        return
+    from bench.report import render_report
+
+    try:
+        path = render_report([run_dir.path], run_dir.path / "report.html")
+        console.print(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the records are safe; the report is a view
+        console.print(f"[yellow]report not rendered:[/] {first_line(exc, with_type=True)}")
+
+
+def _run(cfg: cfgmod.RunConfig, source_out_given: bool) -> None:
+    import torch
+
+    from bench.launch.local import check_out_dir
+    from bench.scenarios.classify import ClassifyScenario
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
+    check_out_dir(cfg.out)
+    cfg.out = start(cfg.nproc, cfg.threads, cfg.out, new_out=not source_out_given)
+    sweep(ClassifyScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
+
+
+def out_given(ctx: click.Context, name: str = "out") -> bool:
+    """Whether --out came from the command line or a config file (not the default)."""
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
+@click.pass_context
+def _run_callback(ctx: click.Context, **params) -> None:
+    """Measure params, GMACs, latency, throughput and peak memory for each model x resolution."""
+    _run(cfgmod.run_config(params), out_given(ctx))
+
+
+@click.pass_context
+def _profile_callback(ctx: click.Context, **params) -> None:
+    """`bench run --profile` (inference cells unless --modes says otherwise): one torch.profiler
+    trace per cell under RUN_DIR/traces/<cell>/rank<N>.*.pt.trace.json, and each record's
+    op-category breakdown. View: tensorboard --logdir RUN_DIR/traces (torch-tb-profiler plugin)."""
+    params["profile"] = True  # profile_params() defaults it on and --modes to infer
+    _run(cfgmod.run_config(params), out_given(ctx))
+
+
+run_command = click.Command("run", params=cfgmod.run_params(), callback=_run_callback, help=_run_callback.__doc__)
+profile_command = click.Command("profile", params=cfgmod.profile_params(), callback=_profile_callback,
+                                help=_profile_callback.__doc__)
