@@ -3,26 +3,35 @@
 - ``RunConfig`` serves ``bench run`` and ``bench profile``; ``FinetuneConfig`` ``bench finetune``.
   ``bench slurm submit -- run ...`` validates the wrapped command with the same parser
   (``parse_command``) before anything reaches ``sbatch``.
-- Options are declared once here (``run_params`` / ``finetune_params``); ``--config FILE``
-  (YAML or JSON, keys = option names with ``_`` or ``-``) sets their defaults, and flags on the
-  command line override it (click's ``default_map``).
+- Each option is declared once, as a config field: ``option("--flag", default=..., parse=...,
+  help=...)`` puts the flag, help, parser (with its bounds), default and identity role in the
+  field's metadata; ``click_params`` generates the click options from the fields (--help order =
+  field order) and ``build_config`` the config from their values. Adding a measuring setting is
+  one field. ``--config FILE`` (YAML or JSON, keys = option names with ``_`` or ``-``) sets the
+  defaults, and flags on the command line override it (click's ``default_map``).
 - ``identity(cfg, cell, runtime)``: every setting that changes a measurement, derived from the
-  dataclass fields themselves: a field is in it unless declared with ``meta(identity=False)``
+  dataclass fields themselves: a field is in it unless declared with ``identity=False``
   (the sweep axes, which are in the cell key, and settings such as ``--out``), so a setting added
   later joins resume identity without a second list to maintain. Fields marked ``scope="train"``
   leave inference cells' identity (an inference cell has ``engine: none`` whatever ``--engine``
   says).
+
+The config stays flat (not nested by concern as torchtitan's job config is): identity keys,
+the invocation log (``asdict``) and every scenario read ``cfg.<name>``, and resume of existing run
+directories needs the identity dict unchanged.
 
 Numbers are parsed strictly (ASCII decimal digits only; floats finite and in range): ``--res
 64_0``, ``+64``, full-width digits and ``nan`` budgets are bad input, exit 2.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +49,13 @@ def engine_choices() -> list[str]:
     from bench.engines import engine_names
 
     return engine_names()
+
+
 _DIGITS = re.compile(r"[0-9]+")
 # A plain decimal number in ASCII: no "_" separators, no full-width digits, no nan/inf words.
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 MAX_DIGITS = 18  # integers below 10**18: beyond any real setting, and below int()'s 4300-digit limit
 MAX_SIDE = 65536  # px: a larger side is a typo, and a range up to it stays a short list
-
-
-def meta(identity: bool = True, scope: str = "all", unit: str = "") -> dict:
-    """Field metadata: in resume identity or not; "train" = only train cells depend on it."""
-    return {"identity": identity, "scope": scope, "unit": unit}
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +149,8 @@ def parse_resolutions(text: str | list, multiple: int = 32) -> list[tuple[int, i
             start, stop = _side(parts[0], item, multiple), _side(parts[1], item, multiple)
             step = parse_int(parts[2], f"resolution step in '{_shown(item)}'")
             if step % multiple or stop < start:
-                raise BadInput(f"bad resolution range '{_shown(item)}': STEP a multiple of {multiple} and STOP >= START")
+                raise BadInput(f"bad resolution range '{_shown(item)}': STEP a multiple of {multiple} "
+                               "and STOP >= START")
             out += [(s, s) for s in range(start, stop + 1, step)]
             continue
         sides = [_side(p, item, multiple) for p in item.lower().split("x")]
@@ -186,39 +193,237 @@ def file_digest(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def parse_checkpoints(items: tuple[str, ...] | list[str], models: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        if not sep or not name or not path:
+            raise BadInput(f"bad --checkpoint '{item}': give MODEL=PATH, e.g. pvt_small=pvt_small.pth")
+        if name not in models:
+            raise BadInput(f"--checkpoint names '{name}', which is not in --models ({', '.join(models)})")
+        if name in out:
+            raise BadInput(f"two --checkpoint values for '{name}': give one per model")
+        if not Path(path).is_file():
+            raise BadInput(f"checkpoint not found: {path} (for {name}; give a local .pth/.safetensors file)")
+        out[name] = path
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Options declared once: a config field's metadata says how the command line gives it.
+#
+# A parser turns what click (or a --config file) hands over into the field's value. It sees the
+# fields parsed before it (field order = --help order), so --res can follow --task and
+# --checkpoint can check --models.
+
+Parser = Callable[[Any, str, dict[str, Any]], Any]  # (raw value, the flag errors name, fields so far)
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer in ASCII digits, at least ``minimum``; ``optional``: empty means None."""
+
+    minimum: int = 1
+    optional: bool = False
+
+    def __call__(self, raw: Any, flag: str, parsed: dict[str, Any]) -> int | None:
+        if self.optional and raw in (None, ""):
+            return None
+        return parse_int(raw, flag, self.minimum)
+
+
+@dataclass(frozen=True)
+class Float:
+    """A finite number in bounds (``min_open``: strictly above ``minimum``)."""
+
+    minimum: float | None = None
+    min_open: bool = False
+    maximum: float | None = None
+
+    def __call__(self, raw: Any, flag: str, parsed: dict[str, Any]) -> float:
+        return parse_float(raw, flag, self.minimum, min_open=self.min_open, maximum=self.maximum)
+
+
+def _models(raw: Any, flag: str, parsed: dict[str, Any]) -> list[str]:
+    return parse_models(raw)
+
+
+def _modes(raw: Any, flag: str, parsed: dict[str, Any]) -> list[str]:
+    return parse_modes(raw)
+
+
+def _batches(raw: Any, flag: str, parsed: dict[str, Any]) -> list[int | str]:
+    return parse_batches(raw)
+
+
+def _res_for_task(raw: Any, flag: str, parsed: dict[str, Any]) -> list[tuple[int, int]]:
+    """``bench run --res``: the task's default size when not given; det sides need not be multiples of 32."""
+    task = parsed.get("task") or "cls"
+    return parse_resolutions(raw if raw not in (None, "") else DEFAULT_RES[task], 1 if task == "det" else 32)
+
+
+def _res(raw: Any, flag: str, parsed: dict[str, Any]) -> list[tuple[int, int]]:
+    return parse_resolutions(raw)
+
+
+def _on_off(raw: Any, flag: str, parsed: dict[str, Any]) -> bool:
+    return raw == "on"
+
+
+def _checkpoints(raw: Any, flag: str, parsed: dict[str, Any]) -> dict[str, str]:
+    return parse_checkpoints(raw or (), parsed.get("models", []))
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one config field is given on the command line, and whether it is part of resume identity.
+
+    ``default`` is written as a user types it (--help shows it; ``parse`` reads it); the field's
+    own default is ``parse(default)``. ``identity=False``: the setting changes no measurement (or is
+    in the cell key); ``scope="train"``: only training cells depend on it."""
+
+    flags: tuple[str, ...]
+    help: str | None = None
+    default: Any = None
+    parse: Parser | None = None  # None: click's value as it is (a choice, a flag, an IntRange)
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None  # a callable is asked late
+    int_range: tuple[int, int] | None = None
+    is_flag: bool = False
+    multiple: bool = False
+    required: bool = False
+    metavar: str | None = None
+    identity: bool = True
+    scope: str = "all"
+    by_content: bool = False  # a file path: identity holds the file's content hash, not the path
+    unit: str = ""
+
+    def to_click(self, name: str, default: Any = MISSING) -> click.Option:
+        """The click option; ``default`` replaces the declared one (``bench profile``'s --modes)."""
+        default = self.default if default is MISSING else default
+        if self.is_flag:
+            return click.Option([*self.flags, name], is_flag=True, default=bool(default), help=self.help)
+        kind: click.ParamType | None = None
+        if self.choices is not None:
+            kind = click.Choice(list(self.choices() if callable(self.choices) else self.choices))
+        elif self.int_range is not None:
+            kind = click.IntRange(*self.int_range)
+        given = {} if default is None else {"default": default}  # click takes an explicit None as a value
+        return click.Option([*self.flags, name], type=kind, show_default=default is not None and not self.multiple,
+                            help=self.help, required=self.required, multiple=self.multiple, metavar=self.metavar,
+                            **given)
+
+    def value(self, raw: Any, parsed: dict[str, Any]) -> Any:
+        """The field's value from the raw option value."""
+        if self.is_flag:
+            return bool(raw)
+        if self.parse is None:
+            return raw
+        return self.parse(raw, self.flags[0], parsed)
+
+
+_NO_VALUE: Any = object()
+
+
+def option(*flags: str, default: Any = None, value: Any = _NO_VALUE, identity: bool = True, scope: str = "all",
+           **how: Any) -> Any:
+    """A config field declared with its option: flags, help, parser, default, identity.
+
+    ``value``: the field's default where ``parse(default)`` can't give it (a required option,
+    a default that depends on another option, or one that would import the model registry)."""
+    opt = Option(tuple(flags), default=default, identity=identity, scope=scope, **how)
+    if value is _NO_VALUE:
+        value = opt.value(tuple(default or ()) if opt.multiple else default, {})
+    metadata = {"option": opt, "identity": identity, "scope": scope, "unit": opt.unit, "by_content": opt.by_content}
+    if isinstance(value, (list, dict, set)):
+        return field(default_factory=lambda: copy.deepcopy(value), metadata=metadata)
+    return field(default=value, metadata=metadata)
+
+
+def options_of(cls: type) -> list[tuple[str, Option]]:
+    """(field name, Option) of a config class, in field order = --help order."""
+    return [(f.name, f.metadata["option"]) for f in fields(cls) if "option" in f.metadata]
+
+
+def click_params(cls: type, defaults: dict[str, Any] | None = None) -> list[click.Parameter]:
+    """The command's options, generated from the config class's fields (``--config`` first)."""
+    defaults = defaults or {}
+    return [config_option(), *(opt.to_click(name, defaults.get(name, MISSING)) for name, opt in options_of(cls))]
+
+
+def build_config(cls: type, params: dict[str, Any]) -> Any:
+    """A validated config from click's option values (keyed by field name); a missing key takes
+    the option's declared default."""
+    declared = dict(options_of(cls))
+    unknown = set(params) - set(declared)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no option {', '.join(sorted(unknown))}")
+    parsed: dict[str, Any] = {}
+    for name, opt in declared.items():
+        parsed[name] = opt.value(params.get(name, opt.default), parsed)
+    return cls(**parsed).validate()
+
+
 # --------------------------------------------------------------------------------------------
 # The configurations
 
 
 @dataclass
 class RunConfig:
-    """``bench run`` / ``bench profile``: cells = models x res x modes x batches."""
+    """``bench run`` / ``bench profile``: cells = models x res x modes x batches.
 
-    models: list[str] = field(default_factory=list, metadata=meta(identity=False))
-    res: list[tuple[int, int]] = field(default_factory=lambda: [(224, 224)], metadata=meta(identity=False))
-    modes: list[str] = field(default_factory=lambda: list(MODES), metadata=meta(identity=False))
-    batches: list[int | str] = field(default_factory=lambda: [1], metadata=meta(identity=False))
-    task: str = field(default="cls", metadata=meta())
-    device: str = field(default="auto", metadata=meta(identity=False))  # the device *name* is in identity
-    dtype: str = field(default="fp32", metadata=meta())
-    tf32: bool = field(default=True, metadata=meta())
-    cudnn_benchmark: bool = field(default=False, metadata=meta())
-    channels_last: bool = field(default=False, metadata=meta())
-    compile: bool = field(default=False, metadata=meta())
-    budget: float = field(default=2.0, metadata=meta(unit="s"))
-    max_time: float = field(default=20.0, metadata=meta(unit="s"))
-    engine: str = field(default="none", metadata=meta(scope="train"))
-    zero: int = field(default=0, metadata=meta(scope="train"))
-    ds_config: str | None = field(default=None, metadata=meta(scope="train"))
-    grad_clip: float = field(default=0.0, metadata=meta(scope="train"))
-    profile: bool = field(default=False, metadata=meta())
-    max_batch: int = field(default=1024, metadata=meta())
-    time_auto_batch: bool = field(default=False, metadata=meta())
-    threads: int | None = field(default=None, metadata=meta(identity=False))  # threads per rank: runtime
-    nproc: int = field(default=1, metadata=meta(identity=False))  # world size: runtime
-    timeout: float = field(default=300.0, metadata=meta(identity=False, unit="s"))
-    out: str | None = field(default=None, metadata=meta(identity=False))
-    no_report: bool = field(default=False, metadata=meta(identity=False))
+    Each field is one option (see ``option``), in --help order; the sweep axes (models, res,
+    modes, batches), the runtime (threads, ranks) and where results go are not in identity."""
+
+    models: list[str] = option("--models", required=True, parse=_models, value=[], identity=False,
+                               help="Comma-separated, e.g. pvt_small,vit_s,resnet50.")
+    task: str = option("--task", default="cls", choices=TASKS,
+                       help="cls: the backbone as a classifier; det: RetinaNet + FPN; seg: Semantic FPN (the "
+                            "paper's set-ups).")
+    res: list[tuple[int, int]] = option(
+        "--res", parse=_res_for_task, value=[(224, 224)], identity=False,
+        help="Sizes, height first: 224,512,800, 512x640 or a range 224:1024:64 (multiples of 32; det pads to 32) "
+             f"[default: {', '.join(f'{task} {size}' for task, size in DEFAULT_RES.items())}].")
+    batches: list[int | str] = option("--batch", default="1", parse=_batches, identity=False,
+                                      help="Batch sizes per rank, or 'auto'.")
+    modes: list[str] = option("--modes", default="infer,train", parse=_modes, identity=False,
+                              help="infer, train or both.")
+    budget: float = option("--budget", default="2", parse=Float(0, min_open=True, maximum=86400), unit="s",
+                           help="Soft target: seconds of timing per cell.")
+    max_time: float = option("--max-time", default="20", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
+                             help="Hard cap per cell in seconds, warm-up included.")
+    device: str = option("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                         identity=False)  # the device *name* is in identity (runtime)
+    dtype: str = option("--dtype", default="fp32", choices=DTYPE_CHOICES,
+                        help="bf16/fp16: autocast with fp32 weights (every engine); bf16-weights: the model cast "
+                             "to bf16.")
+    tf32: bool = option("--tf32", default="on", choices=("on", "off"), parse=_on_off,
+                        help="TF32 for fp32 convs and matmuls alike on CUDA (what people train with; timm's "
+                             "benchmark too).")
+    cudnn_benchmark: bool = option("--cudnn-benchmark", is_flag=True,
+                                   help="Let cuDNN pick conv algorithms by timing them (CUDA).")
+    channels_last: bool = option("--channels-last", is_flag=True, help="NHWC memory format for models and inputs.")
+    compile: bool = option("--compile", is_flag=True,
+                           help="torch.compile the model (compile time recorded apart).")
+    engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
+    zero: int = option("--zero", default=0, int_range=(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
+    ds_config: str | None = option("--ds-config", scope="train", by_content=True,
+                                   help="Your DeepSpeed JSON config (deep-merged over the generated one).")
+    grad_clip: float = option("--grad-clip", default="0", parse=Float(0), scope="train",
+                              help="Gradient clipping for every engine (0 = off).")
+    nproc: int = option("--nproc", default="1", parse=Int(), identity=False,  # world size: runtime
+                        help="Ranks on this node (self-launch via torchrun).")
+    threads: int | None = option("--threads", parse=Int(optional=True), identity=False,  # runtime
+                                 help="Intra-op threads per rank (default: allotted cores / ranks).")
+    profile: bool = option("--profile", is_flag=True, help="Record torch.profiler traces per cell into RUN_DIR/traces.")
+    max_batch: int = option("--max-batch", default="1024", parse=Int(), help="Upper bound for --batch auto.")
+    time_auto_batch: bool = option("--time-auto-batch", is_flag=True,
+                                   help="Also time the batch --batch auto finds (default: record the frontier only, "
+                                        "one step per trial).")
+    timeout: float = option("--timeout", default="300", parse=Float(0, min_open=True, maximum=7 * 86400),
+                            identity=False, unit="s", help="Seconds before a stuck collective ends the job.")
+    out: str | None = option("--out", identity=False, help="Run directory (default results/<run-id>).")
+    no_report: bool = option("--no-report", is_flag=True, identity=False,
+                             help="Don't render RUN_DIR/report.html at the end.")
 
     kind = "run"
 
@@ -249,31 +454,53 @@ class RunConfig:
 
 @dataclass
 class FinetuneConfig:
-    """``bench finetune``: cells = models x res, each a short RetinaNet / Semantic FPN fine-tune."""
+    """``bench finetune``: cells = models x res, each a short RetinaNet / Semantic FPN fine-tune.
 
-    models: list[str] = field(default_factory=list, metadata=meta(identity=False))
-    res: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512)], metadata=meta(identity=False))
-    task: str = field(default="seg", metadata=meta())
-    data: str = field(default="synthetic", metadata=meta())
-    steps: int = field(default=100, metadata=meta())
-    batch: int = field(default=2, metadata=meta())
-    lr: float = field(default=1e-4, metadata=meta())
-    weight_decay: float = field(default=1e-4, metadata=meta())
-    grad_clip: float = field(default=0.0, metadata=meta())
-    dtype: str = field(default="fp32", metadata=meta())
-    engine: str = field(default="none", metadata=meta())
-    zero: int = field(default=0, metadata=meta())
-    seed: int = field(default=0, metadata=meta())
-    train_images: int | None = field(default=None, metadata=meta())
-    val_images: int | None = field(default=None, metadata=meta())
-    synthetic_classes: int = field(default=3, metadata=meta())
-    fpn_channels: int = field(default=256, metadata=meta())
-    head_norm: str = field(default="none", metadata=meta())
-    bn_mode: str = field(default="auto", metadata=meta())
-    checkpoints: dict[str, str] = field(default_factory=dict, metadata=meta(identity=False))  # per cell
-    workers: int = field(default=0, metadata=meta(identity=False))
-    nproc: int = field(default=1, metadata=meta(identity=False))
-    out: str | None = field(default=None, metadata=meta(identity=False))
+    Each field is one option (see ``option``), in --help order."""
+
+    task: str = option("--task", choices=("det", "seg"), required=True, value="seg",
+                       help="det: RetinaNet; seg: Semantic FPN.")
+    models: list[str] = option("--models", default="pvt_small,vit_s,resnet50", parse=_models, value=[],
+                               identity=False, help="Comma-separated backbones.")
+    res: list[tuple[int, int]] = option("--res", default="512", parse=_res, identity=False,
+                                        help="Sizes, e.g. 512 or 512x640 (multiples of 32).")
+    steps: int = option("--steps", default="100", parse=Int())
+    batch: int = option("--batch", default="2", parse=Int(), help="Images per step per rank.")
+    data: str = option("--data", default="synthetic",
+                       help="synthetic | coco:DIR (annotations/instances_{train,val}2017.json, {train,val}2017/) | "
+                            "ade20k:DIR (images/ and annotations/{training,validation}/); layouts in bench/data/.")
+    train_images: int | None = option("--train-images", parse=Int(optional=True),
+                                      help="Synthetic: scenes to train on (default 512); real data: the first N.")
+    val_images: int | None = option("--val-images", parse=Int(optional=True),
+                                    help="Synthetic: scenes to score on (default 64); real data: the first N.")
+    synthetic_classes: int = option("--classes", default=3, int_range=(1, 4),
+                                    help="Synthetic: object classes (shapes).")
+    checkpoints: dict[str, str] = option(  # per cell, not a setting of the run
+        "--checkpoint", multiple=True, metavar="MODEL=PATH", parse=_checkpoints, identity=False,
+        help="ImageNet weights for one backbone (official PVT .pth, timm .safetensors/.pth); repeatable.")
+    fpn_channels: int = option("--fpn-channels", default="256", parse=Int(8),
+                               help="FPN width (the paper's 256; Semantic FPN's head gets half). Narrower is for "
+                                    "quick CPU runs.")
+    head_norm: str = option("--head-norm", default="none", choices=("none", "gn"),
+                            help="RetinaNet head: none = the paper's; gn = GroupNorm convs (torchvision's v2 head).")
+    bn_mode: str = option("--bn-mode", default="auto", choices=("auto", "frozen", "train", "sync"),
+                          help="Backbone BatchNorm: frozen statistics and affine (the paper's mmdet/mmseg baselines, "
+                               "which start from ImageNet weights), train, or sync (SyncBatchNorm, needs --engine "
+                               "ddp); auto = frozen with a --checkpoint, train from scratch (frozen random "
+                               "statistics would cripple the backbone).")
+    lr: float = option("--lr", default="1e-4", parse=Float(0, min_open=True, maximum=10),
+                       help="AdamW learning rate (paper: 1e-4).")
+    weight_decay: float = option("--weight-decay", default="1e-4", parse=Float(0, maximum=10))
+    grad_clip: float = option("--grad-clip", default="0", parse=Float(0), help="Max gradient norm; 0 = off.")
+    engine: str = option("--engine", default="none", choices=engine_choices)
+    zero: int = option("--zero", default=0, int_range=(0, 3), help="DeepSpeed ZeRO stage.")
+    nproc: int = option("--nproc", default="1", parse=Int(), identity=False,
+                        help="Ranks on this node (re-launches under torchrun).")
+    dtype: str = option("--dtype", default="fp32", choices=DTYPE_CHOICES)
+    seed: int = option("--seed", default="0", parse=Int(0))
+    workers: int = option("--workers", default="0", parse=Int(0), identity=False,
+                          help="Data-loading processes per rank.")
+    out: str | None = option("--out", identity=False, help="Run directory (default results/<run-id>).")
 
     kind = "finetune"
 
@@ -296,13 +523,13 @@ def identity(cfg: RunConfig | FinetuneConfig, train: bool, runtime: dict[str, An
     """Every setting that makes two measurements comparable, as a flat dict (see module docstring).
 
     ``runtime``: facts of the process that ran it (world size, device name and count, threads per
-    rank). A file-valued setting (``ds_config``) enters by its content hash."""
+    rank). A file-valued setting (``by_content``, e.g. ``ds_config``) enters by its content hash."""
     out: dict[str, Any] = {"kind": cfg.kind}
     for f in fields(cfg):
         if not f.metadata.get("identity", True) or (f.metadata.get("scope") == "train" and not train):
             continue
         value = getattr(cfg, f.name)
-        out[f.name] = file_digest(value) if f.name == "ds_config" else value
+        out[f.name] = file_digest(value) if f.metadata.get("by_content") else value
     if not train and "engine" in {f.name for f in fields(cfg)}:
         out["engine"] = "none"
     return {**out, **runtime}
@@ -362,147 +589,34 @@ def config_option() -> click.Option:
 
 
 def run_params() -> list[click.Parameter]:
-    """The options of ``bench run`` (and ``bench profile``), in --help order."""
-    O = click.Option
-    return [
-        config_option(),
-        O(["--models", "models_text"], required=True, help="Comma-separated, e.g. pvt_small,vit_s,resnet50."),
-        O(["--task"], default="cls", show_default=True, type=click.Choice(TASKS),
-          help="cls: the backbone as a classifier; det: RetinaNet + FPN; seg: Semantic FPN (the paper's set-ups)."),
-        O(["--res", "res_text"], default=None,
-          help="Sizes, height first: 224,512,800, 512x640 or a range 224:1024:64 (multiples of 32; det pads to "
-               "32) [default: cls 224, det 800x1333, seg 512]."),
-        O(["--batch", "batch_text"], default="1", show_default=True, help="Batch sizes per rank, or 'auto'."),
-        O(["--modes", "modes_text"], default="infer,train", show_default=True, help="infer, train or both."),
-        O(["--budget"], default="2", show_default=True, help="Soft target: seconds of timing per cell."),
-        O(["--max-time"], default="20", show_default=True,
-          help="Hard cap per cell in seconds, warm-up included."),
-        O(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
-        O(["--dtype"], default="fp32", show_default=True, type=click.Choice(DTYPE_CHOICES),
-          help="bf16/fp16: autocast with fp32 weights (every engine); bf16-weights: the model cast to bf16."),
-        O(["--tf32"], default="on", show_default=True, type=click.Choice(["on", "off"]),
-          help="TF32 for fp32 convs and matmuls alike on CUDA (what people train with; timm's benchmark too)."),
-        O(["--cudnn-benchmark"], is_flag=True, help="Let cuDNN pick conv algorithms by timing them (CUDA)."),
-        O(["--channels-last"], is_flag=True, help="NHWC memory format for models and inputs."),
-        O(["--compile", "use_compile"], is_flag=True, help="torch.compile the model (compile time recorded apart)."),
-        O(["--engine"], default="none", show_default=True, type=click.Choice(engine_choices()), help="Training engine."),
-        O(["--zero"], default=0, show_default=True, type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
-        O(["--ds-config"], help="Your DeepSpeed JSON config (deep-merged over the generated one)."),
-        O(["--grad-clip"], default="0", show_default=True, help="Gradient clipping for every engine (0 = off)."),
-        O(["--nproc"], default="1", show_default=True, help="Ranks on this node (self-launch via torchrun)."),
-        O(["--threads"], default=None, help="Intra-op threads per rank (default: allotted cores / ranks)."),
-        O(["--profile"], is_flag=True, help="Record torch.profiler traces per cell into RUN_DIR/traces."),
-        O(["--max-batch"], default="1024", show_default=True, help="Upper bound for --batch auto."),
-        O(["--time-auto-batch"], is_flag=True,
-          help="Also time the batch --batch auto finds (default: record the frontier only, one step per trial)."),
-        O(["--timeout", "timeout_s"], default="300", show_default=True,
-          help="Seconds before a stuck collective ends the job."),
-        O(["--out", "out_dir"], default=None, help="Run directory (default results/<run-id>)."),
-        O(["--no-report"], is_flag=True, help="Don't render RUN_DIR/report.html at the end."),
-    ]
+    """The options of ``bench run``, generated from ``RunConfig``'s fields."""
+    return click_params(RunConfig)
+
+
+def profile_params() -> list[click.Parameter]:
+    """``bench profile``: ``bench run``'s options, tracing on and inference cells unless --modes says otherwise."""
+    return click_params(RunConfig, {"modes": "infer", "profile": True})
 
 
 def run_config(params: dict[str, Any]) -> RunConfig:
     """Validated ``RunConfig`` from the parsed option values of ``run_params``."""
-    p = params
-    threads = None if p.get("threads") in (None, "") else parse_int(p["threads"], "--threads")
-    task = p.get("task") or "cls"
-    res_text = p["res_text"] if p.get("res_text") not in (None, "") else DEFAULT_RES[task]
-    return RunConfig(
-        models=parse_models(p["models_text"]), res=parse_resolutions(res_text, 1 if task == "det" else 32),
-        modes=parse_modes(p["modes_text"]), batches=parse_batches(p["batch_text"]),
-        task=task, device=p["device"], dtype=p["dtype"], tf32=p["tf32"] == "on",
-        cudnn_benchmark=p["cudnn_benchmark"], channels_last=p["channels_last"], compile=p["use_compile"],
-        budget=parse_float(p["budget"], "--budget", 0, min_open=True, maximum=86400),
-        max_time=parse_float(p["max_time"], "--max-time", 0, min_open=True, maximum=7 * 86400),
-        engine=p["engine"], zero=p["zero"], ds_config=p["ds_config"],
-        grad_clip=parse_float(p["grad_clip"], "--grad-clip", 0), nproc=parse_int(p["nproc"], "--nproc"),
-        threads=threads, profile=p["profile"], max_batch=parse_int(p["max_batch"], "--max-batch"),
-        time_auto_batch=p["time_auto_batch"],
-        timeout=parse_float(p["timeout_s"], "--timeout", 0, min_open=True, maximum=7 * 86400),
-        out=p["out_dir"], no_report=p["no_report"],
-    ).validate()
+    return build_config(RunConfig, params)
 
 
 def finetune_params() -> list[click.Parameter]:
-    O = click.Option
-    return [
-        config_option(),
-        O(["--task"], type=click.Choice(["det", "seg"]), required=True, help="det: RetinaNet; seg: Semantic FPN."),
-        O(["--models", "models_text"], default="pvt_small,vit_s,resnet50", show_default=True,
-          help="Comma-separated backbones."),
-        O(["--res", "res_text"], default="512", show_default=True, help="Sizes, e.g. 512 or 512x640 (multiples of 32)."),
-        O(["--steps"], default="100", show_default=True),
-        O(["--batch"], default="2", show_default=True, help="Images per step per rank."),
-        O(["--data"], default="synthetic", show_default=True,
-          help="synthetic | coco:DIR (annotations/instances_{train,val}2017.json, {train,val}2017/) | "
-               "ade20k:DIR (images/ and annotations/{training,validation}/); layouts in bench/data/."),
-        O(["--train-images"], default=None, help="Synthetic: scenes to train on (default 512); real data: the first N."),
-        O(["--val-images"], default=None, help="Synthetic: scenes to score on (default 64); real data: the first N."),
-        O(["--classes", "synthetic_classes"], type=click.IntRange(1, 4), default=3, show_default=True,
-          help="Synthetic: object classes (shapes)."),
-        O(["--checkpoint", "checkpoint_items"], multiple=True, metavar="MODEL=PATH",
-          help="ImageNet weights for one backbone (official PVT .pth, timm .safetensors/.pth); repeatable."),
-        O(["--fpn-channels"], default="256", show_default=True,
-          help="FPN width (the paper's 256; Semantic FPN's head gets half). Narrower is for quick CPU runs."),
-        O(["--head-norm"], type=click.Choice(["none", "gn"]), default="none", show_default=True,
-          help="RetinaNet head: none = the paper's; gn = GroupNorm convs (torchvision's v2 head)."),
-        O(["--bn-mode"], type=click.Choice(["auto", "frozen", "train", "sync"]), default="auto", show_default=True,
-          help="Backbone BatchNorm: frozen statistics and affine (the paper's mmdet/mmseg baselines, which start "
-               "from ImageNet weights), train, or sync (SyncBatchNorm, needs --engine ddp); auto = frozen with a "
-               "--checkpoint, train from scratch (frozen random statistics would cripple the backbone)."),
-        O(["--lr"], default="1e-4", show_default=True, help="AdamW learning rate (paper: 1e-4)."),
-        O(["--weight-decay"], default="1e-4", show_default=True),
-        O(["--grad-clip"], default="0", show_default=True, help="Max gradient norm; 0 = off."),
-        O(["--engine"], type=click.Choice(engine_choices()), default="none", show_default=True),
-        O(["--zero"], type=click.IntRange(0, 3), default=0, show_default=True, help="DeepSpeed ZeRO stage."),
-        O(["--nproc"], default="1", show_default=True, help="Ranks on this node (re-launches under torchrun)."),
-        O(["--dtype"], type=click.Choice(DTYPE_CHOICES), default="fp32", show_default=True),
-        O(["--seed"], default="0", show_default=True),
-        O(["--workers"], default="0", show_default=True, help="Data-loading processes per rank."),
-        O(["--out"], default=None, help="Run directory (default results/<run-id>)."),
-    ]
-
-
-def parse_checkpoints(items: tuple[str, ...] | list[str], models: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = str(item).partition("=")
-        if not sep or not name or not path:
-            raise BadInput(f"bad --checkpoint '{item}': give MODEL=PATH, e.g. pvt_small=pvt_small.pth")
-        if name not in models:
-            raise BadInput(f"--checkpoint names '{name}', which is not in --models ({', '.join(models)})")
-        if name in out:
-            raise BadInput(f"two --checkpoint values for '{name}': give one per model")
-        if not Path(path).is_file():
-            raise BadInput(f"checkpoint not found: {path} (for {name}; give a local .pth/.safetensors file)")
-        out[name] = path
-    return out
+    """The options of ``bench finetune``, generated from ``FinetuneConfig``'s fields."""
+    return click_params(FinetuneConfig)
 
 
 def finetune_config(params: dict[str, Any]) -> FinetuneConfig:
-    p = params
-    models = parse_models(p["models_text"])
-    optional = {k: None if p.get(k) in (None, "") else parse_int(p[k], "--" + k.replace("_", "-"))
-                for k in ("train_images", "val_images")}
-    return FinetuneConfig(
-        models=models, res=parse_resolutions(p["res_text"]), task=p["task"], data=p["data"],
-        steps=parse_int(p["steps"], "--steps"), batch=parse_int(p["batch"], "--batch"),
-        lr=parse_float(p["lr"], "--lr", 0, min_open=True, maximum=10),
-        weight_decay=parse_float(p["weight_decay"], "--weight-decay", 0, maximum=10),
-        grad_clip=parse_float(p["grad_clip"], "--grad-clip", 0), dtype=p["dtype"], engine=p["engine"],
-        zero=p["zero"], seed=parse_int(p["seed"], "--seed", minimum=0), **optional,
-        synthetic_classes=p["synthetic_classes"], fpn_channels=parse_int(p["fpn_channels"], "--fpn-channels", 8),
-        head_norm=p["head_norm"], bn_mode=p["bn_mode"], checkpoints=parse_checkpoints(p["checkpoint_items"], models),
-        workers=parse_int(p["workers"], "--workers", minimum=0), nproc=parse_int(p["nproc"], "--nproc"),
-        out=p["out"],
-    ).validate()
+    """Validated ``FinetuneConfig`` from the parsed option values of ``finetune_params``."""
+    return build_config(FinetuneConfig, params)
 
 
 # The commands whose options live here, and how each turns its options into a config.
 COMMANDS = {
     "run": (run_params, run_config),
-    "profile": (run_params, run_config),
+    "profile": (profile_params, run_config),
     "finetune": (finetune_params, finetune_config),
 }
 

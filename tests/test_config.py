@@ -6,9 +6,27 @@ the same command line must give the same identity dict and the same ``config_id`
 """
 from __future__ import annotations
 
+import dataclasses
+
+import click
 import pytest
 
-from bench.config import identity, identity_id, parse_command
+from bench.config import (
+    DEFAULT_RES,
+    FinetuneConfig,
+    Float,
+    Int,
+    RunConfig,
+    build_config,
+    click_params,
+    identity,
+    identity_id,
+    option,
+    options_of,
+    parse_command,
+    run_config,
+)
+from bench.errors import BadInput
 
 RUNTIME = {"world_size": 2, "device_name": "cpu-x", "device_count": 1, "threads": 4}
 
@@ -89,3 +107,114 @@ def test_settings_outside_identity_do_not_change_it(argv, tmp_path):
     else:
         other += ["--workers", "3"]
     assert _ident(other, True, RUNTIME) == base
+
+
+# ------------------------------------------------------------------------------------ one declaration per option
+
+def _command(cls, argv, defaults=None):
+    """Parse ``argv`` with the click command generated from ``cls`` and build the config."""
+    command = click.Command("x", params=click_params(cls, defaults))
+    ctx = command.make_context("x", list(argv))
+    return build_config(cls, ctx.params)
+
+
+def _with_warmup(**how):
+    """RunConfig plus one measuring setting, declared as one field and nothing else."""
+    spec = option("--warmup", default="0.5", parse=Float(0, maximum=60), help="Seconds of warm-up.", **how)
+    return dataclasses.make_dataclass("WarmupConfig", [("warmup", float, spec)], bases=(RunConfig,))
+
+
+def test_a_new_measuring_setting_is_one_field(tmp_path):
+    cls = _with_warmup(unit="s")
+    cfg = _command(cls, ["--models", "resnet18", "--warmup", "1.5"])
+    assert cfg.warmup == 1.5 and cfg.models == ["resnet18"]
+    assert cls(models=["resnet18"]).warmup == 0.5  # the field's default is the option's, parsed
+    ident = identity(cfg, True, RUNTIME)
+    assert ident["warmup"] == 1.5 and identity(cfg, False, RUNTIME)["warmup"] == 1.5
+    default = _command(cls, ["--models", "resnet18"])
+    assert identity_id(identity(default, True, RUNTIME)) != identity_id(ident)
+    # the old settings are untouched by the new field: only the new key differs
+    base = identity(_command(RunConfig, ["--models", "resnet18"]), True, RUNTIME)
+    assert identity(default, True, RUNTIME) == {**base, "warmup": 0.5}
+    # its parser's bounds hold, as one line
+    with pytest.raises(BadInput, match=r"^bad --warmup 'nan'"):
+        _command(cls, ["--models", "resnet18", "--warmup", "nan"])
+    with pytest.raises(BadInput, match=r"^bad --warmup '61': give a finite number >= 0 and <= 60$"):
+        _command(cls, ["--models", "resnet18", "--warmup", "61"])
+    # --help shows it, with its default, after the others; a --config file may set it
+    help_text = click.Command("x", params=click_params(cls)).get_help(click.Context(click.Command("x")))
+    assert "--warmup TEXT" in help_text and "Seconds of warm-up.  [default: 0.5]" in help_text
+    assert help_text.index("--no-report") < help_text.index("--warmup")
+    conf = tmp_path / "c.yaml"
+    conf.write_text("models: resnet18\nwarmup: 2\n")
+    assert _command(cls, ["--config", str(conf)]).warmup == 2.0
+
+
+def test_a_new_setting_can_opt_out_of_identity_or_of_inference_cells():
+    outside = _command(_with_warmup(identity=False), ["--models", "resnet18", "--warmup", "3"])
+    assert outside.warmup == 3.0 and "warmup" not in identity(outside, True, RUNTIME)
+    train_only = _command(_with_warmup(scope="train"), ["--models", "resnet18", "--warmup", "3"])
+    assert identity(train_only, True, RUNTIME)["warmup"] == 3.0
+    assert "warmup" not in identity(train_only, False, RUNTIME)
+
+
+@pytest.mark.parametrize("cls", [RunConfig, FinetuneConfig])
+def test_every_field_is_an_option_in_field_order(cls):
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert [name for name, _ in options_of(cls)] == names
+    params = click_params(cls)
+    assert params[0].name == "config" and [p.name for p in params[1:]] == names
+    help_text = click.Command("x", params=params).get_help(click.Context(click.Command("x")))
+    places = [help_text.index(f"  {opt.flags[0]} ") for _, opt in options_of(cls)]
+    assert places == sorted(places)  # --help lists them in field order
+
+
+def test_field_defaults_are_the_command_line_defaults():
+    """The dataclass built in code and the one the command line builds with no options agree."""
+    _, cfg, _ = parse_command(["run", "--models", "resnet18"])
+    assert cfg == RunConfig(models=["resnet18"])
+    _, cfg, _ = parse_command(["finetune", "--task", "seg"])
+    assert cfg == FinetuneConfig(models=["pvt_small", "vit_s", "resnet50"], task="seg")
+
+
+def test_profile_defaults_to_traced_inference_cells():
+    _, cfg, _ = parse_command(["profile", "--models", "resnet18"])
+    assert cfg.profile and cfg.modes == ["infer"]
+    _, cfg, _ = parse_command(["profile", "--models", "resnet18", "--modes", "train"])
+    assert cfg.profile and cfg.modes == ["train"]
+    _, run, _ = parse_command(["run", "--models", "resnet18", "--profile", "--modes", "infer"])
+    assert identity(cfg, False, {}) == identity(run, False, {})
+
+
+def test_default_res_follows_the_task():
+    for task, size in DEFAULT_RES.items():
+        _, cfg, _ = parse_command(["run", "--models", "resnet18", "--task", task])
+        h, _, w = size.partition("x")
+        assert cfg.res == [(int(h), int(w or h))]
+    _, cfg, _ = parse_command(["run", "--models", "resnet18", "--task", "det", "--res", "100x130"])
+    assert cfg.res == [(100, 130)]  # det pads itself: any side
+    with pytest.raises(BadInput, match="bad resolution '100x130'"):
+        parse_command(["run", "--models", "resnet18", "--task", "seg", "--res", "100x130"])
+
+
+def test_build_config_refuses_a_value_for_no_option():
+    with pytest.raises(TypeError, match="modes_text"):
+        run_config({"models": "resnet18", "modes_text": "infer"})
+    assert run_config({"models": "resnet18"}) == RunConfig(models=["resnet18"])  # the rest: declared defaults
+
+
+def _numeric_options():
+    for cls, base in ((RunConfig, ["run", "--models", "resnet18"]), (FinetuneConfig, ["finetune", "--task", "seg"])):
+        for name, opt in options_of(cls):
+            if isinstance(opt.parse, (Int, Float)):
+                yield pytest.param(base, opt.flags[0], id=f"{cls.kind}-{name}")
+
+
+@pytest.mark.parametrize("base, flag", list(_numeric_options()))
+@pytest.mark.parametrize("text", ["nan", "inf", "1_0", "\uff11", "0x1", "1,5", "9" * 400])
+def test_every_number_option_is_strict(base, flag, text):
+    """Each declared number option refuses look-alikes, as one line naming the flag."""
+    with pytest.raises(BadInput) as info:
+        parse_command([*base, flag, text])
+    message = info.value.format_message()
+    assert len(message.splitlines()) == 1 and message.startswith(f"bad {flag} ")

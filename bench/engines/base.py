@@ -1,10 +1,18 @@
-"""The engine interface: what runs a training step (plain PyTorch, DDP, DeepSpeed ZeRO, ...).
+"""The engine interface: what runs a training step (plain PyTorch, DDP, DeepSpeed ZeRO, FSDP2, ...).
 
-An engine is one module that registers a builder with ``@register_engine(name)``; the builder
-takes the bare model, the rank context and a ``TrainSpec`` and returns a ``Trainer``:
-``trainer.model`` is what forward is called on, ``trainer.module`` the bare model, and
-``trainer.step(loss)`` does backward + optimizer step + zero-grad the way the engine wants.
-Adding an engine (FSDP2, say) is one file in this folder plus its import in ``__init__``.
+An engine is one module with an ``Engine`` subclass registered by ``@register_engine(name)``. It
+owns everything engine-specific, so nothing outside ``bench/engines/`` tests an engine's name:
+- ``build(model, ctx, spec) -> Trainer``: ``trainer.model`` is what forward is called on,
+  ``trainer.module`` the bare model, and ``trainer.step(loss)`` does backward + optimizer step +
+  zero-grad the way the engine wants;
+- ``options``: the settings only it reads (DeepSpeed's ``zero``, ``ds_config``); given under
+  another engine they are refused rather than silently ignored;
+- ``validate(settings)``: the combinations it refuses (``distributed = False``: several training
+  ranks would each train their own model);
+- ``label(record)``: how a report names it ("deepspeed ZeRO-2"), through ``engine_label``;
+- ``record_fields(trainer)``: what it adds to a cell's record (DeepSpeed's effective config);
+- ``self_autocast``: whether it applies mixed precision inside its own step.
+Adding an engine is one file in this folder plus its import in ``__init__``.
 
 Like for like across engines (so a difference in a figure is the engine's, not the set-up's):
 - the same optimizer implementation (torch AdamW, ``fused`` where the device has it, else
@@ -18,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -67,8 +75,10 @@ class Trainer:
     input_dtype: torch.dtype = torch.float32
     optimizer: torch.optim.Optimizer | None = None
     optimizer_impl: str = ""
-    ds_config: dict | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The engine's effective configuration where it has one (DeepSpeed's JSON), for its record_fields.
+    engine_config: dict | None = None
+    # Set by build_trainer from the engine: it applies mixed precision inside its own step.
+    self_autocast: bool = False
 
     def step(self, loss: torch.Tensor) -> None:
         self._step(loss)
@@ -76,19 +86,79 @@ class Trainer:
     def autocast(self):
         """Mixed precision for engines that don't autocast themselves (DeepSpeed does)."""
         amp = autocast_dtype(self.dtype)
-        if amp is None or self.engine == "deepspeed":
+        if amp is None or self.self_autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=amp)
 
 
-EngineBuilder = Callable[[nn.Module, DistContext, TrainSpec], Trainer]
-_ENGINES: dict[str, EngineBuilder] = {}
+def trains(settings: Any) -> bool:
+    """Whether a config trains: ``bench run`` when its modes include train, a fine-tune always."""
+    return "train" in getattr(settings, "modes", ("train",))
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class EngineOption:
+    """A setting only one engine reads (a config field). Given (``used(value)``) under another
+    engine it is refused: it would be silently ignored yet recorded as if it had an effect.
+    ``check(value)`` refuses a malformed value whatever the engine (a missing file is said as
+    such, not as a wrong engine)."""
+
+    name: str
+    used: Callable[[Any], bool] = bool
+    why: str = ""
+    check: Callable[[Any], None] | None = None
+
+
+class Engine:
+    """What an engine is to the rest of bench (see the module docstring). Subclass, override what
+    differs, register with ``@register_engine(name)``."""
+
+    name: str = ""
+    distributed: bool = True  # syncs gradients across ranks: several training ranks make sense
+    self_autocast: bool = False  # mixed precision inside its own step (DeepSpeed's torch_autocast)
+    options: tuple[EngineOption, ...] = ()
+    record_keys: tuple[str, ...] = ()  # the record fields it may set (None in every other record)
+
+    def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        raise NotImplementedError
+
+    def validate(self, settings: Any) -> None:
+        """Refuse what this engine cannot do with ``settings`` (a RunConfig or FinetuneConfig)."""
+        if not self.distributed and getattr(settings, "nproc", 1) > 1 and trains(settings):
+            others = " or ".join(f"--engine {e.name}" for e in _ENGINES.values() if e.distributed)
+            infer = " (or --modes infer)" if hasattr(settings, "modes") else ""
+            raise BadInput(f"--nproc > 1 with --engine {self.name} would train a separate model per rank with no "
+                           f"gradient sync: use {others}{infer}")
+
+    def label(self, record: dict) -> str:
+        """How reports name a record's set-up (``record["engine"]`` is this engine)."""
+        return self.name
+
+    def settings_fields(self, settings: Any) -> dict[str, Any]:
+        """Fields of a training cell's record known before it runs (a failed cell keeps them)."""
+        return {}
+
+    def record_fields(self, trainer: Trainer) -> dict[str, Any]:
+        """Fields of a training cell's record from the built trainer (its effective configuration)."""
+        return {}
+
+
+_ENGINES: dict[str, Engine] = {}
+# What a distributed launch (Slurm, several tasks) uses when no --engine is given.
+DEFAULT_DISTRIBUTED = "ddp"
 
 
 def register_engine(name: str):
-    def wrap(fn: EngineBuilder) -> EngineBuilder:
-        _ENGINES[name] = fn
-        return fn
+    """Class decorator: ``@register_engine("fsdp2") class FSDP2(Engine): ...`` registers one instance."""
+
+    def wrap(cls: type[Engine]) -> type[Engine]:
+        cls.name = name
+        _ENGINES[name] = cls()
+        return cls
 
     return wrap
 
@@ -97,14 +167,58 @@ def engine_names() -> list[str]:
     return list(_ENGINES)
 
 
+def get_engine(name: str) -> Engine:
+    if name not in _ENGINES:
+        raise BadInput(f"unknown engine '{name}'; choose from {', '.join(_ENGINES)}")
+    return _ENGINES[name]
+
+
+def validate_engine_settings(settings: Any) -> None:
+    """The engine rules of a config: every engine-owned option well-formed and given only with its
+    engine, then the chosen engine's own refusals."""
+    chosen = get_engine(settings.engine)
+    for engine in _ENGINES.values():
+        for opt in engine.options:
+            value = getattr(settings, opt.name, None)
+            if value is None or not opt.used(value):
+                continue
+            if opt.check is not None:
+                opt.check(value)
+            if engine is not chosen:
+                why = f" ({opt.why})" if opt.why else ""
+                raise BadInput(f"{option_flag(opt.name)} {value} needs --engine {engine.name}{why}")
+    chosen.validate(settings)
+
+
+def engine_label(record: dict) -> str:
+    """A record's engine as reports name it ("deepspeed ZeRO-2"); an engine no longer registered
+    (an old record) by its name."""
+    name = str(record.get("engine") or "none")
+    return _ENGINES[name].label(record) if name in _ENGINES else name
+
+
+def base_record_fields(settings: Any, train: bool) -> dict[str, Any]:
+    """Every engine's record fields, None unless the engine in use sets them from ``settings``
+    (so records keep one shape); an inference cell has no engine."""
+    out: dict[str, Any] = {key: None for engine in _ENGINES.values() for key in engine.record_keys}
+    if train:
+        out.update(get_engine(settings.engine).settings_fields(settings))
+    return out
+
+
+def trainer_record_fields(trainer: Trainer) -> dict[str, Any]:
+    return get_engine(trainer.engine).record_fields(trainer)
+
+
 def build_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
-    if spec.engine not in _ENGINES:
-        raise BadInput(f"unknown engine '{spec.engine}'; choose from {', '.join(_ENGINES)}")
+    engine = get_engine(spec.engine)
     if spec.dtype not in DTYPES:
         raise BadInput(f"unknown dtype '{spec.dtype}'; choose from {', '.join(DTYPES)}")
     model = model.to(ctx.device)
     model.train()
-    return _ENGINES[spec.engine](model, ctx, spec)
+    trainer = engine.build(model, ctx, spec)
+    trainer.self_autocast = engine.self_autocast
+    return trainer
 
 
 def make_optimizer(model: nn.Module, spec: TrainSpec, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
@@ -115,9 +229,11 @@ def make_optimizer(model: nn.Module, spec: TrainSpec, device: torch.device) -> t
     return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True), "torch.AdamW(foreach)"
 
 
-def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSpec, device: torch.device):
-    """backward + (unscale, clip) + step + zero-grad, with a GradScaler for fp16 autocast on CUDA."""
-    scaler = torch.amp.GradScaler(device.type) if spec.dtype == "fp16" and device.type == "cuda" else None
+def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSpec, device: torch.device,
+               scaler_class: type = torch.amp.GradScaler):
+    """backward + (unscale, clip) + step + zero-grad, with a GradScaler for fp16 autocast on CUDA
+    (``scaler_class``: FSDP2 needs its sharded one, whose inf check spans the ranks)."""
+    scaler = scaler_class(device.type) if spec.dtype == "fp16" and device.type == "cuda" else None
 
     def step(loss: torch.Tensor) -> None:
         if scaler is not None:
@@ -138,7 +254,7 @@ def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSp
 
 
 def single_process_group(ctx: DistContext) -> None:
-    """DDP/DeepSpeed at world size 1 still need a process group: make a private one."""
+    """DDP/DeepSpeed/FSDP2 at world size 1 still need a process group: make a private one."""
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -5,6 +5,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.engines.base import (
+    Engine,
+    EngineOption,
     Trainer,
     TrainSpec,
     make_optimizer,
@@ -17,15 +19,20 @@ from bench.launch.context import DistContext
 
 
 @register_engine("ddp")
-def ddp_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
-    if not ctx.distributed:
-        single_process_group(ctx)
-    model = model.to(weight_dtype(spec.dtype))
-    wrapped = DistributedDataParallel(
-        model,
-        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-        find_unused_parameters=spec.find_unused_parameters,
-    )
-    optimizer, impl = make_optimizer(model, spec, ctx.device)
-    return Trainer(wrapped, model, "ddp", spec.dtype, ctx.device, torch_step(model, optimizer, spec, ctx.device),
-                   input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)
+class DDP(Engine):
+    # A fine-tune's SyncBatchNorm reduces its statistics over DDP's process group.
+    options = (EngineOption("bn_mode", lambda v: v == "sync", "SyncBatchNorm syncs across DDP ranks"),)
+
+    def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        if not ctx.distributed:
+            single_process_group(ctx)
+        model = model.to(weight_dtype(spec.dtype))
+        wrapped = DistributedDataParallel(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=spec.find_unused_parameters,
+        )
+        optimizer, impl = make_optimizer(model, spec, ctx.device)
+        return Trainer(wrapped, model, self.name, spec.dtype, ctx.device,
+                       torch_step(model, optimizer, spec, ctx.device),
+                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)

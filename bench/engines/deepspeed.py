@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from bench.engines.base import (
+    Engine,
+    EngineOption,
     Trainer,
     TrainSpec,
     autocast_dtype,
     make_optimizer,
     register_engine,
     single_process_group,
+    trains,
     weight_dtype,
 )
 from bench.errors import BadInput
@@ -102,30 +107,65 @@ def effective_zero_stage(cfg: dict) -> int:
     return int((cfg.get("zero_optimization") or {}).get("stage", 0))
 
 
+def _check_ds_config_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise BadInput(f"DeepSpeed config not found: {path}")
+    load_ds_config(path)  # malformed JSON fails here, before anything runs
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 @register_engine("deepspeed")
-def deepspeed_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
-    if ctx.device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    user = load_ds_config(spec.ds_config) if spec.ds_config else None
-    if not ctx.distributed:
-        single_process_group(ctx)
-    import deepspeed
+class DeepSpeed(Engine):
+    self_autocast = True  # through the config's torch_autocast section
+    options = (EngineOption("zero"), EngineOption("ds_config", lambda v: v is not None, check=_check_ds_config_file))
+    record_keys = ("zero", "ds_config")
 
-    cfg = deepspeed_config(spec, ctx.world_size, user)
-    optimizer, impl = make_optimizer(model, spec, ctx.device)
-    try:
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
-    except (ValueError, AssertionError, KeyError, TypeError) as exc:
-        raise BadInput(f"DeepSpeed rejected the config: {str(exc).splitlines()[0][:300]}") from None
+    def validate(self, settings: Any) -> None:
+        super().validate(settings)
+        if trains(settings):
+            batches = getattr(settings, "batches", None) or [getattr(settings, "batch", 1)]
+            micro = next((b for b in batches if isinstance(b, int)), 1)
+            check_config(TrainSpec(engine=self.name, zero=settings.zero, dtype=settings.dtype,
+                                   grad_clip=settings.grad_clip, micro_batch=micro,
+                                   ds_config=getattr(settings, "ds_config", None)))
 
-    def step(loss: torch.Tensor) -> None:
-        engine.backward(loss)
-        engine.step()
+    def label(self, record: dict) -> str:
+        zero = record.get("zero")
+        return self.name if _missing(zero) else f"{self.name} ZeRO-{int(zero)}"
 
-    # Inputs must match the weights: bf16 when the config's bf16 (or fp16) section casts the model.
-    input_dtype = weight_dtype(spec.dtype)
-    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        if (cfg.get(name) or {}).get("enabled"):
-            input_dtype = dt
-    return Trainer(engine, model, "deepspeed", spec.dtype, ctx.device, step, input_dtype=input_dtype,
-                   optimizer=optimizer, optimizer_impl=impl, ds_config=cfg)
+    def settings_fields(self, settings: Any) -> dict[str, Any]:
+        return {"zero": settings.zero}
+
+    def record_fields(self, trainer: Trainer) -> dict[str, Any]:
+        cfg = trainer.engine_config or {}
+        return {"ds_config": cfg, "zero": effective_zero_stage(cfg)}
+
+    def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        if ctx.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        user = load_ds_config(spec.ds_config) if spec.ds_config else None
+        if not ctx.distributed:
+            single_process_group(ctx)
+        import deepspeed
+
+        cfg = deepspeed_config(spec, ctx.world_size, user)
+        optimizer, impl = make_optimizer(model, spec, ctx.device)
+        try:
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+        except (ValueError, AssertionError, KeyError, TypeError) as exc:
+            raise BadInput(f"DeepSpeed rejected the config: {str(exc).splitlines()[0][:300]}") from None
+
+        def step(loss: torch.Tensor) -> None:
+            engine.backward(loss)
+            engine.step()
+
+        # Inputs must match the weights: bf16 when the config's bf16 (or fp16) section casts the model.
+        input_dtype = weight_dtype(spec.dtype)
+        for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            if (cfg.get(name) or {}).get("enabled"):
+                input_dtype = dt
+        return Trainer(engine, model, self.name, spec.dtype, ctx.device, step, input_dtype=input_dtype,
+                       optimizer=optimizer, optimizer_impl=impl, engine_config=cfg)

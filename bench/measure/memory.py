@@ -27,8 +27,18 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t``: a sharded DTensor's local shard (FSDP2's parameters, gradients
+    and optimizer state), else ``t``. A DTensor's own ``numel`` is the global one and its
+    ``data_ptr`` is 0, so bytes and identities are read from the shard."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def model_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    """Bytes this rank holds of the model's parameters and buffers (its shards under FSDP2)."""
+    return sum(local(t).numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 class PeakMemory:
@@ -110,6 +120,7 @@ def _tensor_bytes(tensors) -> int:
     for t in tensors:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             continue
+        t = local(t)
         key = (t.data_ptr(), t.numel(), t.device)
         if key in seen:
             continue
@@ -129,26 +140,31 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
     - ``grads``: gradients as they exist after backward, caught by post-accumulate hooks during
       one extra step;
     - ``activations``: tensors saved for backward during one forward, caught by saved-tensor hooks.
-    Each is measured on its own; none is defined as the peak minus the rest.
+    Each is measured on its own; none is defined as the peak minus the rest. Sharded tensors
+    (FSDP2's DTensors) count this rank's shard only, so every part is per rank.
     """
     module = trainer.module
     model_params = list(module.parameters()) + list(module.buffers())
-    own = {p.data_ptr() for p in module.parameters()}
+    own = _param_ptrs(module)
     optimizer = getattr(trainer, "optimizer", None)
     state_tensors, stepped = [], []
     if optimizer is not None:
         for state in optimizer.state.values():
             state_tensors += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
         for group in optimizer.param_groups:
-            stepped += [p for p in group["params"] if p.data_ptr() not in own]
+            stepped += [p for p in group["params"] if local(p).data_ptr() not in own]
     grads: list[torch.Tensor] = []
     hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad))
              for p in module.parameters() if p.requires_grad]
     saved: list[torch.Tensor] = []
 
     def pack(t):
-        saved.append(t)
+        # A weight saved for backward is a parameter, not an activation. Under FSDP2 it is the
+        # block's all-gathered parameter, registered only while the block runs: ask now.
+        if t.data_ptr() not in own and t.data_ptr() not in _param_ptrs(module):
+            saved.append(t)
         return t
+
 
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -163,8 +179,12 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
         "optimizer": round(_tensor_bytes(state_tensors) / mb, 3),
         "master_weights": round(_tensor_bytes(stepped) / mb, 3),
         # Autograd also saves weights for backward: those are parameters, not activations.
-        "activations": round(_tensor_bytes([t for t in saved if t.data_ptr() not in own]) / mb, 3),
+        "activations": round(_tensor_bytes(saved) / mb, 3),
     }
+
+
+def _param_ptrs(module: nn.Module) -> set[int]:
+    return {local(p).data_ptr() for p in module.parameters()}
 
 
 class DeviceCounters:

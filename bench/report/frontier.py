@@ -29,8 +29,9 @@ def frontier_cells(df: pd.DataFrame) -> pd.DataFrame:
     part["smallest_failed"] = pd.Series([min([b for b, fits in t if not fits and b > big], default=None)
                                          for t, big in zip(trials, part["largest"])], index=part.index, dtype=object)
     part["tried"] = trials.map(len)
-    part["strategy"] = [e + (f" ZeRO-{int(z)}" if e == "deepspeed" and not is_missing(z) else "")
-                        for e, z in zip(part["engine"], part["zero"])]
+    from bench.engines import engine_label  # each engine names itself (bench.engines.base)
+
+    part["strategy"] = [engine_label(r) for r in part[["engine", "zero"]].to_dict("records")]
     return part.sort_values(["mode", "series_order", "model_order", "strategy", "input_pixels"], kind="stable")
 
 

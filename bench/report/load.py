@@ -113,7 +113,9 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     df["input_pixels"] = [_input_pixels(hw, p) for hw, p in zip(df["input_hw"], df["pixels"])]
     for col in NUMERIC_FIELDS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    engine = df["engine"] + [f" ZeRO-{int(z)}" if e == "deepspeed" and pd.notna(z) else "" for e, z in zip(df["engine"], df["zero"])]
+    from bench.engines import engine_label  # each engine names itself (bench.engines.base)
+
+    engine = pd.Series([engine_label(r) for r in df[["engine", "zero"]].to_dict("records")], index=df.index)
     df["setup"] = df["device_name"] + " · " + engine + " ×" + df["world_size"].astype(str)
     df["series"] = df["setup"] + " · " + df["run_id"]
     # The name a plot line carries: the model, and its task where it is not classification (a

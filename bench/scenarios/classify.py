@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from bench.build import build_model, place_model
 from bench.config import RunConfig
-from bench.engines import PRECISIONS, TrainSpec, build_trainer
+from bench.engines import PRECISIONS, TrainSpec, base_record_fields, build_trainer, trainer_record_fields
 from bench.engines.base import autocast_dtype, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
@@ -93,7 +93,7 @@ class ClassifyScenario:
                "dtype": cfg.dtype, "precision": PRECISIONS[cfg.dtype], "tf32": cfg.tf32,
                "cudnn_benchmark": cfg.cudnn_benchmark,
                "engine": cfg.engine if cell.train else "none",
-               "zero": cfg.zero if cell.train and cfg.engine == "deepspeed" else None,
+               **base_record_fields(cfg, cell.train),  # the engine's own fields (DeepSpeed: zero)
                "world_size": ctx.world_size, "threads": torch.get_num_threads(),
                "channels_last": cfg.channels_last, "compile": cfg.compile,
                "grad_clip": cfg.grad_clip if cell.train else None, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
@@ -325,11 +325,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
             out["part_latency_ms"] = dense.part_latency_ms(cell, model, x)
         if trainer is not None:
             out["optimizer_impl"] = trainer.optimizer_impl
-            if trainer.ds_config is not None:
-                from bench.engines.deepspeed import effective_zero_stage
-
-                out["ds_config"] = trainer.ds_config
-                out["zero"] = effective_zero_stage(trainer.ds_config)
+            out.update(trainer_record_fields(trainer))
             out["mem_breakdown_mb"] = memory_breakdown(trainer, step)
         if profile_dir is not None:
             from bench.measure.profile import profile_cell

@@ -174,7 +174,7 @@ def effective_bn_mode(settings: FinetuneConfig, name: str) -> str:
 
 def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
     """What a cell's record says before it runs: the cell and its set-up."""
-    from bench.engines import PRECISIONS
+    from bench.engines import PRECISIONS, base_record_fields
     from bench.environment import device_name
     from models import model_family
 
@@ -185,7 +185,7 @@ def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
         "global_batch": settings.batch * ctx.world_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
         "grad_clip": settings.grad_clip, "optimizer": "AdamW", "seed": settings.seed,
         "fpn_channels": settings.fpn_channels, "head_norm": settings.head_norm if settings.task == "det" else "gn",
-        "engine": settings.engine, "zero": settings.zero if settings.engine == "deepspeed" else None,
+        "engine": settings.engine, **base_record_fields(settings, True),
         "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype], "world_size": ctx.world_size,
         "device": ctx.device.type, "device_name": device_name(ctx.device), "threads": torch.get_num_threads(),
         "pretrained": checkpoint is not None, "checkpoint": checkpoint,

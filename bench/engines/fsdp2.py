@@ -1,0 +1,76 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``): parameters, gradients and optimizer state
+sharded 1/N per rank, each block's parameters all-gathered just before it runs.
+
+Wrapping as torchtitan's ``parallelize`` does: ``fully_shard`` on each block, then on the root,
+which takes what no block holds (stem, position embeddings, final norm, head). A block is found
+without knowing the model: an element of an ``nn.ModuleList`` / ``nn.Sequential`` that is a
+composite module holding parameters (ResNet's bottlenecks, PVT's and ViT's transformer blocks,
+a detector's repeated heads), outermost first; a container of plain layers (a stem's
+conv-norm-act) stays with its parent. Every block but the last reshards after forward (the last
+one's parameters are needed at once by backward, torchtitan's rule); the root never does.
+
+Like for like with the other engines (bench.engines.base):
+- the same torch AdamW, created after sharding so its state is DTensors holding 1/N each;
+- ``--dtype bf16/fp16`` is autocast over fp32 sharded weights, not a ``MixedPrecisionPolicy``:
+  a policy's ``param_dtype`` would all-gather and compute with half weights, a different numeric
+  recipe from every other engine's ``amp-*`` (and the recorded ``precision`` would lie). The
+  policy halves all-gather traffic; it would be an FSDP2 option of its own, not ``--dtype``.
+- ``bf16-weights``: the model cast to bf16 before sharding;
+- clipping with ``clip_grad_norm_``, which reduces the norm over the shards (DTensor);
+- fp16 on CUDA steps through the sharded GradScaler, whose inf check spans the ranks (each rank
+  holds only its shard of the gradients).
+"""
+from __future__ import annotations
+
+import torch.distributed as dist
+import torch.nn as nn
+
+from bench.engines.base import (
+    Engine,
+    Trainer,
+    TrainSpec,
+    make_optimizer,
+    register_engine,
+    single_process_group,
+    torch_step,
+    weight_dtype,
+)
+from bench.launch.context import DistContext
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The blocks to shard one by one, in forward (registration) order (module docstring)."""
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        container = isinstance(module, (nn.ModuleList, nn.Sequential))
+        for child in module.children():
+            block = container and next(child.children(), None) is not None
+            if block and next(child.parameters(), None) is not None:
+                units.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return units
+
+
+@register_engine("fsdp2")
+class FSDP2(Engine):
+    def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        if not ctx.distributed:
+            single_process_group(ctx)
+        model = model.to(weight_dtype(spec.dtype))
+        mesh = init_device_mesh(ctx.device.type, (dist.get_world_size(),))
+        units = shard_units(model)
+        for i, unit in enumerate(units):
+            fully_shard(unit, mesh=mesh, reshard_after_forward=i < len(units) - 1)
+        fully_shard(model, mesh=mesh)
+        optimizer, impl = make_optimizer(model, spec, ctx.device)  # after sharding: DTensor state, 1/N
+        return Trainer(model, model, self.name, spec.dtype, ctx.device,
+                       torch_step(model, optimizer, spec, ctx.device, scaler_class=ShardedGradScaler),
+                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)
