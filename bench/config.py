@@ -428,27 +428,12 @@ class RunConfig:
     kind = "run"
 
     def validate(self) -> "RunConfig":
-        if self.zero and self.engine != "deepspeed":
-            raise BadInput(f"--zero {self.zero} needs --engine deepspeed")
-        if self.engine == "none" and self.nproc > 1 and "train" in self.modes:
-            raise BadInput("--nproc > 1 with --engine none would train a separate model per rank with no gradient "
-                           "sync: use --engine ddp or --engine deepspeed (or --modes infer)")
         if self.max_time < self.budget:
             raise BadInput(f"--max-time {self.max_time:g} is below --budget {self.budget:g}: the cap must be >= the "
                            "soft timing budget")
-        if self.ds_config:
-            if not Path(self.ds_config).is_file():
-                raise BadInput(f"DeepSpeed config not found: {self.ds_config}")
-            from bench.engines.deepspeed import load_ds_config
+        from bench.engines import validate_engine_settings
 
-            load_ds_config(self.ds_config)  # malformed JSON fails here, before anything runs
-        if self.engine == "deepspeed" and "train" in self.modes:
-            from bench.engines import TrainSpec
-            from bench.engines.deepspeed import check_config
-
-            micro = next((b for b in self.batches if isinstance(b, int)), 1)
-            check_config(TrainSpec(engine="deepspeed", zero=self.zero, dtype=self.dtype, grad_clip=self.grad_clip,
-                                   micro_batch=micro, ds_config=self.ds_config))
+        validate_engine_settings(self)  # each engine's options and refusals (bench.engines.base)
         return self
 
 
@@ -510,12 +495,9 @@ class FinetuneConfig:
         kind, where = parse_data_spec(self.data, self.task)
         if kind != "synthetic" and not Path(where).is_dir():
             raise BadInput(f"--data {self.data}: {where} is not a directory; give the data set's root")
-        if self.nproc > 1 and self.engine == "none":
-            raise BadInput("--nproc > 1 needs --engine ddp or --engine deepspeed")
-        if self.zero and self.engine != "deepspeed":
-            raise BadInput(f"--zero {self.zero} needs --engine deepspeed")
-        if self.bn_mode == "sync" and self.engine != "ddp":
-            raise BadInput("--bn-mode sync needs --engine ddp (SyncBatchNorm syncs across DDP ranks)")
+        from bench.engines import validate_engine_settings
+
+        validate_engine_settings(self)  # each engine's options and refusals (bench.engines.base)
         return self
 
 
