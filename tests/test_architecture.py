@@ -1,9 +1,11 @@
 """The guarantees of the layout: one config (and config files), one record schema, one sweep
-(resume identity, rank-0 to-do list, duplicate cells, latest record wins), no import circles."""
+(resume identity, rank-0 to-do list, duplicate cells, latest record wins), and the import
+directions of pyproject.toml's [tool.importlinter] contracts, checked by import-linter."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from bench.record import (
     SchemaError,
     check_record,
     latest_by_cell,
-    read_records,
+    read_records_counted,
     upgrade,
 )
 
@@ -222,15 +224,58 @@ def test_rank0_decides_the_todo_list_and_broadcasts_it(tmp_path):
     mp.spawn(_rank_main, args=(str(out), free_port(), str(tmp_path)), nprocs=2, join=True)
     ran = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ran[0] == ran[1] == ["cls|resnet18|64|infer|1", "cls|resnet18|96|infer|1"]
-    assert len(list(read_records(out / "records.jsonl"))) == 3  # rank 0 alone wrote
+    assert len(read_records_counted(out / "records.jsonl")[0]) == 3  # rank 0 alone wrote
 
 
-def test_no_import_circles():
-    tool = REPO.parent / "shared" / "tools" / "import_cycles.py"
-    if not tool.exists():
-        pytest.skip("the shared import-circle tool is not beside this clone")
-    proc = subprocess.run([sys.executable, str(tool)], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0 and "no import circles" in proc.stdout, proc.stdout
+# ------------------------------------------------------------------------------------ layers
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")  # import-linter, in the test extra
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """import-linter over the packages under ``root``, with the contracts of ``root``'s
+    pyproject.toml. PYTHONPATH puts ``root`` first, so a copy is checked, not the installed tree."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_imports_follow_the_layers_in_pyproject():
+    """The allowed directions are written once ([tool.importlinter] in pyproject.toml) and hold:
+    no lower layer imports a higher one (function-level imports included), models never import
+    bench, and every module under bench/ is placed in a layer."""
+    assert LINT_IMPORTS.exists(), f"{LINT_IMPORTS} missing: pip install -e '.[test]'"
+    proc = _lint_imports(REPO)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout and "2 kept" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("module, source, broken", [
+    # a launcher that reaches up into the sweep (a lazy import counts too)
+    ("bench/launch/upward.py", "def f():\n    from bench.sweep import run_sweep\n    return run_sweep\n",
+     "bench.launch is not allowed to import bench.sweep"),
+    # a scenario that reaches up into a command (as classify.py once rendered the report)
+    ("bench/scenarios/upward.py", "from bench.commands.run import render_run_report\n",
+     "bench.scenarios is not allowed to import bench.commands"),
+    # two independent siblings
+    ("bench/measure/sideways.py", "import bench.engines\n", "bench.measure is not allowed to import bench.engines"),
+    # a model that knows the harness
+    ("models/upward.py", "import bench.errors\n", "models know nothing of the harness"),
+    # a new top-level module nobody placed in a layer
+    ("bench/unplaced.py", "X = 1\n", "bench.unplaced"),
+])
+def test_the_layer_check_bites(tmp_path, module, source, broken):
+    """The checker is not vacuous: in a copy of the tree, one upward (or sideways, or unplaced)
+    import breaks the contract and lint-imports exits non-zero naming it."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("bench", "models"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert _lint_imports(tmp_path).returncode == 0  # the copy alone is clean
+    (tmp_path / module).write_text(source)
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0 and "BROKEN" in proc.stdout, proc.stdout[-3000:]
+    assert broken in " ".join(proc.stdout.split()), proc.stdout[-3000:]
 
 
 def test_deepspeed_config_of_the_wrong_type_is_bad_input_before_measuring(tmp_path):
