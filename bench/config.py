@@ -37,7 +37,7 @@ from typing import Any
 
 import click
 
-from bench.errors import BadInput
+from bench.errors import BadInput, first_line
 
 MODES = ("infer", "train")
 TASKS = ("cls", "det", "seg")
@@ -544,7 +544,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - yaml and json raise many types; all are one line here
-        raise BadInput(f"malformed config file {value}: {str(exc).splitlines()[0]}") from None
+        raise BadInput(f"malformed config file {value}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise BadInput(f"malformed config file {value}: expected a mapping of option names to values")
     names = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}

@@ -29,7 +29,7 @@ from bench.engines.base import (
     trains,
     weight_dtype,
 )
-from bench.errors import BadInput
+from bench.errors import BadInput, first_line
 from bench.launch.context import DistContext
 
 _TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -156,7 +156,7 @@ class DeepSpeed(Engine):
         try:
             engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
         except (ValueError, AssertionError, KeyError, TypeError) as exc:
-            raise BadInput(f"DeepSpeed rejected the config: {str(exc).splitlines()[0][:300]}") from None
+            raise BadInput(f"DeepSpeed rejected the config: {first_line(exc)}") from None
 
         def step(loss: torch.Tensor) -> None:
             engine.backward(loss)
