@@ -1,4 +1,4 @@
-"""Real multi-process runs (gloo on CPU): DDP, DeepSpeed ZeRO-2, a dead rank, scaling records."""
+"""Real multi-process runs (gloo on CPU): DDP, DeepSpeed ZeRO-2, FSDP2, a dead rank, scaling records."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_bench
 
-from bench.record import read_records
+from bench.record import read_records_counted
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_ddp_two_ranks_and_scaling_efficiency(tmp_path):
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--budget", "0.3",
                      "--engine", "ddp", "--nproc", "2", "--out", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = list(read_records(out / "records.jsonl"))
+    records = read_records_counted(out / "records.jsonl")[0]
     assert len(records) == 2
     one, two = records
     assert (one["world_size"], one["engine"]) == (1, "none")
@@ -43,12 +43,34 @@ def test_deepspeed_zero2_two_ranks(tmp_path):
                      "--engine", "deepspeed", "--zero", "2", "--nproc", "2", "--out", str(out), "--no-report",
                      timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (rec,) = list(read_records(out / "records.jsonl"))
+    (rec,) = read_records_counted(out / "records.jsonl")[0]
     assert rec["status"] == "ok", rec["error"]
     assert (rec["engine"], rec["zero"], rec["world_size"]) == ("deepspeed", 2, 2)
     assert rec["ds_config"]["zero_optimization"]["stage"] == 2
     assert rec["ds_config"]["gradient_clipping"] == 0.0  # set explicitly, as for DDP
     assert rec["ds_config"]["train_batch_size"] == 2
+
+
+def test_fsdp2_two_ranks_shard_params_and_optimizer_state_in_half(tmp_path):
+    """FSDP2 on CPU over gloo: each rank holds half the parameters, gradients and AdamW state
+    of the plain engine's one model (uneven dims are padded, hence the tolerance)."""
+    out = tmp_path / "fsdp2"
+    common = ("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--budget", "0.3",
+              "--out", str(out), "--no-report")
+    single = run_bench(*common)
+    assert single.returncode == 0, single.stderr[-2000:]
+    proc = run_bench(*common, "--engine", "fsdp2", "--nproc", "2", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain, fsdp = read_records_counted(out / "records.jsonl")[0]
+    assert (plain["engine"], plain["world_size"]) == ("none", 1)
+    assert fsdp["status"] == "ok", fsdp["error"]
+    assert (fsdp["engine"], fsdp["world_size"], fsdp["global_batch"]) == ("fsdp2", 2, 2)
+    assert fsdp["zero"] is None and fsdp["ds_config"] is None
+    assert fsdp["config_id"] != plain["config_id"]
+    one, per_rank = plain["mem_breakdown_mb"], fsdp["mem_breakdown_mb"]
+    for part in ("optimizer", "params", "grads"):
+        assert per_rank[part] == pytest.approx(one[part] / 2, rel=0.02), (part, one, per_rank)
+    assert per_rank["master_weights"] == 0
 
 
 def _worker_pids(rank: int) -> list[int]:
@@ -91,7 +113,7 @@ def test_dead_rank_ends_the_job_in_bounded_time(tmp_path):
             proc.kill()
     assert proc.returncode != 0
     assert "failed" in output.lower()
-    records = list(read_records(out / "records.jsonl"))  # every line whole
+    records = read_records_counted(out / "records.jsonl")[0]  # every line whole
     finished = [r for r in records if r["status"] == "ok"]
     assert finished and finished == records[: len(finished)]
     # at most the cell in flight when the peer died, recorded as an error, never as ok
