@@ -40,7 +40,9 @@ CROSS_CHECK_TOLERANCE = 0.01
 
 
 @dataclass
-class FlopReport:
+class Flops:
+    """The FLOP tracker's result: one count of one model at one size."""
+
     model: str
     res: str
     batch: int
@@ -60,6 +62,12 @@ class FlopReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def to_record(self) -> dict:
+        """The record fields of a counted cell (empty per-stage / per-part counts are None)."""
+        return {"params": self.params, "gmacs": self.gmacs, "gflops": self.gflops, "stage_gmacs": self.stage_gmacs,
+                "attention_gmacs_per_stage": self.attention_gmacs_per_stage or None,
+                "part_gmacs": self.part_gmacs or None, "part_params": self.part_params or None}
 
 
 def _sdpa_macs(q_shape, k_shape, v_shape) -> int:
@@ -87,7 +95,7 @@ def _sum_prefixes(counts: dict[str, float], prefixes: list[str]) -> float:
 
 def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int = 1, cross_check: bool = True,
                 parts: dict[str, list[str]] | None = None, task: str = "cls",
-                stage_root: str = "") -> FlopReport:
+                stage_root: str = "") -> Flops:
     """Count params and MACs of ``model`` on one ``batch x 3 x height x width`` input (eval mode).
 
     ``parts``: name prefixes of a dense model's parts; ``stage_root``: where the backbone sits
@@ -131,7 +139,7 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
     for label, prefixes in (parts or {}).items():
         part_gmacs[label] = _sum_prefixes(by_module, prefixes) / 1e9
         part_params[label] = sum(p.numel() for n, p in model.named_parameters() if _covered(n, prefixes))
-    report = FlopReport(
+    report = Flops(
         model=name,
         res=str(height) if height == width else f"{height}x{width}",
         batch=batch,
@@ -170,7 +178,7 @@ def explicit_path_gmacs(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def print_flops_table(reports: list[FlopReport]) -> None:
+def print_flops_table(reports: list[Flops]) -> None:
     from rich.console import Console
     from rich.table import Table
 

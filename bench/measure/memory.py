@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,8 +42,41 @@ def model_bytes(model: nn.Module) -> int:
     return sum(local(t).numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
+@dataclass
+class Memory:
+    """The memory tracker's result: the peak of the window (how it was read), the allocator's
+    reserved peak and NVML's device-level use (GPU only), and a training step's breakdown."""
+
+    peak_mb: float
+    method: str
+    reserved_mb: float | None = None
+    device_used_mb: float | None = None
+    breakdown_mb: dict[str, float] | None = None
+
+    def to_record(self) -> dict:
+        rec = {"peak_mem_mb": round(self.peak_mb, 1), "peak_mem_method": self.method,
+               "mem_reserved_mb": self.reserved_mb, "device_mem_used_mb": self.device_used_mb}
+        if self.breakdown_mb is not None:  # training cells only
+            rec["mem_breakdown_mb"] = self.breakdown_mb
+        return rec
+
+
+@dataclass
+class Energy:
+    """The energy counter's result: joules over the window (None without NVML's counter, e.g. on
+    CPU) spread over the images the window processed."""
+
+    joules: float | None
+    images: int
+
+    def to_record(self) -> dict:
+        if self.joules is None:
+            return {}
+        return {"energy_j_per_image": self.joules / max(1, self.images)}
+
+
 class PeakMemory:
-    """``with PeakMemory(device, model) as mem: ...`` then ``mem.peak_mb``."""
+    """``with PeakMemory(device, model) as mem: ...`` then ``mem.peak_mb`` or ``mem.result()``."""
 
     def __init__(self, device: torch.device, model: nn.Module):
         self.device = device
@@ -72,6 +106,12 @@ class PeakMemory:
         else:
             growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
             self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
+
+    def result(self, counters: "DeviceCounters | None" = None,
+               breakdown_mb: dict[str, float] | None = None) -> Memory:
+        """The closed window as a ``Memory`` (with the device-level use ``counters`` read)."""
+        return Memory(peak_mb=self.peak_mb, method=self.method, reserved_mb=self.reserved_mb,
+                      device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb)
 
 
 def _malloc_trim():
@@ -223,3 +263,7 @@ class DeviceCounters:
             self.used_mb = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
         except Exception:  # noqa: BLE001
             pass
+
+    def energy(self, images: int) -> Energy:
+        """The window's energy as an ``Energy`` over ``images`` images."""
+        return Energy(joules=None if self.energy_mj is None else self.energy_mj / 1e3, images=images)

@@ -12,30 +12,33 @@ throughput from the slowest rank.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import psutil
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from bench.build import build_model, place_model
+from bench.build import place_model
 from bench.config import RunConfig
-from bench.engines import PRECISIONS, TrainSpec, base_record_fields, build_trainer, trainer_record_fields
+from bench.engines import base_record_fields, build_trainer, trainer_record_fields
 from bench.engines.base import autocast_dtype, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
 from bench.measure import derived
-from bench.measure.flops import count_flops
+from bench.measure.compiling import CompileWatch
+from bench.measure.flops import Flops
 from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown
-from bench.measure.timing import measure, measure_lockstep, peak_matmul_tflops
+from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul_tflops
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
-from bench.scenarios import dense
+from bench.scenarios.common import base_record, train_spec
+from bench.tasks import Task, task_for
 
 
 class _Skip(Exception):
@@ -68,7 +71,7 @@ class ClassifyScenario:
         self.peak_tflops = peak if math.isfinite(peak) and peak > 0 else None
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
 
-    def _count(self, cell: Cell, ctx: DistContext):
+    def _count(self, cell: Cell, ctx: DistContext) -> Flops | BaseException:
         """FLOPs of (model, resolution), counted once on rank 0 and broadcast; an exception
         (a trace that does not fit in memory) comes back as the exception itself."""
         key = (cell.model, cell.height, cell.width)
@@ -76,8 +79,7 @@ class ClassifyScenario:
             counted: object = None
             if ctx.is_main:
                 try:
-                    counted = dense.count(cell) if cell.task != "cls" else count_flops(
-                        build_model(cell.model), cell.model, cell.height, cell.width, cross_check=False)
+                    counted = task_for(cell.task).count(cell)
                 except Exception as exc:  # noqa: BLE001 - recorded in the cell
                     counted = RuntimeError(f"{type(exc).__name__} while counting FLOPs: {first_line(exc)}") \
                         if not is_oom(exc) else MemoryError(f"out of memory while counting FLOPs: {first_line(exc)}")
@@ -85,39 +87,38 @@ class ClassifyScenario:
             self._flops[key] = broadcast_object(counted, ctx)
         return self._flops[key]
 
-    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
-        from models import model_family
-
+    def _base(self, cell: Cell, ctx: DistContext) -> dict:
         cfg = self.config
-        rec = {**cell.as_dict(), "kind": "run", "family": model_family(cell.model), "device": ctx.device.type,
-               "dtype": cfg.dtype, "precision": PRECISIONS[cfg.dtype], "tf32": cfg.tf32,
-               "cudnn_benchmark": cfg.cudnn_benchmark,
-               "engine": cfg.engine if cell.train else "none",
-               **base_record_fields(cfg, cell.train),  # the engine's own fields (DeepSpeed: zero)
-               "world_size": ctx.world_size, "threads": torch.get_num_threads(),
-               "channels_last": cfg.channels_last, "compile": cfg.compile,
-               "grad_clip": cfg.grad_clip if cell.train else None, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
-        from bench.environment import device_name
+        rec = base_record(cell, ctx, kind="run", dtype=cfg.dtype, engine=cfg.engine if cell.train else "none",
+                          zero=None, grad_clip=cfg.grad_clip if cell.train else None)
+        rec |= base_record_fields(cfg, cell.train)  # the engine's own fields (DeepSpeed: zero)
+        return rec | {"tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
+                      "compile": cfg.compile, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
 
-        rec["device_name"] = device_name(ctx.device)
+    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
+        """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
+        figures derived from them."""
+        rec = self._base(cell, ctx)
         counted = self._count(cell, ctx)
         if isinstance(counted, BaseException):
-            rec.update(status="oom" if isinstance(counted, MemoryError) else "error", error=str(counted)[:300],
-                       flags=["flops-failed"], wall_s=0.0, cpu_time_s=0.0, loadavg_1m=os.getloadavg()[0])
-            return rec
-        rec.update(params=counted.params, gmacs=counted.gmacs, gflops=counted.gflops, stage_gmacs=counted.stage_gmacs,
-                   attention_gmacs_per_stage=counted.attention_gmacs_per_stage or None,
-                   part_gmacs=counted.part_gmacs or None, part_params=counted.part_params or None,
-                   input_hw=list(dense.input_hw(cell)), bn_mode="frozen" if cell.task != "cls" else None)
-        rec.update(measure_cell(cell, ctx, cfg, getattr(self, "profile_dir", None)))
-        flags = list(rec.get("flags") or [])
-        if rec["status"] == "ok" and rec.get("per_rank_step_ms"):  # frontier-only cells have no time
-            rec.update(derived.utilisation(counted.gmacs, cell.train, rec["global_batch"], rec["per_rank_step_ms"],
-                                           self.peak_tflops, ctx.world_size))
-            flags += derived.mfu_flags(rec.get("mfu"))
-            rec.update(derived.scaling(history, rec))
-        rec["flags"] = flags
+            return rec | {"status": "oom" if isinstance(counted, MemoryError) else "error",
+                          "error": str(counted)[:300], "flags": ["flops-failed"], "wall_s": 0.0, "cpu_time_s": 0.0,
+                          "loadavg_1m": os.getloadavg()[0]}
+        task = task_for(cell.task)
+        rec |= counted.to_record() | {"input_hw": list(task.input_hw(cell)), "bn_mode": task.bn_mode}
+        rec |= measure_cell(cell, ctx, self.config, getattr(self, "profile_dir", None))
+        rec["flags"] = list(rec.get("flags") or []) + self._derive(rec, counted, cell, ctx, history)
         return rec
+
+    def _derive(self, rec: dict, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> list[str]:
+        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise."""
+        if rec["status"] != "ok" or not rec.get("per_rank_step_ms"):  # frontier-only cells have no time
+            return []
+        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["global_batch"], rec["per_rank_step_ms"],
+                                       self.peak_tflops, ctx.world_size))
+        flags = derived.mfu_flags(rec.get("mfu"))
+        rec.update(derived.scaling(history, rec))
+        return flags
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
         """The summary table on the sweep's console; the command renders the report afterwards."""
@@ -128,59 +129,23 @@ class ClassifyScenario:
 # One cell
 
 
-def _build(cell: Cell) -> nn.Module:
-    """The classifier, or the whole detector / segmentor for --task det|seg."""
-    return build_model(cell.model) if cell.task == "cls" else dense.build(cell)
-
-
-def _input(cell: Cell, batch: int, device: torch.device, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    height, width = dense.input_hw(cell)
-    # Detectors take images in [0, 1] (their transform normalises); classifiers normalised noise.
-    x = (torch.rand if cell.task == "det" else torch.randn)(batch, 3, height, width, device=device, dtype=dtype)
-    return x.contiguous(memory_format=memory_format)
-
-
-def _make_step(cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig):
+def _make_step(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig):
     """(step function, engine trainer or None) for one iteration of the cell, on an already
     built model."""
     model = place_model(model, ctx.device, cfg.channels_last)
     if not cell.train:
         model.eval().to(weight_dtype(cfg.dtype))
-        x = _input(cell, batch, ctx.device, cfg.channels_last, weight_dtype(cfg.dtype))
+        x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
         fwd = torch.compile(model) if cfg.compile else model
-        amp = autocast_dtype(cfg.dtype)
-        if cell.task != "cls":
-            return dense.make_infer_step(cell, fwd, x, torch.autocast(ctx.device.type, dtype=amp) if amp else None), None
-
-        @torch.inference_mode()
-        def step():
-            if amp is None:
-                return fwd(x)
-            with torch.autocast(ctx.device.type, dtype=amp):
-                return fwd(x)
-
-        return step, None
-    spec = TrainSpec(engine=cfg.engine, zero=cfg.zero, dtype=cfg.dtype, grad_clip=cfg.grad_clip, micro_batch=batch,
-                     ds_config=cfg.ds_config)
-    trainer = build_trainer(model, ctx, spec)
-    x = _input(cell, batch, ctx.device, cfg.channels_last, trainer.input_dtype)
+        return task.infer_step(fwd, x, autocast_dtype(cfg.dtype)), None
+    trainer = build_trainer(model, ctx, train_spec(cfg, batch))
+    x = task.input(cell, batch, ctx.device, trainer.input_dtype, cfg.channels_last)
     fwd = torch.compile(trainer.model) if cfg.compile else trainer.model
-    if cell.task != "cls":
-        targets = dense.train_targets(cell, x)
-
-        def step():
-            with trainer.autocast():
-                loss = dense.train_loss(cell, fwd, x, targets)
-            trainer.step(loss)
-            return loss
-
-        return step, trainer
-    target = torch.randint(0, 1000, (batch,), device=ctx.device)
+    targets = task.train_targets(x)
 
     def step():
         with trainer.autocast():
-            loss = F.cross_entropy(fwd(x).float(), target)
+            loss = task.loss(fwd, x, targets)
         trainer.step(loss)
         return loss
 
@@ -204,9 +169,10 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
         try:
             if ctx.device.type == "cpu" and per_sample is not None and not _fits_cpu_memory(per_sample, b):
                 raise _Skip
-            model = _build(cell)
+            task = task_for(cell.task)
+            model = task.build(cell)
             with PeakMemory(ctx.device, model) as mem:
-                step, _ = _make_step(cell, b, model, ctx, cfg)
+                step, _ = _make_step(task, cell, b, model, ctx, cfg)
                 step()
             if b == 1:
                 per_sample = mem.peak_mb
@@ -247,25 +213,81 @@ def _timed(step: Callable[[], object], ctx: DistContext, cfg: RunConfig, time_le
     return measure_lockstep(step, ctx.device, cfg.budget, lambda v: all_reduce_max(v, ctx), max_time_s=time_left_s)
 
 
-def _compile_first_call(step: Callable[[], object], ctx: DistContext) -> dict:
-    """The first call of a compiled step is the compile: timed apart, never in warm-up."""
-    from torch._dynamo.utils import counters
+def _resolve_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int | None, dict]:
+    """The batch to time (None: nothing to time) and what finding it recorded: ``--batch auto``
+    searches the largest that fits; without ``--time-auto-batch`` that frontier is the cell."""
+    if cell.batch != "auto":
+        return cell.batch, {}
+    batch, tried = find_max_batch(cell, ctx, cfg)
+    fields: dict = {"batch_search": tried}
+    if batch == 0:
+        return None, fields | {"status": "oom", "error": "batch 1 does not fit", "batch": None,
+                               "flags": ["batch-1-oom"]}
+    if not cfg.time_auto_batch:
+        # The frontier: one step per trial, the found batch not timed (ask --time-auto-batch).
+        found = next(t for t in reversed(tried) if t["batch"] == batch)
+        return None, fields | {"batch": batch, "global_batch": batch * ctx.world_size,
+                               "peak_mem_mb": found["peak_mem_mb"], "peak_mem_method": "largest fitting trial",
+                               "flags": ["frontier-only"]}
+    return batch, fields
 
-    counters.clear()
-    t0 = time.perf_counter()
-    step()
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-    return {"compile_s": round(time.perf_counter() - t0, 3),
-            "_graphs_after_compile": counters["stats"]["unique_graphs"]}
+
+def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig, t0: float):
+    """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
+    compile or None). The memory window opens before the engine is built, on every device: DDP
+    buckets, ZeRO partitions, optimizer state and the input all count."""
+    with contextlib.ExitStack() as trackers:
+        peak = trackers.enter_context(PeakMemory(ctx.device, model))
+        step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
+        # The first call of a compiled step is the compile: timed apart, never in warm-up.
+        watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
+        time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
+        counters = trackers.enter_context(DeviceCounters(ctx.device))
+        latency = _timed(step, ctx, cfg, time_left)
+    energy = counters.energy((latency.warmup_iters + latency.iters) * batch)
+    return step, trainer, latency, peak.result(counters), energy, watch.result if watch else None
 
 
-def _compile_counts(after_compile: int) -> dict:
-    from torch._dynamo.utils import counters
+def _engine_fields(trainer) -> dict:
+    """What the engine adds to a training cell's record."""
+    return {"optimizer_impl": trainer.optimizer_impl, **trainer_record_fields(trainer)}
 
-    breaks = sum(counters["graph_break"].values())
-    return {"compile_graph_breaks": breaks,
-            "compile_recompiles": counters["stats"]["unique_graphs"] - after_compile}
+
+def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0: float, profile_dir: Path | None,
+                   out: dict, flags: list[str]) -> None:
+    """Measure the cell at ``batch`` into ``out`` and ``flags`` (filled as it goes, so a cell that
+    fails half-way keeps what it measured)."""
+    task = task_for(cell.task)
+    model = task.build(cell)
+    step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, t0)
+    out |= memory.to_record() | energy.to_record() | (compiled.to_record() if compiled else {}) | latency.to_record()
+    flags += (compiled.flags if compiled else []) + latency.flags
+    if latency.iters == 0:
+        raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
+                           f"({latency.warmup_iters} warm-up iterations)")
+    out |= _throughput(latency, batch, ctx)
+    if not cell.train:  # the parts of a dense model, in a pass of their own
+        x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
+        parts = task.part_latency_ms(model, x)
+        if parts is not None:
+            out["part_latency_ms"] = parts
+    if trainer is not None:
+        out |= _engine_fields(trainer)
+        out |= replace(memory, breakdown_mb=memory_breakdown(trainer, step)).to_record()
+    if profile_dir is not None:
+        from bench.measure.profile import profile_cell
+
+        # One TensorBoard run per cell, one worker per rank.
+        engine = cfg.engine if cell.train else "none"
+        cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
+        out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
+
+
+def _throughput(latency: Latency, batch: int, ctx: DistContext) -> dict:
+    """Each rank's median step time; global throughput from the slowest rank."""
+    per_rank = all_gather_floats(latency.median_ms, ctx)
+    return {"per_rank_step_ms": per_rank, "global_batch": batch * ctx.world_size,
+            "throughput": batch * ctx.world_size / (max(per_rank) / 1e3)}
 
 
 def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path | None = None) -> dict:
@@ -277,63 +299,12 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
     if cfg.compile:
         torch._dynamo.reset()  # nothing of the previous cell's graphs is reused
     try:
-        batch = cell.batch
-        if batch == "auto":
-            batch, tried = find_max_batch(cell, ctx, cfg)
-            out["batch_search"] = tried
-            if batch == 0:
-                out.update(status="oom", error="batch 1 does not fit", batch=None, flags=["batch-1-oom"])
-                return out
-            if not cfg.time_auto_batch:
-                # The frontier: one step per trial, the found batch not timed (ask --time-auto-batch).
-                found = next(t for t in reversed(tried) if t["batch"] == batch)
-                out.update(batch=batch, global_batch=batch * ctx.world_size, peak_mem_mb=found["peak_mem_mb"],
-                           peak_mem_method="largest fitting trial", flags=["frontier-only"])
-                return out
+        batch, searched = _resolve_batch(cell, ctx, cfg)
+        out |= searched
+        if batch is None:
+            return out
         out["batch"] = batch
-        model = _build(cell)
-        # The window opens before the engine is built, on every device: DDP buckets, ZeRO
-        # partitions, optimizer state and the input all count.
-        with PeakMemory(ctx.device, model) as mem:
-            step, trainer = _make_step(cell, batch, model, ctx, cfg)
-            compiled = _compile_first_call(step, ctx) if cfg.compile else None
-            time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
-            with DeviceCounters(ctx.device) as device_counters:
-                timing = _timed(step, ctx, cfg, time_left)
-        out["peak_mem_mb"] = round(mem.peak_mb, 1)
-        out["peak_mem_method"] = mem.method
-        out["mem_reserved_mb"] = mem.reserved_mb
-        out["device_mem_used_mb"] = device_counters.used_mb
-        if device_counters.energy_mj is not None:
-            images = (timing.warmup_iters + timing.iters) * batch
-            out["energy_j_per_image"] = device_counters.energy_mj / 1e3 / max(1, images)
-        if compiled is not None:
-            out["compile_s"] = compiled["compile_s"]
-            out.update(_compile_counts(compiled["_graphs_after_compile"]))
-            if out["compile_graph_breaks"] or out["compile_recompiles"]:
-                flags.append("compile-fallback")
-        out.update(timing.as_record())
-        flags += list(timing.flags)
-        if timing.iters == 0:
-            raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
-                               f"({timing.warmup_iters} warm-up iterations)")
-        per_rank = all_gather_floats(timing.median_ms, ctx)
-        out.update(per_rank_step_ms=per_rank, global_batch=batch * ctx.world_size,
-                   throughput=batch * ctx.world_size / (max(per_rank) / 1e3))
-        if cell.task != "cls" and not cell.train:
-            x = _input(cell, batch, ctx.device, cfg.channels_last, weight_dtype(cfg.dtype))
-            out["part_latency_ms"] = dense.part_latency_ms(cell, model, x)
-        if trainer is not None:
-            out["optimizer_impl"] = trainer.optimizer_impl
-            out.update(trainer_record_fields(trainer))
-            out["mem_breakdown_mb"] = memory_breakdown(trainer, step)
-        if profile_dir is not None:
-            from bench.measure.profile import profile_cell
-
-            # One TensorBoard run per cell, one worker per rank.
-            cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{cfg.engine if cell.train else 'none'}_w{ctx.world_size}"
-            out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
-        del step, model, trainer
+        _measure_batch(cell, batch, ctx, cfg, t0, profile_dir, out, flags)
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         out["status"] = "oom" if is_oom(exc) else "error"
         out["error"] = first_line(exc, with_type=True)

@@ -1,0 +1,35 @@
+"""What every scenario's cell shares: the base of its record and the engine's view of its config."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.engines import PRECISIONS, TrainSpec
+from bench.launch.context import DistContext
+from bench.plan import Cell
+
+
+def base_record(cell: Cell, ctx: DistContext, *, kind: str, dtype: str, engine: str, zero: int | None,
+                grad_clip: float | None) -> dict[str, Any]:
+    """What a cell's record says before it runs, in every scenario: the cell, where it runs
+    (device, world size, threads) and the training set-up the engine is given."""
+    from bench.environment import device_name
+    from models import model_family
+
+    return {
+        **cell.as_dict(), "kind": kind, "family": model_family(cell.model),
+        "device": ctx.device.type, "device_name": device_name(ctx.device),
+        "dtype": dtype, "precision": PRECISIONS[dtype], "engine": engine, "zero": zero, "grad_clip": grad_clip,
+        "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+    }
+
+
+def train_spec(config: Any, micro_batch: int) -> TrainSpec:
+    """The one ``TrainSpec`` of a ``RunConfig`` or ``FinetuneConfig`` (a setting the config lacks,
+    e.g. ``bench run``'s learning rate, keeps the engine's default)."""
+    default = TrainSpec()
+    return TrainSpec(engine=config.engine, zero=config.zero, dtype=config.dtype, grad_clip=config.grad_clip,
+                     lr=getattr(config, "lr", default.lr), weight_decay=getattr(config, "weight_decay",
+                                                                                 default.weight_decay),
+                     micro_batch=micro_batch, ds_config=getattr(config, "ds_config", default.ds_config))
