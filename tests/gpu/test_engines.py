@@ -1,4 +1,4 @@
-"""Stage 1: DDP and DeepSpeed ZeRO-1/2 at world size 1 over NCCL, against the plain engine.
+"""Stage 1: DDP, DeepSpeed ZeRO-1/2 and FSDP2 at world size 1 over NCCL, against the plain engine.
 
 One GPU: each engine makes a private one-rank NCCL process group (bench.engines.base). Two ranks
 on one GPU would measure contention, not scaling, and NCCL refuses two ranks on one device."""
@@ -71,3 +71,25 @@ def test_deepspeed_zero2_bf16_weights(bench, gpu, plain):
     parts = rec["mem_breakdown_mb"]
     assert parts["params"] == pytest.approx(rec["params"] * 2 / 2**20, rel=0.05), parts
     assert parts["master_weights"] > 0, parts  # fp32 copies the optimizer steps
+
+
+def test_fsdp2(bench, gpu, plain):
+    """FSDP2 (fully_shard per block, then the root) with autocast over fp32 sharded weights: at
+    world size 1 each rank holds all of it, so the breakdown is the plain engine's."""
+    records = bench("run", "--models", "resnet50,vit_s", *TRAIN, "--engine", "fsdp2", name="engine-fsdp2")
+    assert len(records) == 2
+    for rec in records:
+        _check_engine(rec, gpu, "fsdp2", plain)
+        assert rec["zero"] is None and rec.get("ds_config") is None
+        base = one(plain, model=rec["model"])
+        for part in ("params", "grads", "optimizer"):
+            assert rec["mem_breakdown_mb"][part] == pytest.approx(base["mem_breakdown_mb"][part], rel=0.01), part
+        assert rec["mem_breakdown_mb"]["master_weights"] == 0
+
+
+def test_fsdp2_fp16_steps_through_the_sharded_grad_scaler(bench, gpu):
+    records = bench("run", "--models", "vit_s", "--res", "224", "--batch", "16", "--modes", "train",
+                    "--dtype", "fp16", *FAST, "--engine", "fsdp2", name="engine-fsdp2-fp16")
+    rec = one(records, model="vit_s")
+    check_cuda_record(rec, gpu, dtype="fp16")
+    assert rec["engine"] == "fsdp2" and rec["optimizer_impl"] == FUSED
