@@ -30,9 +30,11 @@ import secrets
 import socket
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 SCHEMA_VERSION = 2
 RECORDS = "records.jsonl"
@@ -41,10 +43,51 @@ ENV = "env.json"
 
 # Field kinds: what a field is for, so the report needs no list of its own.
 CELL, SETTING, MEASURE, PROVENANCE = "cell", "setting", "measure", "provenance"
+# The report's parts a measured field can be shown in (Display.sections).
+PERFORMANCE, FINETUNE = "performance", "finetune"
 
 
-def _f(kind: str, unit: str = "", doc: str = "") -> Any:
-    return field(default=None, metadata={"kind": kind, "unit": unit, "doc": doc})
+def slowest(value: Any) -> float | None:
+    """The one number of a per-rank list: the slowest rank sets the pace."""
+    if isinstance(value, (list, tuple)):
+        numbers = [x for x in value if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        return max(numbers) if numbers else None
+    return value
+
+
+def span(value: Any, number: Callable[[float], str]) -> str | None:
+    """A [low, high] interval as "low–high", each end written by ``number``; None when the value
+    is not two numbers (a hand-edited record)."""
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+        return f"{number(value[0])}–{number(value[1])}"
+    return None
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the report shows a measured field, declared once beside the field: the report derives
+    its columns, best-value marks and number formats from these, so it keeps no list of its own."""
+
+    label: str
+    unit: str | None = None  # the header's unit; None: the field's own unit, "": none
+    better: str = ""  # "min" | "max" | "": a reference figure, never marked best
+    scale: float = 1.0  # shown as value × scale (1e-6: parameters in millions; 100: a fraction in %)
+    fmt: str = ""  # a format spec (".0f" for counts); "": about four significant digits
+    sections: tuple[str, ...] = (PERFORMANCE,)  # where it is shown; the first is its own
+    main: bool = True  # in the section's main table; else in its details table
+    scalar: Callable[[Any], float | None] | None = None  # the number a list-valued field stands for
+    text: Callable[[Any, Callable[[float], str]], str | None] | None = None  # how a list value reads
+
+
+def _f(kind: str, unit: str = "", doc: str = "", show: Display | None = None) -> Any:
+    return field(default=None, metadata={"kind": kind, "unit": unit, "doc": doc, "display": show})
+
+
+_COUNT = {"unit": "", "fmt": ".0f"}  # an iteration or event count: a whole number, no unit
+_PERCENT = {"unit": "%", "scale": 100.0}  # a fraction shown in percent
+_TUNE = {"sections": (FINETUNE,)}
+_BOTH = {"sections": (PERFORMANCE, FINETUNE)}
 
 
 @dataclass
@@ -87,8 +130,8 @@ class Record:
     ds_config: dict | None = _f(SETTING, doc="the effective DeepSpeed config")
     global_batch: int | None = _f(SETTING, "images")
     # --- cost
-    params: int | None = _f(MEASURE, "parameters")
-    gmacs: float | None = _f(MEASURE, "GMACs")
+    params: int | None = _f(MEASURE, "parameters", show=Display("params", "M", "min", 1e-6))
+    gmacs: float | None = _f(MEASURE, "GMACs", show=Display("GMACs", "", "min"))
     gflops: float | None = _f(MEASURE, "GFLOPs (2 x GMACs)")
     stage_gmacs: dict | None = _f(MEASURE, "GMACs")
     attention_gmacs_per_stage: dict | None = _f(MEASURE, "GMACs")
@@ -96,32 +139,36 @@ class Record:
     part_params: dict | None = _f(MEASURE, "parameters")
     part_latency_ms: dict | None = _f(MEASURE, "ms")
     # --- time
-    latency_ms: float | None = _f(MEASURE, "ms", "median per iteration")
-    latency_p10_ms: float | None = _f(MEASURE, "ms")
-    latency_p90_ms: float | None = _f(MEASURE, "ms")
-    latency_cv: float | None = _f(MEASURE, doc="stdev / mean")
-    latency_ci95_ms: list | None = _f(MEASURE, "ms", "95% CI of the median [low, high]")
-    iters: int | None = _f(MEASURE, "iterations timed")
-    warmup_iters: int | None = _f(MEASURE, "iterations")
+    latency_ms: float | None = _f(MEASURE, "ms", "median per iteration", Display("latency", "ms, median", "min"))
+    latency_p10_ms: float | None = _f(MEASURE, "ms", show=Display("latency p10", main=False))
+    latency_p90_ms: float | None = _f(MEASURE, "ms", show=Display("latency p90", better="min"))
+    latency_cv: float | None = _f(MEASURE, doc="stdev / mean", show=Display("CV", main=False, **_PERCENT))
+    latency_ci95_ms: list | None = _f(MEASURE, "ms", "95% CI of the median [low, high]",
+                                      Display("latency 95% CI", text=span))
+    iters: int | None = _f(MEASURE, "iterations timed", show=Display("timed iters", main=False, **_COUNT))
+    warmup_iters: int | None = _f(MEASURE, "iterations", show=Display("warm-up iters", main=False, **_COUNT))
     timing_stable: bool | None = _f(MEASURE)
     timing_stop: str | None = _f(MEASURE)
     timing_flags: list | None = _f(MEASURE)
-    compile_s: float | None = _f(MEASURE, "s")
-    compile_graph_breaks: int | None = _f(MEASURE)
-    compile_recompiles: int | None = _f(MEASURE)
-    per_rank_step_ms: list | None = _f(MEASURE, "ms")
-    throughput: float | None = _f(MEASURE, "images/s (global)")
-    scaling_efficiency: float | None = _f(MEASURE)
+    compile_s: float | None = _f(MEASURE, "s", "the first call, timed apart", Display("compile time", better="min"))
+    compile_graph_breaks: int | None = _f(MEASURE, show=Display("graph breaks", main=False, **_COUNT))
+    compile_recompiles: int | None = _f(MEASURE, show=Display("recompiles", main=False, **_COUNT))
+    per_rank_step_ms: list | None = _f(MEASURE, "ms", show=Display("step per rank", better="min", scalar=slowest))
+    throughput: float | None = _f(MEASURE, "images/s (global)", show=Display("throughput", "img/s", "max", **_BOTH))
+    scaling_efficiency: float | None = _f(MEASURE, show=Display("scaling efficiency", better="max", **_PERCENT))
     scaling_basis: str | None = _f(MEASURE)
-    achieved_tflops: float | None = _f(MEASURE, "TFLOP/s")
-    peak_tflops: float | None = _f(MEASURE, "TFLOP/s")
-    mfu: float | None = _f(MEASURE)
+    achieved_tflops: float | None = _f(MEASURE, "TFLOP/s", show=Display("achieved TFLOP/s", "", "max"))
+    peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "a large matmul, same dtype", Display("matmul peak", main=False))
+    mfu: float | None = _f(MEASURE, show=Display("MFU", better="max", **_PERCENT))
     # --- memory
-    peak_mem_mb: float | None = _f(MEASURE, "MB")
+    peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
-    mem_reserved_mb: float | None = _f(MEASURE, "MB", "GPU: torch.cuda.max_memory_reserved")
-    device_mem_used_mb: float | None = _f(MEASURE, "MB", "GPU: NVML memory in use at the end of the cell")
-    energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images")
+    mem_reserved_mb: float | None = _f(MEASURE, "MB", "GPU: torch.cuda.max_memory_reserved",
+                                      Display("reserved memory", better="min"))
+    device_mem_used_mb: float | None = _f(MEASURE, "MB", "GPU: NVML memory in use at the end of the cell",
+                                         Display("device memory in use", main=False))
+    energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images",
+                                         Display("energy per image", better="min"))
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
     batch_search: list | None = _f(MEASURE)
     # --- profile
@@ -152,21 +199,21 @@ class Record:
     loss_first_mean: float | None = _f(MEASURE)
     loss_last_mean: float | None = _f(MEASURE)
     loss_mean_window: int | None = _f(MEASURE, "steps")
-    step_time_ms: float | None = _f(MEASURE, "ms")
-    step_time_ms_p90: float | None = _f(MEASURE, "ms")
-    data_time_ms: float | None = _f(MEASURE, "ms")
-    map: float | None = _f(MEASURE)
-    ap50: float | None = _f(MEASURE)
-    ap75: float | None = _f(MEASURE)
-    untrained_map: float | None = _f(MEASURE)
+    step_time_ms: float | None = _f(MEASURE, "ms", show=Display("step", "ms, median", main=False, **_TUNE))
+    step_time_ms_p90: float | None = _f(MEASURE, "ms", show=Display("step p90", main=False, **_TUNE))
+    data_time_ms: float | None = _f(MEASURE, "ms", show=Display("data loading", main=False, **_TUNE))
+    map: float | None = _f(MEASURE, show=Display("mAP", better="max", **_PERCENT, **_TUNE))
+    ap50: float | None = _f(MEASURE, show=Display("AP50", better="max", **_PERCENT, **_TUNE))
+    ap75: float | None = _f(MEASURE, show=Display("AP75", better="max", **_PERCENT, **_TUNE))
+    untrained_map: float | None = _f(MEASURE, show=Display("mAP untrained", **_PERCENT, **_TUNE))
     untrained_ap50: float | None = _f(MEASURE)
     untrained_ap75: float | None = _f(MEASURE)
-    miou: float | None = _f(MEASURE)
-    pixel_acc: float | None = _f(MEASURE)
+    miou: float | None = _f(MEASURE, show=Display("mIoU", better="max", **_PERCENT, **_TUNE))
+    pixel_acc: float | None = _f(MEASURE, show=Display("pixel acc.", better="max", **_PERCENT, **_TUNE))
     iou_per_class: list | None = _f(MEASURE)
-    untrained_miou: float | None = _f(MEASURE)
+    untrained_miou: float | None = _f(MEASURE, show=Display("mIoU untrained", **_PERCENT, **_TUNE))
     untrained_pixel_acc: float | None = _f(MEASURE)
-    majority_miou: float | None = _f(MEASURE)
+    majority_miou: float | None = _f(MEASURE, show=Display("mIoU majority class", **_PERCENT, **_TUNE))
     majority_pixel_acc: float | None = _f(MEASURE)
     loadavg_1m_before: float | None = _f(PROVENANCE)
     loadavg_1m_after: float | None = _f(PROVENANCE)
@@ -187,9 +234,79 @@ class Record:
     wall_s: float | None = _f(PROVENANCE, "s")
 
 
-FIELDS = {f.name: f for f in fields(Record)}
-SETTING_FIELDS = [n for n, f in FIELDS.items() if f.metadata["kind"] == SETTING]
-PROVENANCE_FIELDS = [n for n, f in FIELDS.items() if f.metadata["kind"] == PROVENANCE]
+FIELDS = {f.name: f for f in fields(Record)}  # the dataclass fields of ``Record`` itself
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of the schema, with its python type (read once from the annotations) and, for a
+    measure the report shows, its ``Display``."""
+
+    name: str
+    kind: str
+    unit: str
+    doc: str
+    type: type  # the declared type without None: int, float, str, bool, list, dict
+    display: Display | None
+
+    @property
+    def header(self) -> str:
+        """The column header: the label and its unit, "throughput (img/s)"."""
+        assert self.display is not None
+        unit = self.unit if self.display.unit is None else self.display.unit
+        return f"{self.display.label} ({unit})" if unit else self.display.label
+
+    @property
+    def numeric(self) -> bool:
+        """A column of numbers once loaded: a number type, or a list that stands for one number."""
+        return self.type in (int, float) or (self.display is not None and self.display.scalar is not None)
+
+
+def _plain_type(hint: Any) -> type:
+    """``int | None`` -> int; ``list[str] | None`` -> list."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return typing.get_origin(hint) or hint
+
+
+class Schema:
+    """The fields of a record type, by name: what check_record, well_formed and the report read.
+    Everything reads the current one through ``schema()``, so a field added to ``Record`` (or a
+    test's subclass of it, installed as ``SCHEMA``) reaches every reader with no other change."""
+
+    def __init__(self, record_type: type = Record):
+        hints = typing.get_type_hints(record_type)
+        self.record_type = record_type
+        self.fields: dict[str, FieldSpec] = {
+            f.name: FieldSpec(f.name, f.metadata["kind"], f.metadata["unit"], f.metadata["doc"],
+                              _plain_type(hints[f.name]), f.metadata["display"])
+            for f in fields(record_type)}
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [n for n, f in self.fields.items() if f.kind == kind]
+
+    def shown(self, section: str, main: bool) -> list[FieldSpec]:
+        """The fields shown in ``section``'s main table (or its details table), its own ones first
+        (in declaration order), then those it shares with another section."""
+        out = [f for f in self.fields.values()
+               if f.display is not None and section in f.display.sections and f.display.main == main]
+        return sorted(out, key=lambda f: f.display.sections[0] != section)  # stable: declaration order
+
+    @property
+    def numeric(self) -> list[str]:
+        return [n for n, f in self.fields.items() if f.numeric]
+
+    @property
+    def containers(self) -> set[str]:
+        return {n for n, f in self.fields.items() if f.type in (list, dict)}
+
+
+SCHEMA = Schema(Record)
+
+
+def schema() -> Schema:
+    """The schema every reader uses (a test may install a wider one as ``SCHEMA``)."""
+    return SCHEMA
 
 
 class SchemaError(ValueError):
@@ -198,14 +315,20 @@ class SchemaError(ValueError):
 
 def check_record(rec: dict[str, Any]) -> dict[str, Any]:
     """``rec`` with ``schema_version``; raises SchemaError on a field the schema lacks."""
-    unknown = sorted(set(rec) - FIELDS.keys())
+    unknown = sorted(set(rec) - schema().fields.keys())
     if unknown:
         raise SchemaError(f"record fields not in bench.record.Record: {', '.join(unknown)}")
     return {**rec, "schema_version": SCHEMA_VERSION}
 
 
+# Schema v1 records have no config_id; one v1 run directory could hold the same cell under several
+# engines, so these settings tell its configurations apart.
+V1_CONFIGURATION = ("engine", "zero", "world_size", "dtype")
+
+
 def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
-    """Read a record of any schema version as the current one (v1: no version, no kind/precision)."""
+    """Read a record of any schema version as the current one. Every shim for older records lives
+    here, so no reader needs a special case: v1 had no version, kind, task, precision or config_id."""
     rec = dict(rec)
     if rec.get("schema_version") is None:
         rec["schema_version"] = 1
@@ -216,7 +339,10 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
         if dtype and not rec.get("precision"):
             # v1: plain/DDP autocast; DeepSpeed cast the whole model.
             half = dtype in ("bf16", "fp16")
-            rec["precision"] = (f"{dtype}-weights" if rec.get("engine") == "deepspeed" else f"amp-{dtype}") if half else dtype
+            weights = rec.get("engine") == "deepspeed"
+            rec["precision"] = (f"{dtype}-weights" if weights else f"amp-{dtype}") if half else dtype
+        if rec.get("config_id") is None:  # its configuration stands in (an engines sweep in one directory)
+            rec["config_id"] = "v1:" + "|".join(str(rec.get(k)) for k in V1_CONFIGURATION)
     return rec
 
 
@@ -406,24 +532,13 @@ def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
     return out, bad
 
 
-def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    yield from read_records_counted(path)[0]
-
-
-# Schema v1 records have no config_id; one v1 run directory could hold the same cell under several
-# engines, so these settings tell its configurations apart.
-V1_CONFIGURATION = ("engine", "zero", "world_size", "dtype")
-
-
 def latest_by_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per (cell_key, config_id): the latest by timestamp (a retried cell's last try).
     A record whose cell_key is not a string (or config_id neither a string nor missing) stands alone."""
     best: dict[tuple, dict[str, Any]] = {}
     for i, rec in enumerate(records):
         cell_key, config_id = rec.get("cell_key"), rec.get("config_id")
-        if config_id is None:  # schema v1: its configuration stands in (an engines sweep in one directory)
-            config_id = "v1:" + "|".join(str(rec.get(k)) for k in V1_CONFIGURATION)
-        if isinstance(cell_key, str) and cell_key and isinstance(config_id, str):
+        if isinstance(cell_key, str) and cell_key and (config_id is None or isinstance(config_id, str)):
             key: tuple = ("cell", cell_key, config_id)
         else:
             key = ("#", i)
@@ -439,22 +554,19 @@ def cell_identity(rec: dict[str, Any]) -> tuple[str, str] | None:
     return (key, config_id) if isinstance(key, str) and isinstance(config_id, str) else None
 
 
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
-
-
 def well_formed(rec: dict[str, Any]) -> bool:
     """Every field the schema declares has its declared type (or is missing / null): what code
-    that computes with old records (scaling efficiency, resume) may rely on."""
+    that computes with old records (scaling efficiency, resume) may rely on. An int is a float
+    (JSON writes 2.0 as 2); a bool is only a bool."""
+    declared = schema().fields
     for name, value in rec.items():
-        f = FIELDS.get(name)
+        f = declared.get(name)
         if f is None or value is None:
             continue
-        kinds = _TYPES.get(str(f.type).split(" |")[0])
-        if kinds is None:
-            continue
-        if isinstance(value, bool) and bool not in kinds:
+        allowed = (int, float) if f.type is float else (f.type,)
+        if isinstance(value, bool) and f.type is not bool:
             return False
-        if not isinstance(value, kinds):
+        if not isinstance(value, allowed):
             return False
     return True
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_bench
 
 from bench.measure.profile import CATEGORIES, categorize
-from bench.record import read_records
+from bench.record import read_records_counted
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def profiled_run(tmp_path_factory):
 
 
 def test_records_carry_op_breakdown(profiled_run):
-    records = list(read_records(profiled_run / "records.jsonl"))
+    records = read_records_counted(profiled_run / "records.jsonl")[0]
     assert [r["model"] for r in records] == ["pvt_tiny", "resnet18"]
     for r in records:
         assert set(r["op_breakdown"]) == set(CATEGORIES)

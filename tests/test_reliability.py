@@ -28,7 +28,7 @@ import psutil
 import pytest
 from conftest import REPO, run_bench
 
-from bench.record import RunDir, new_run_id, read_records, read_records_counted
+from bench.record import RunDir, new_run_id, read_records_counted
 
 SMALL = ["--models", "resnet18", "--modes", "infer", "--budget", "0.1", "--max-time", "10"]
 
@@ -60,7 +60,7 @@ def measured(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("measured") / "run"
     proc = run_small(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (rec,) = list(read_records(out / "records.jsonl"))
+    (rec,) = read_records_counted(out / "records.jsonl")[0]
     assert rec["status"] == "ok", rec
     return out
 
@@ -511,12 +511,12 @@ DDP_RUN = ["run", "--nproc", "2", "--engine", "ddp", "--modes", "train", "--mode
 def test_stop_signal_to_the_parent_stops_every_rank_at_a_cell_boundary(tmp_path, sig):
     out = tmp_path / "ddp"
     code, err, family = _stop_job([*DDP_RUN, "--out", str(out)], sig,
-                                  lambda: bool(list(read_records(out / "records.jsonl"))))
+                                  lambda: bool(read_records_counted(out / "records.jsonl")[0]))
     assert code == 99, err[-3000:]
     assert "stopped the 2-rank job at a cell boundary" in err
     # torchrun did not report the asked-for stop as a failure
     assert "ChildFailedError" not in err and "FAILED" not in err and "Traceback" not in err, err[-3000:]
-    records = list(read_records(out / "records.jsonl"))
+    records = read_records_counted(out / "records.jsonl")[0]
     assert 1 <= len(records) < 3 and all(r["world_size"] == 2 for r in records)
     assert _gone(family), [p for p in family if p.is_running()]
     resumed = RunDir(out).records()

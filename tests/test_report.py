@@ -22,7 +22,7 @@ from browser import dump_dom, screenshot
 from click.testing import CliRunner
 from PIL import Image
 
-from bench.record import read_records
+from bench.record import read_records_counted
 from bench.report import PAPER_TABLE2, fmt_number, render_report, report_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def run_at_224(runs) -> Path:
 def copy_run(src: Path, dst: Path, edit=None) -> Path:
     """A copy of a real run directory, with ``edit(records)`` applied to its records."""
     shutil.copytree(src, dst)
-    records = list(read_records(dst / "records.jsonl"))
+    records = read_records_counted(dst / "records.jsonl")[0]
     if edit:
         edit(records)
     (dst / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -132,7 +132,7 @@ class Page(HTMLParser):
 
 
 def records_of(run: Path) -> list[dict]:
-    return list(read_records(run / "records.jsonl"))
+    return read_records_counted(run / "records.jsonl")[0]
 
 
 def test_bench_run_renders_its_own_report(run_dir):
@@ -160,7 +160,8 @@ def test_report_in_a_browser_shows_every_model_and_resolution(run_dir, tmp_path)
     # Nothing external: every image is embedded, and there is no script or stylesheet link.
     assert all(attrs["src"].startswith("data:image/png;base64,") for tag, attrs in page.tags if tag == "img")
     plots = [a.get("alt") for t, a in page.tags if t == "img"]
-    assert {"Throughput vs resolution", "GMACs vs resolution", "Peak memory vs resolution", "GMACs per stage"} <= set(plots)
+    wanted = {"Throughput vs resolution", "GMACs vs resolution", "Peak memory vs resolution", "GMACs per stage"}
+    assert wanted <= set(plots)
     assert not [t for t, a in page.tags if t == "script" or (t == "link" and a.get("rel") == "stylesheet")]
 
 
@@ -190,7 +191,8 @@ def test_strings_from_records_and_env_are_shown_as_text(run_dir, tmp_path):
 
 def test_oom_and_error_cells_are_rows_that_say_so(run_dir, tmp_path):
     def edit(records):
-        for r, status, error in ((records[0], "oom", "CUDA out of memory"), (records[1], "error", "RuntimeError: <boom>")):
+        failures = ((records[0], "oom", "CUDA out of memory"), (records[1], "error", "RuntimeError: <boom>"))
+        for r, status, error in failures:
             r.update(status=status, error=error, latency_ms=None, latency_p90_ms=None, throughput=None,
                      peak_mem_mb=None, mfu=None, per_rank_step_ms=None)
 

@@ -10,7 +10,7 @@ import time
 
 from conftest import REPO, run_bench
 
-from bench.record import read_records
+from bench.record import read_records_counted
 
 ARGS = ["run", "--models", "resnet18", "--res", "64,96,128", "--modes", "infer,train", "--budget", "0.5", "--no-report"]
 
@@ -23,7 +23,7 @@ def _start(out):
 def _wait_for_records(out, n, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len(list(read_records(out / "records.jsonl"))) >= n:
+        if len(read_records_counted(out / "records.jsonl")[0]) >= n:
             return
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.2)
@@ -42,7 +42,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     resumed = run_bench(*ARGS, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"skipping {len(finished)} finished cells" in resumed.stderr
-    records = list(read_records(out / "records.jsonl"))
+    records = read_records_counted(out / "records.jsonl")[0]
     assert len(records) == 6 and len({r["cell_key"] for r in records}) == 6
     assert records[: len(finished)] == finished
 
@@ -55,7 +55,7 @@ def test_sigusr1_stops_at_cell_boundary_with_code_99(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 99, err[-2000:]
     assert "preempted" in err
-    records = list(read_records(out / "records.jsonl"))
+    records = read_records_counted(out / "records.jsonl")[0]
     assert 1 <= len(records) < 6 and all(r["status"] == "ok" for r in records)
 
 
@@ -64,7 +64,7 @@ def test_batch_auto_finds_the_cap(tmp_path):
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "infer", "--batch", "auto",
                      "--max-batch", "6", "--budget", "0.2", "--out", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (rec,) = list(read_records(out / "records.jsonl"))
+    (rec,) = read_records_counted(out / "records.jsonl")[0]
     assert rec["batch"] == 6 and rec["cell_key"].endswith("|auto")
     assert [t["batch"] for t in rec["batch_search"]] == [1, 2, 4, 6]
     # The frontier only: one step per trial, the found batch is not timed unless asked.
@@ -73,5 +73,5 @@ def test_batch_auto_finds_the_cap(tmp_path):
                       "--max-batch", "2", "--time-auto-batch", "--budget", "0.2", "--max-time", "10",
                       "--out", str(out), "--no-report")
     assert timed.returncode == 0, timed.stderr[-2000:]
-    last = list(read_records(out / "records.jsonl"))[-1]
+    last = read_records_counted(out / "records.jsonl")[0][-1]
     assert last["batch"] == 2 and last["latency_ms"] > 0

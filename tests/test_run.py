@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import run_bench
 
-from bench.record import read_records
+from bench.record import read_records_counted
 
 REQUIRED = {"model", "res", "mode", "batch", "device", "dtype", "params", "gmacs", "latency_ms", "throughput",
             "peak_mem_mb", "status", "error", "engine", "world_size", "global_batch", "latency_p90_ms"}
@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory):
 
 def test_run_writes_one_valid_record_per_cell(tiny_run):
     out, _ = tiny_run
-    records = list(read_records(out / "records.jsonl"))
+    records = read_records_counted(out / "records.jsonl")[0]
     keys = sorted((r["model"], r["res"], r["mode"], r["batch"]) for r in records)
     expected = sorted((m, res, mode, b) for m in ("resnet18", "pvt_tiny") for res in ("64", "64x96")
                       for mode in ("infer", "train") for b in (1, 2))
@@ -92,13 +92,13 @@ def test_flops_unknown_model_is_one_line(tmp_path):
 def test_peak_memory_does_not_depend_on_the_cell_before(tiny_run, tmp_path):
     """A cell's CPU peak must not read low because an earlier cell left freed pages resident."""
     out, _ = tiny_run
-    after = next(r for r in read_records(out / "records.jsonl")
+    after = next(r for r in read_records_counted(out / "records.jsonl")[0]
                  if (r["model"], r["res"], r["mode"], r["batch"]) == ("pvt_tiny", "64", "train", 1))
     alone_dir = tmp_path / "alone"
     proc = run_bench("run", "--models", "pvt_tiny", "--res", "64", "--modes", "train", "--batch", "1",
                      "--budget", "0.2", "--out", str(alone_dir), "--no-report")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (alone,) = list(read_records(alone_dir / "records.jsonl"))
+    (alone,) = read_records_counted(alone_dir / "records.jsonl")[0]
     assert after["peak_mem_mb"] == pytest.approx(alone["peak_mem_mb"], rel=0.25)
 
 
@@ -109,7 +109,7 @@ def test_run_task_det_measures_the_whole_detector(tmp_path):
     proc = run_bench("run", "--task", "det", "--models", "resnet18", "--res", "100x130", "--budget", "0.2",
                      "--max-time", "15", "--no-report", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    infer, train = sorted(read_records(out / "records.jsonl"), key=lambda r: r["mode"])
+    infer, train = sorted(read_records_counted(out / "records.jsonl")[0], key=lambda r: r["mode"])
     for rec in (infer, train):
         assert rec["status"] == "ok" and rec["task"] == "det" and rec["res"] == "100x130"
         assert rec["input_hw"] == [128, 160] and rec["bn_mode"] == "frozen"

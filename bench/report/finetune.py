@@ -6,27 +6,26 @@ from typing import Any
 
 import pandas as pd
 
+from bench.record import FINETUNE, Display
 from bench.report.load import finetune_cells, is_missing
 from bench.report.plots import PANELS_PER_ROW, PlotSpec, figure, one_legend, panel_grid, slanted_xticks
 from bench.report.references import DENSE_NOTES, paper_dense_score
-from bench.report.tables import Cell, Metric, Table, metric_table
+from bench.report.tables import Cell, Metric, Table, metric_table, schema_metrics
 
-# Fine-tune scores are recorded as fractions and shown in percent, like the paper's. The
-# untrained and majority-class scores are the floor a fine-tune has to clear, not contenders.
-FINETUNE_METRICS = [
-    Metric("map", "mAP (%)", "max", 100.0),
-    Metric("ap50", "AP50 (%)", "max", 100.0),
-    Metric("ap75", "AP75 (%)", "max", 100.0),
-    Metric("untrained_map", "mAP untrained (%)", "", 100.0),
-    Metric("miou", "mIoU (%)", "max", 100.0),
-    Metric("pixel_acc", "pixel acc. (%)", "max", 100.0),
-    Metric("untrained_miou", "mIoU untrained (%)", "", 100.0),
-    Metric("majority_miou", "mIoU majority class (%)", "", 100.0),
-    Metric("final_loss", "final loss", "min"),
-    Metric("throughput", "throughput (img/s)", "max"),
-    Metric("peak_mem_mb", "peak memory (MB)", "min"),
-]
-METRIC_NAMES = {m.field: m.header for m in FINETUNE_METRICS}
+# What the report derives itself: the mean loss over the last steps (the last step's loss for
+# records without it).
+FINAL_LOSS = Metric("final_loss", "final loss", Display("final loss", better="min", sections=(FINETUNE,)))
+
+
+def finetune_metrics() -> list[Metric]:
+    """The fine-tune table's columns, from the schema (section "finetune"): the scores first
+    (recorded as fractions, shown in percent like the paper's; the untrained and majority-class
+    scores are the floor to clear, never marked best), the final loss, then what the fine-tune
+    shares with the performance tables (throughput, memory)."""
+    metrics = schema_metrics(FINETUNE)
+    own = [m for m in metrics if m.display.sections[0] == FINETUNE]
+    return own + [FINAL_LOSS] + metrics[len(own):]
+
 
 TASK_TITLES = {"det": "Fine-tunes: detection (RetinaNet)", "seg": "Fine-tunes: segmentation (Semantic FPN)"}
 PAPER_DENSE_HEADERS = {"det": "paper RetinaNet AP (%)", "seg": "paper Semantic FPN mIoU (%)"}
@@ -45,13 +44,18 @@ def finetune_tables(df: pd.DataFrame) -> list[Table]:
         part["final_loss"] = part["loss_last_mean"].fillna(last)
         part["pretrained_text"] = part["pretrained"].map(lambda p: "—" if is_missing(p) else ("yes" if p else "no"))
         part = part.sort_values(["pixels", "model_order", "pretrained_text", "series_order"], kind="stable")
-        table = metric_table(f"finetune-{task}", TASK_TITLES.get(task, f"Fine-tunes: {task}"),
-                             part.reset_index(drop=True), FINETUNE_ID_COLUMNS, FINETUNE_METRICS, ["res"])
-        # The paper's score goes just before the status column.
-        table.columns.insert(len(table.columns) - 1, PAPER_DENSE_HEADERS.get(task, "paper"))
+        part = part.reset_index(drop=True)
+        title = TASK_TITLES.get(task, f"Fine-tunes: {task}")
+        table = metric_table(f"finetune-{task}", title, part, FINETUNE_ID_COLUMNS, finetune_metrics(), ["res"])
+        # The paper's score goes just before the status column (the last but one: flags close the row).
+        table.columns.insert(len(table.columns) - 2, PAPER_DENSE_HEADERS.get(task, "paper"))
         for row, model in zip(table.rows, part["model"]):
-            row.insert(len(row) - 1, Cell(paper_dense_score(model, task), kind="num"))
+            row.insert(len(row) - 2, Cell(paper_dense_score(model, task), kind="num"))
         tables.append(table)
+        details = metric_table(f"finetune-{task}-details", f"{title}: step times", part, FINETUNE_ID_COLUMNS,
+                               schema_metrics(FINETUNE, main=False), ["res"])
+        if len(details.columns) > len(FINETUNE_ID_COLUMNS) + 2:  # more than the status and flags columns
+            tables.append(details)
     if tables:
         tables[-1].notes = DENSE_NOTES  # once, below the last fine-tune table
     return tables
@@ -133,17 +137,21 @@ def plot_finetune_metrics(df: pd.DataFrame):
 
     part = _labelled_finetunes(df)
     part = part[part["status"] == "ok"]
-    metrics = [m for m in ("map", "ap50", "ap75", "miou", "pixel_acc") if part[m].notna().any()]
+    # The scores a fine-tune is judged by: its own figures where higher is better, in percent.
+    scores = {m.field: m for m in finetune_metrics()
+              if m.display.sections[0] == FINETUNE and m.better == "max" and m.display.unit == "%"}
+    metrics = [f for f in scores if f in part.columns and part[f].notna().any()]
     if part.empty or not metrics:
         return None
-    long = part.melt(id_vars=["backbone", "init", "mode"], value_vars=metrics, var_name="metric").dropna(subset=["value"])
-    long["value"] = long["value"] * 100
+    long = part.melt(id_vars=["backbone", "init", "mode"], value_vars=metrics, var_name="metric")
+    long = long.dropna(subset=["value"])
+    long["value"] = long["value"] * long["metric"].map({f: scores[f].display.scale for f in metrics})
     inits = list(dict.fromkeys(long["init"]))
     fig, axes = panel_grid(len(metrics), 4.2, 3.4)
     for ax, metric in zip(axes, metrics):
         sns.barplot(long[long["metric"] == metric], x="backbone", y="value", hue="init", hue_order=inits,
                     errorbar=None, ax=ax)
-        ax.set_title(METRIC_NAMES[metric])
+        ax.set_title(scores[metric].header)
         ax.set_ylabel("%")
         ax.set_xlabel("")
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))

@@ -29,9 +29,7 @@ def frontier_cells(df: pd.DataFrame) -> pd.DataFrame:
     part["smallest_failed"] = pd.Series([min([b for b, fits in t if not fits and b > big], default=None)
                                          for t, big in zip(trials, part["largest"])], index=part.index, dtype=object)
     part["tried"] = trials.map(len)
-    from bench.engines import engine_label  # each engine names itself (bench.engines.base)
-
-    part["strategy"] = [engine_label(r) for r in part[["engine", "zero"]].to_dict("records")]
+    part["strategy"] = part["engine_label"]
     return part.sort_values(["mode", "series_order", "model_order", "strategy", "input_pixels"], kind="stable")
 
 

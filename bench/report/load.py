@@ -10,15 +10,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bench.errors import BadInput
-from bench.record import ENV, FIELDS, RECORDS, RunDir, latest_by_cell
+from bench.record import ENV, RECORDS, RunDir, latest_by_cell, schema
 
-# Every field of the schema (bench.record.Record): nothing a writer records is dropped here.
-RECORD_FIELDS = list(FIELDS)
-NUMERIC_FIELDS = (
-    "params", "gmacs", "latency_ms", "latency_p90_ms", "throughput", "per_rank_step_ms",
-    "scaling_efficiency", "peak_mem_mb", "mfu", "map", "ap50", "ap75", "miou", "pixel_acc",
-    "untrained_map", "untrained_miou", "majority_miou", "loss_last_mean", "iters", "latency_cv",
-)
 # The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
 FINETUNE_MODES = ("det", "seg")
 
@@ -80,43 +73,44 @@ def is_missing(v: Any) -> bool:
 def records_frame(runs: list[Run]) -> pd.DataFrame:
     """All records of all runs in one frame, with the labels and sort keys the report needs.
 
-    ``setup`` is "<device_name> · <engine> ×<world_size>", ``series`` adds the run id so two runs
-    of the same set-up (two commits, say) stay apart. ``task`` and ``precision`` are filled for
-    older records, ``pixels`` is the size asked for, ``input_pixels`` the size fed to the model
-    (``input_hw``), and ``label`` the model with its task where that is not classification.
+    One column per field of the schema (``bench.record.schema()``: nothing a writer records is
+    dropped), numbers where the schema declares a number (a list that stands for one number, the
+    per-rank step times, becomes that number). ``engine_label`` names the engine as a reader
+    knows it ("deepspeed ZeRO-2"); ``setup`` is "<device_name> · <engine_label> ×<world_size>",
+    ``series`` adds the run id so two runs of the same set-up (two commits, say) stay apart.
+    ``pixels`` is the size asked for, ``input_pixels`` the size fed to the model (``input_hw``),
+    and ``label`` the model with its task where that is not classification.
     """
+    spec = schema()
+    names = list(spec.fields)
     rows = []
     for run_index, run in enumerate(runs):
         for r in run.records:
-            row = {**{k: _scalar_or_json(k, r.get(k)) for k in RECORD_FIELDS}, "run_id": run.run_id,
+            row = {**{k: _scalar_or_json(spec.containers, k, r.get(k)) for k in names}, "run_id": run.run_id,
                    "run_index": run_index}
             row["device_name"] = row["device_name"] or run.env.get("device_name") or row["device"]
             rows.append(row)
-    df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "run_index"])
+    df = pd.DataFrame(rows, columns=[*names, "run_index"])
     df = df.astype({"model": "object", "res": "object", "mode": "object"})
+    for name in spec.numeric:
+        scalar = spec.fields[name].display and spec.fields[name].display.scalar
+        df[name] = pd.to_numeric(df[name].map(scalar) if scalar else df[name], errors="coerce")
     df["model"] = df["model"].map(lambda m: "?" if is_missing(m) else str(m))
     df["mode"] = df["mode"].map(lambda m: "infer" if is_missing(m) else str(m))
+    df["task"] = df["task"].map(lambda t: "?" if is_missing(t) else str(t))  # older records: record.upgrade
     df["engine"] = df["engine"].fillna("none").astype(str)
-    # bench run records the step time of every rank; the slowest one sets the pace.
-    df["per_rank_step_ms"] = df["per_rank_step_ms"].map(_slowest_rank)
-    df["world_size"] = pd.to_numeric(df["world_size"], errors="coerce").fillna(1).astype(int)
+    df["world_size"] = df["world_size"].fillna(1).astype(int)
     df["device_name"] = df["device_name"].fillna("unknown device").astype(str)
     df["status"] = df["status"].fillna("ok").astype(str)
-    # Older records name no task: a fine-tune's is its mode, every other cell classifies.
-    df["task"] = [str(t) if not is_missing(t) else (m if m in FINETUNE_MODES else "cls")
-                  for t, m in zip(df["task"], df["mode"])]
-    df["precision"] = [p if not is_missing(p) else d for p, d in zip(df["precision"], df["dtype"])]
     df = df.copy()  # one block again after the per-column conversions of a wide frame
     df["res"] = [_res_label(r) for r in df[["res", "height", "width"]].to_dict("records")]
     df["pixels"] = [_pixels(r) for r in df[["res", "height", "width"]].to_dict("records")]
     # What the model was fed (det pads to a multiple of 32): the x of the scaling fits.
     df["input_pixels"] = [_input_pixels(hw, p) for hw, p in zip(df["input_hw"], df["pixels"])]
-    for col in NUMERIC_FIELDS:
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    from bench.engines import engine_label  # each engine names itself (bench.engines.base)
-
-    engine = pd.Series([engine_label(r) for r in df[["engine", "zero"]].to_dict("records")], index=df.index)
-    df["setup"] = df["device_name"] + " · " + engine + " ×" + df["world_size"].astype(str)
+    # The one place the report names an engine (the frontier's strategy column reads it too).
+    df["engine_label"] = [e + (f" ZeRO-{int(z)}" if e == "deepspeed" and pd.notna(z) else "")
+                          for e, z in zip(df["engine"], df["zero"])]
+    df["setup"] = df["device_name"] + " · " + df["engine_label"] + " ×" + df["world_size"].astype(str)
     df["series"] = df["setup"] + " · " + df["run_id"]
     # The name a plot line carries: the model, and its task where it is not classification (a
     # RetinaNet around pvt_small costs far more than pvt_small alone).
@@ -144,13 +138,10 @@ def finetune_cells(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["mode"].isin(FINETUNE_MODES)]
 
 
-_CONTAINER_FIELDS = {n for n, f in FIELDS.items() if f.type in ("dict | None", "list | None")}
-
-
-def _scalar_or_json(name: str, value: Any) -> Any:
+def _scalar_or_json(containers: set[str], name: str, value: Any) -> Any:
     """A field of the wrong shape (``batch: [1, 2]`` in a hand-edited file) must not break the
     report: containers stay only where the schema declares a container."""
-    if isinstance(value, (list, dict)) and name not in _CONTAINER_FIELDS:
+    if isinstance(value, (list, dict)) and name not in containers:
         return json.dumps(value)[:80]
     return value
 
@@ -162,13 +153,6 @@ def _input_pixels(hw: Any, pixels: float) -> float:
         except (TypeError, ValueError):
             pass
     return pixels
-
-
-def _slowest_rank(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        numbers = [x for x in v if isinstance(x, (int, float))]
-        return max(numbers) if numbers else None
-    return v
 
 
 def _res_label(r: dict) -> str:

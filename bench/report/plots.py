@@ -330,10 +330,12 @@ SCALING_PLOTS: list[PlotSpec] = [
 
 
 PERF_PLOTS: list[PlotSpec] = [
-    ("Throughput vs resolution", "Images per second (log), one line per model; dashes tell runs apart.", plot_throughput),
+    ("Throughput vs resolution", "Images per second (log), one line per model; dashes tell runs apart.",
+     plot_throughput),
     ("GMACs vs resolution", gmacs_caption, plot_gmacs),
     ("Peak memory vs resolution", "Peak memory of a cell in MB.", plot_memory),
     ("GMACs per stage", "Where the multiply-adds are spent, per model and resolution.", plot_stage_gmacs),
     ("Time by operation category", "Share of profiled time per op category.", plot_op_breakdown),
-    ("Scaling efficiency vs world size", "Per-rank throughput relative to the smallest world size; 100% is linear scaling.", plot_scaling),
+    ("Scaling efficiency vs world size",
+     "Per-rank throughput relative to the smallest world size; 100% is linear scaling.", plot_scaling),
 ]

@@ -95,7 +95,8 @@ def throughput_reference_table(df: pd.DataFrame) -> Table | None:
     rows = []
     for _, r in sort_cells(part).iterrows():
         published = PUBLISHED_THROUGHPUT[r["model"]]
-        same_gpu = [gpu for gpu in published if gpu.replace(" ", "").lower() in str(r["device_name"]).replace(" ", "").lower()]
+        device = str(r["device_name"]).replace(" ", "").lower()
+        same_gpu = [gpu for gpu in published if gpu.replace(" ", "").lower() in device]
         verdict = (f"same GPU family as the {same_gpu[0]} figure; check dtype and batch" if same_gpu
                    else f"not comparable: measured on {r['device_name']}")
         rows.append([Cell(r["model"]), Cell(as_text(r["batch"])), Cell(as_text(r["dtype"])), Cell(r["setup"]),
@@ -218,7 +219,7 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
         paper = PAPER_DENSE_COST[model]
         with_params = part[part["params"].notna()]
         size = DENSE_SIZE[task]
-        at_size = part[part["gmacs"].notna() & part.apply(lambda r: _hw(r) == size, axis=1)]
+        at_size = part[part["gmacs"].notna() & part.apply(lambda r, size=size: _hw(r) == size, axis=1)]
         other_sizes = part[part["gmacs"].notna()]
         r = with_params.iloc[0] if not with_params.empty else part.iloc[0]
         g = at_size.iloc[0] if not at_size.empty else None

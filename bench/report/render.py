@@ -27,6 +27,7 @@ from bench.report.sra import SRA_INTRO, sra_section
 from bench.report.tables import (
     Table,
     as_text,
+    best_value_rule,
     comparison_table,
     flag_statements,
     perf_tables,
@@ -77,11 +78,12 @@ def _refuse_overwriting_inputs(run_dirs: list[Path], out: Path) -> None:
             raise BadInput(f"--out {out} is one of the report's inputs; write the report elsewhere")
 
 
-RESULTS_INTRO = [
-    "Best value per column, among the cells of the same resolution and batch that finished, in "
-    "bold: highest throughput, MFU and scaling efficiency; lowest params, GMACs, latency, step "
-    "time and memory. GMACs are multiply-adds (GFLOPs = 2 × GMACs).",
-]
+def results_intro() -> list[str]:
+    """How to read the results tables; the columns and their directions come from the schema."""
+    return [
+        "Best value per column, among the cells of the same resolution and batch that finished, in "
+        f"bold: {best_value_rule()}. GMACs are multiply-adds (GFLOPs = 2 × GMACs).",
+    ]
 
 
 @dataclass
@@ -111,7 +113,7 @@ def report_sections(df: pd.DataFrame) -> list[Section]:
     sra_statements, sra_tables = sra_section(df)
     return [
         Section("flags", "Flagged cells", "flags", statements=flag_statements(df), warn=True),
-        Section("results", "Results", "results", RESULTS_INTRO,
+        Section("results", "Results", "results", results_intro(),
                 tables=_present(*perf_tables(df), comparison_table(df))),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
@@ -211,7 +213,7 @@ def render_csv(tables: list[Table]) -> str:
     """The tables with one row per cell (infer, train, fine-tunes), stacked into one CSV whose
     first column names the table. The side-by-side and reference tables are views of the same
     rows (plus the paper's constants) with other columns; they are in the HTML and Markdown."""
-    frames = [t.to_frame().assign(table=t.key).loc[:, lambda f: ["table", *t.columns]]
+    frames = [t.to_frame().assign(table=t.key)[["table", *t.columns]]
               for t in tables if t.key.startswith(PER_CELL_TABLES)]
     frame = pd.concat(frames, ignore_index=True).map(neutralise_csv_cell)
     frame.columns = [neutralise_csv_cell(c) for c in frame.columns]

@@ -9,6 +9,7 @@ generated from those numbers.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -98,74 +99,112 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
             run = names[series]
             ident = [Cell(base + ("" if task == "cls" else f" ({task})"))] + ([Cell(run)] if several_runs else []) \
                 + [Cell(res)]
-            cuts: list[str] = []     # "stage-1 attention from X to Y GMACs (64.0×)"
-            raises: list[str] = []   # where SRA costs more (noise, or a real overhead)
-            failures: list[str] = []
-            # Attention products per stage (per image, whatever the mode).
-            with_sr = _one(at, base, "attention_gmacs_per_stage")
-            without_sr = _one(at, nosr, "attention_gmacs_per_stage")
-            if with_sr is not None and without_sr is not None:
-                a, b = with_sr["attention_gmacs_per_stage"], without_sr["attention_gmacs_per_stage"]
+            rows, cuts = _attention(at, base, nosr, ident)
+            if rows:
                 attention_starts.add(len(attention_rows))
-                for stage in stage_order([*b, *a]):
-                    r_i = _stage_ratio(base, stage)
-                    va, vb = a.get(stage), b.get(stage)
-                    attention_rows.append(ident + [
-                        Cell(stage), Cell(as_text(r_i)),
-                        _num(vb) if not is_missing(vb) else missing_cell(),
-                        _num(va) if not is_missing(va) else missing_cell(),
-                        _ratio_cell(vb, va), Cell(as_text(r_i * r_i) if r_i else "—", kind="num")])
-                first = stage_order(a)[0] if a else None
-                if first and not is_missing(a.get(first)) and not is_missing(b.get(first)) and a[first] > 0:
-                    number = re.search(r"\d+", first)
-                    r_i = _stage_ratio(base, first)
-                    expected = f"; R{_subscript(number.group())}² = {r_i * r_i}" if r_i and number else ""
-                    cuts.append(f"{'stage-' + number.group() if number else first} attention from "
-                                f"{fmt_number(b[first])} to {fmt_number(a[first])} GMACs "
-                                f"({ratio_text(b[first] / a[first])}{expected})")
-            # Whole model: GMACs per image, then latency and memory per mode.
-            g_with, g_without = _one(at, base, "gmacs"), _one(at, nosr, "gmacs")
-            if g_with is not None and g_without is not None and g_with["gmacs"] > 0:
-                cuts.append(f"total GMACs from {fmt_number(g_without['gmacs'])} to {fmt_number(g_with['gmacs'])} "
-                            f"({ratio_text(g_without['gmacs'] / g_with['gmacs'])})")
-            first_cost_row = len(cost_rows)
-            for (mode, batch, precision), cells in at.groupby(["mode", "batch", "precision"], sort=False, dropna=False):
-                rw, rn = _one(cells, base), _one(cells, nosr)
-                if rw is None or rn is None:
-                    continue
-                row = ident + [Cell(mode), Cell(as_text(batch)), Cell(as_text(precision)),
-                               _value_cell(rn, "gmacs", counted=True), _value_cell(rw, "gmacs", counted=True),
-                               _ratio_cell(rn["gmacs"], rw["gmacs"])]
-                failures += [f"{m} {'ran out of memory' if r['status'] == 'oom' else 'failed'} in {mode}"
-                             for m, r in ((nosr, rn), (base, rw)) if r["status"] != "ok"]
-                for field, what, unit in COSTS:
-                    both_ok = (rn["status"], rw["status"]) == ("ok", "ok")
-                    row += [_value_cell(rn, field), _value_cell(rw, field),
-                            _ratio_cell(rn[field], rw[field]) if both_ok else missing_cell()]
-                    a, b = rw[field], rn[field]
-                    if both_ok and not is_missing(a) and not is_missing(b) and a > 0 and b > 0:
-                        numbers = f"({fmt_number(b)} → {fmt_number(a)} {unit})"
-                        flags = list(dict.fromkeys(cell_flags(rn) + cell_flags(rw)))
-                        if flags and field == "latency_ms":  # a timing that may be off says so
-                            numbers += f" [flagged: {', '.join(flags)}]"
-                        if a <= b:
-                            cuts.append(f"{mode} {what} by {ratio_text(b / a)} {numbers}")
-                        else:
-                            raises.append(f"{mode} {what} by {ratio_text(a / b)} {numbers}")
-                cost_rows.append(row)
-            if len(cost_rows) > first_cost_row:
-                cost_starts.add(first_cost_row)
+                attention_rows += rows
+            cuts += _gmacs_cut(at, base, nosr)
+            rows, cost = _costs(at, base, nosr, ident)
+            if rows:
+                cost_starts.add(len(cost_rows))
+                cost_rows += rows
             where = f"At {res}" + (f" ({run})" if several_runs else "") + (f", in {task}" if task != "cls" else "")
-            sentence = []
-            if cuts:
-                sentence.append(f"SRA cuts {base}'s " + _join(cuts))
-            if raises:
-                sentence.append(("it raises " if cuts else f"SRA raises {base}'s ") + _join(raises))
-            if failures:
-                sentence.append(_join(failures))
+            sentence = _sentence(base, cuts + cost.cuts, cost.raises, cost.failures)
             if sentence:
-                statements.append(f"{where}, " + "; ".join(sentence) + ".")
+                statements.append(f"{where}, {sentence}.")
     ident_columns = ["model", *(["run"] if several_runs else []), "res"]
+    return statements, _sra_tables(ident_columns, attention_rows, attention_starts, cost_rows, cost_starts)
+
+
+def _attention(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tuple[list[list[Cell]], list[str]]:
+    """The per-stage attention rows of one pair at one size, and the stage-1 cut in words
+    ("stage-1 attention from X to Y GMACs (64.0×; R₁² = 64)"); none where either lacks them."""
+    with_sr = _one(at, base, "attention_gmacs_per_stage")
+    without_sr = _one(at, nosr, "attention_gmacs_per_stage")
+    if with_sr is None or without_sr is None:
+        return [], []
+    a, b = with_sr["attention_gmacs_per_stage"], without_sr["attention_gmacs_per_stage"]
+    rows = []
+    for stage in stage_order([*b, *a]):
+        r_i = _stage_ratio(base, stage)
+        va, vb = a.get(stage), b.get(stage)
+        rows.append(ident + [
+            Cell(stage), Cell(as_text(r_i)),
+            _num(vb) if not is_missing(vb) else missing_cell(),
+            _num(va) if not is_missing(va) else missing_cell(),
+            _ratio_cell(vb, va), Cell(as_text(r_i * r_i) if r_i else "—", kind="num")])
+    first = stage_order(a)[0] if a else None
+    if not (first and not is_missing(a.get(first)) and not is_missing(b.get(first)) and a[first] > 0):
+        return rows, []
+    number = re.search(r"\d+", first)
+    r_i = _stage_ratio(base, first)
+    expected = f"; R{_subscript(number.group())}² = {r_i * r_i}" if r_i and number else ""
+    return rows, [f"{'stage-' + number.group() if number else first} attention from "
+                  f"{fmt_number(b[first])} to {fmt_number(a[first])} GMACs "
+                  f"({ratio_text(b[first] / a[first])}{expected})"]
+
+
+def _gmacs_cut(at: pd.DataFrame, base: str, nosr: str) -> list[str]:
+    """The whole model's GMACs per image, no SR against SRA, in words."""
+    g_with, g_without = _one(at, base, "gmacs"), _one(at, nosr, "gmacs")
+    if g_with is None or g_without is None or not g_with["gmacs"] > 0:
+        return []
+    return [f"total GMACs from {fmt_number(g_without['gmacs'])} to {fmt_number(g_with['gmacs'])} "
+            f"({ratio_text(g_without['gmacs'] / g_with['gmacs'])})"]
+
+
+@dataclass
+class _Clauses:
+    cuts: list[str] = field(default_factory=list)      # where SRA is cheaper
+    raises: list[str] = field(default_factory=list)    # where SRA costs more (noise, or a real overhead)
+    failures: list[str] = field(default_factory=list)  # cells that ran out of memory or failed
+
+
+def _costs(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tuple[list[list[Cell]], _Clauses]:
+    """The whole-model rows of one pair at one size (per mode, batch, precision): GMACs, then
+    latency and memory, and what they say in words."""
+    rows, said = [], _Clauses()
+    for (mode, batch, precision), cells in at.groupby(["mode", "batch", "precision"], sort=False, dropna=False):
+        rw, rn = _one(cells, base), _one(cells, nosr)
+        if rw is None or rn is None:
+            continue
+        row = ident + [Cell(mode), Cell(as_text(batch)), Cell(as_text(precision)),
+                       _value_cell(rn, "gmacs", counted=True), _value_cell(rw, "gmacs", counted=True),
+                       _ratio_cell(rn["gmacs"], rw["gmacs"])]
+        said.failures += [f"{m} {'ran out of memory' if r['status'] == 'oom' else 'failed'} in {mode}"
+                          for m, r in ((nosr, rn), (base, rw)) if r["status"] != "ok"]
+        both_ok = (rn["status"], rw["status"]) == ("ok", "ok")
+        for name, what, unit in COSTS:
+            row += [_value_cell(rn, name), _value_cell(rw, name),
+                    _ratio_cell(rn[name], rw[name]) if both_ok else missing_cell()]
+            a, b = rw[name], rn[name]
+            if both_ok and not is_missing(a) and not is_missing(b) and a > 0 and b > 0:
+                numbers = f"({fmt_number(b)} → {fmt_number(a)} {unit})"
+                flags = list(dict.fromkeys(cell_flags(rn) + cell_flags(rw)))
+                if flags and name == "latency_ms":  # a timing that may be off says so
+                    numbers += f" [flagged: {', '.join(flags)}]"
+                if a <= b:
+                    said.cuts.append(f"{mode} {what} by {ratio_text(b / a)} {numbers}")
+                else:
+                    said.raises.append(f"{mode} {what} by {ratio_text(a / b)} {numbers}")
+        rows.append(row)
+    return rows, said
+
+
+def _sentence(base: str, cuts: list[str], raises: list[str], failures: list[str]) -> str:
+    """What SRA does to ``base`` at one size, in one sentence ("" when nothing was measured)."""
+    parts = []
+    if cuts:
+        parts.append(f"SRA cuts {base}'s " + _join(cuts))
+    if raises:
+        parts.append(("it raises " if cuts else f"SRA raises {base}'s ") + _join(raises))
+    if failures:
+        parts.append(_join(failures))
+    return "; ".join(parts)
+
+
+def _sra_tables(ident_columns: list[str], attention_rows: list, attention_starts: set[int],
+                cost_rows: list, cost_starts: set[int]) -> list[Table]:
     tables = []
     if attention_rows:
         tables.append(Table("sra-attention", "SRA ablation: attention products per stage",
@@ -179,7 +218,7 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
             columns += [f"{what} ({unit}), no SR", f"{what} ({unit}), SRA", f"{what} ratio"]
         tables.append(Table("sra-cost", "SRA ablation: whole model", columns, cost_rows,
                             ["Ratios are no SR / SRA: above 1, SRA is cheaper."], cost_starts))
-    return statements, tables
+    return tables
 
 
 def _value_cell(r: pd.Series, field: str, counted: bool = False) -> Cell:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.load import performance_cells
+from bench.record import PERFORMANCE, PROVENANCE, SETTING, Display, FieldSpec, schema
+from bench.report.load import is_missing, performance_cells
 
 
 @dataclass
@@ -29,35 +30,54 @@ class Table:
 
     def to_frame(self, mark_best: str = "") -> pd.DataFrame:
         """Cell texts; ``mark_best`` wraps best cells (Markdown: "**")."""
-        data = [[f"{mark_best}{c.text}{mark_best}" if c.best and mark_best else c.text for c in row] for row in self.rows]
+        data = [[f"{mark_best}{c.text}{mark_best}" if c.best and mark_best else c.text for c in row]
+                for row in self.rows]
         return pd.DataFrame(data, columns=self.columns)
 
 
 @dataclass(frozen=True)
 class Metric:
+    """A column of figures: a schema field and its ``Display`` (bench.record), or a figure the
+    report derives itself (a fine-tune's final loss) with a Display of its own."""
+
     field: str
     header: str
-    better: str  # "min", "max", or "" for a reference value that is never marked
-    scale: float = 1.0
+    display: Display
+
+    @classmethod
+    def of(cls, spec: FieldSpec) -> "Metric":
+        assert spec.display is not None
+        return cls(spec.name, spec.header, spec.display)
+
+    @property
+    def better(self) -> str:
+        return self.display.better
+
+    def number(self, x: float) -> str:
+        """One figure of this column, scaled and formatted as its Display says."""
+        d = self.display
+        return format(float(x) * d.scale, d.fmt) if d.fmt else fmt_number(float(x) * d.scale)
+
+    def text(self, value: Any) -> str | None:
+        """The cell text of ``value``; None when there is nothing to show (or it cannot be read)."""
+        if self.display.text is not None:
+            return self.display.text(value, self.number)
+        return None if not has_value(value) else self.number(value)
+
+
+def schema_metrics(section: str, main: bool = True) -> list[Metric]:
+    """The columns of ``section``'s main table (or its details table), from the record schema:
+    a field declared with a Display shows here with no change to the report."""
+    return [Metric.of(f) for f in schema().shown(section, main)]
+
+
+def has_value(v: Any) -> bool:
+    """A figure was recorded: not missing, and not an empty list."""
+    return bool(v) if isinstance(v, (list, tuple, dict)) else not is_missing(v)
 
 
 # Best per column, among the "ok" cells of the same resolution and batch (comparing a 224 cell
-# with an 800 one says nothing): the largest throughput, MFU and scaling efficiency; the
-# smallest params, GMACs, latency, step time and memory (the cheaper model for the same job).
-PERF_METRICS = [
-    Metric("params", "params (M)", "min", 1e-6),
-    Metric("gmacs", "GMACs", "min"),
-    Metric("latency_ms", "latency (ms, median)", "min"),
-    Metric("latency_p90_ms", "latency p90 (ms)", "min"),
-    Metric("throughput", "throughput (img/s)", "max"),
-    Metric("per_rank_step_ms", "step per rank (ms)", "min"),
-    Metric("peak_mem_mb", "peak memory (MB)", "min"),
-    Metric("mfu", "MFU (%)", "max", 100.0),
-    Metric("scaling_efficiency", "scaling efficiency (%)", "max", 100.0),
-    Metric("iters", "timed iters", ""),
-    Metric("latency_cv", "CV (%)", "", 100.0),
-]
-
+# with an 800 one says nothing), in the direction each field's Display gives (bench.record).
 PERF_ID_COLUMNS = [("res", "res"), ("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
                    ("setup", "run"), ("run_id", "run id")]
 # Settings already named by the identity columns (``setup`` = device name, engine, ZeRO, world size).
@@ -67,10 +87,8 @@ _SHOWN_SETTINGS = {"dtype", "device", "device_name", "engine", "zero", "world_si
 def varying_settings(df: pd.DataFrame) -> list[str]:
     """The measuring settings (kind "setting" in bench.record.Record) whose value differs between
     the cells of one mode in ``df``: each becomes a column, so no two rows that differ look alike."""
-    from bench.record import SETTING_FIELDS
-
     out = []
-    for name in SETTING_FIELDS:
+    for name in schema().of_kind(SETTING):
         if name in _SHOWN_SETTINGS or name not in df.columns:
             continue
         text = df[name].map(lambda v: "—" if v is None or v != v else str(v))
@@ -196,7 +214,7 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
     A metric cell of an OOM or failed cell shows that status instead of a gap; an ok cell that
     did not measure the metric shows "—".
     """
-    metrics = [m for m in metrics if df[m.field].notna().any()]
+    metrics = [m for m in metrics if m.field in df.columns and df[m.field].map(has_value).any()]
     best = {m.field: _best_in_group(df, m, group_by) for m in metrics}
 
     rows: list[list[Cell]] = []
@@ -209,9 +227,9 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
             previous_group = group
         row = [Cell(as_text(r[c])) for c, _ in id_columns]
         for m in metrics:
-            v = r[m.field]
-            if pd.notna(v):
-                row.append(number_cell(float(v) * m.scale, bool(best[m.field].loc[idx])))
+            text = m.text(r[m.field])
+            if text is not None:
+                row.append(Cell(text, bool(best[m.field].loc[idx]), "num"))
             elif r["status"] != "ok":
                 row.append(status_cell(r["status"], None))
             else:
@@ -229,7 +247,7 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
 def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.Series:
     """Which rows hold the best "ok" value of ``metric`` in their group; only where there is a
     choice: two or more values that are not all the same. A reference metric is never best."""
-    if not metric.better:
+    if not metric.better or not pd.api.types.is_numeric_dtype(df[metric.field]):
         return pd.Series(False, index=df.index)
     values = df[metric.field].where(df["status"] == "ok")
     groups = values.groupby([df[g] for g in group_by], dropna=False, sort=False)
@@ -245,27 +263,41 @@ def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def perf_tables(df: pd.DataFrame) -> list[Table]:
-    """One table per mode (infer, train, ...), rows model × resolution × batch × run."""
+    """Per mode (infer, train, ...), rows model × resolution × batch × run: the main table, then
+    the details table (the figures whose Display is not ``main``) where any was recorded."""
     tables = []
     perf = performance_cells(df)
     settings = [(name, name.replace("_", " ")) for name in varying_settings(perf)]
     # A backbone alone and the same backbone inside a detector are different cells: the task is
     # a column (and part of the best-value group) as soon as more than one task ran.
     tasks = [("task", "task")] if perf["task"].nunique() > 1 else []
+    id_columns = PERF_ID_COLUMNS[:2] + tasks + PERF_ID_COLUMNS[2:4] + settings + PERF_ID_COLUMNS[4:]
+    group_by = ["res", "batch"] + [n for n, _ in tasks] + [n for n, _ in settings]
+    main, details = schema_metrics(PERFORMANCE), schema_metrics(PERFORMANCE, main=False)
     for mode in dict.fromkeys(perf["mode"]):
         part = sort_cells(perf[perf["mode"] == mode]).reset_index(drop=True)
-        tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part,
-                                   PERF_ID_COLUMNS[:2] + tasks + PERF_ID_COLUMNS[2:4] + settings + PERF_ID_COLUMNS[4:],
-                                   PERF_METRICS, ["res", "batch"] + [n for n, _ in tasks] + [n for n, _ in settings]))
+        tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part, id_columns, main,
+                                   group_by))
+        more = metric_table(f"results-{mode}-details", f"{mode}: timing details and other figures", part,
+                            id_columns, details, group_by)
+        if len(more.columns) > len(id_columns) + 2:  # more than the status and flags columns
+            tables.append(more)
     return tables
+
+
+def best_value_rule(section: str = PERFORMANCE) -> str:
+    """Which way each marked column counts, in words, from the schema's Display of each field."""
+    metrics = schema_metrics(section)
+    highest = [m.display.label for m in metrics if m.better == "max"]
+    lowest = [m.display.label for m in metrics if m.better == "min"]
+    return f"highest {', '.join(highest)}; lowest {', '.join(lowest)}"
 
 
 def provenance_table(df: pd.DataFrame) -> Table | None:
     """Where and when each cell was measured (the details view, not the results tables)."""
-    from bench.record import PROVENANCE_FIELDS
-
+    provenance = schema().of_kind(PROVENANCE)
     shown = [f for f in ("timestamp", "hostname", "wall_s", "cpu_time_s", "loadavg_1m", "invocation")
-             if f in PROVENANCE_FIELDS and f in df.columns and df[f].notna().any()]
+             if f in provenance and f in df.columns and df[f].notna().any()]
     if not shown:
         return None
     part = sort_cells(df).reset_index(drop=True)
