@@ -274,8 +274,8 @@ def _bad_outs(tmp_path: Path) -> list[tuple[str, str, Path | None]]:
     """(--out, words in the error, a path that must not be created)."""
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    cases = [(str(a_file), "is a file", None), (str(a_file / "run"), "under a file", a_file / "run"), ("", "empty", None),
-             ("   ", "empty", None)]
+    cases = [(str(a_file), "is a file", None), (str(a_file / "run"), "under a file", a_file / "run"),
+             ("", "empty", None), ("   ", "empty", None)]
     if os.geteuid() == 0:
         # root writes into any directory of a writable mount, so no chmod can make one read-only
         # for it here: /proc is a directory nobody can create files in.

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from slurm_cluster import slurm_one, slurm_two  # noqa: F401  (fixtures)
 
 from bench.cli import slurm_group
 from bench.commands.slurm import PLAN, SCRIPT, cell_states
 from bench.record import RunDir
+
+pytest_plugins = ["slurm_cluster"]  # its fixtures slurm_one, slurm_two (not imported: no name to shadow)
 
 TINY = ["--modes", "infer", "--budget", "0.2", "--no-report"]
 HOSTILE = "it's a \"run\" $(touch PWNED) `touch PWNED` %j #x"
@@ -60,8 +61,10 @@ def wait_for(predicate, timeout: float, what: str):
     "options, expect",
     [
         ([], ['run_forwarding "$PY" -m bench.cli', "export DS_ACCELERATOR=cpu"]),
-        (["--array-per-cell"], ["#SBATCH --array=0-3", 'CELL_RES=(64 96 64 96)', "CELL_MODELS=(resnet18 resnet18 vit_t vit_t)"]),
-        (["--tasks-per-node", "2", "-c", "2"], ["srun --ntasks-per-node=2", "#SBATCH --ntasks-per-node=2", "--engine ddp"]),
+        (["--array-per-cell"],
+         ["#SBATCH --array=0-3", 'CELL_RES=(64 96 64 96)', "CELL_MODELS=(resnet18 resnet18 vit_t vit_t)"]),
+        (["--tasks-per-node", "2", "-c", "2"],
+         ["srun --ntasks-per-node=2", "#SBATCH --ntasks-per-node=2", "--engine ddp"]),
         (["--nodes", "2", "--gpus-per-node", "4", "-c", "8", "-p", "gpu", "-t", "1:00:00", "-A", "proj"],
          ["torch.distributed.run", "NPROC=4", "#SBATCH --gpus-per-node=4", "#SBATCH --nodes=2",
           "#SBATCH --partition=gpu", "#SBATCH --time=1:00:00", "#SBATCH --account=proj", "#SBATCH --cpus-per-task=8"]),
@@ -96,7 +99,8 @@ def test_user_values_reach_the_script_quoted(tmp_path):
     script = result.output
     # Replace the interpreter with one that prints its arguments, then run the body.
     stub = tmp_path / "stub.sh"
-    stub.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\necho "$OMP_NUM_THREADS $DS_ACCELERATOR" > "$ARGS_OUT.env"\n')
+    stub.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n'
+                    'echo "$OMP_NUM_THREADS $DS_ACCELERATOR" > "$ARGS_OUT.env"\n')
     stub.chmod(0o755)
     body = re.sub(r"^PY=.*$", f"PY={stub}", script, flags=re.M)
     env = {"PATH": "/usr/bin:/bin", "ARGS_OUT": str(tmp_path / "args"), "SLURM_JOB_ID": "1", "SLURM_CPUS_PER_TASK": "3"}
@@ -167,7 +171,8 @@ def test_cell_states_merge_queue_and_records():
     }
     def rec(res, mode, status, settings=None):
         return {"model": "resnet18", "res": res, "mode": mode, "status": status,
-                "cell_key": f"cls|resnet18|{res}|{mode}|1", "settings_id": settings or ("T" if mode == "train" else "I")}
+                "cell_key": f"cls|resnet18|{res}|{mode}|1",
+                "settings_id": settings or ("T" if mode == "train" else "I")}
 
     records = [
         rec("64", "infer", "ok"), rec("64", "train", "oom"),
