@@ -592,3 +592,45 @@ def test_finetune_rejected_at_load_time_creates_nothing(tmp_path):
             assert words in one_line_error(proc), (extra, proc.stderr)
             assert not list(work.iterdir()), (extra, list(work.iterdir()))  # no results/<run id>
             assert not (tmp_path / "out").exists(), extra
+
+
+# ------------------------------------------------------------------------------------ the small shared helpers
+
+
+def test_first_line_is_one_bounded_line_and_never_empty():
+    """bench.errors.first_line is what every record's ``error`` and every one-line message uses."""
+    from bench.errors import first_line
+
+    assert first_line(RuntimeError("  boom\n  File x, line 3\n")) == "boom"
+    assert first_line(RuntimeError("boom\nmore"), with_type=True) == "RuntimeError: boom"
+    assert first_line(RuntimeError()) == "RuntimeError"  # no message: the type, never ""
+    assert first_line(MemoryError(), with_type=True) == "MemoryError"
+    assert first_line(ValueError("x" * 1000)) == "x" * 300
+    assert first_line(ValueError("x" * 1000), 50) == "x" * 50
+
+
+def test_default_run_dir_is_unique_under_results():
+    from bench.record import default_run_dir
+
+    dirs = {default_run_dir() for _ in range(20)}
+    assert len(dirs) == 20 and all(d.parent == Path("results") for d in dirs)
+
+
+def test_stop_flag_records_the_signal_without_dying():
+    """SIGUSR1 / SIGTERM set the flag the sweep checks between cells (bench.launch.signals)."""
+    from bench.launch.signals import PREEMPTED_EXIT, STOP_SIGNALS, StopFlag
+
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        flag = StopFlag().install()
+        assert flag.signal is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)  # Python runs the handler at the next bytecode boundary
+        assert flag.signal == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)  # the process is still here
+        time.sleep(0.05)
+        assert flag.signal == signal.SIGTERM
+        assert StopFlag.shared() is StopFlag.shared() and PREEMPTED_EXIT == 99
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
