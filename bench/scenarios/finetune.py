@@ -16,14 +16,17 @@ import traceback
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from bench.config import FinetuneConfig
-from bench.data import IGNORE_INDEX, DataSplits, collate, open_data
+from bench.data import DataSplits, collate, open_data
 from bench.errors import BadInput, first_line
+from bench.measure.timing import median, percentile
 from bench.plan import Cell, make_cells
+from bench.scenarios.common import base_record as common_base_record
+from bench.scenarios.common import train_spec
+from bench.tasks import task_for
 
 DEFAULT_SYNTHETIC_TRAIN, DEFAULT_SYNTHETIC_VAL = 512, 64
 
@@ -38,22 +41,10 @@ def build_task_model(task: str, name: str, num_classes: int, image_size: tuple[i
     """Backbone ``name`` (ImageNet weights from ``checkpoint`` if given) under the task's head;
     its BatchNorms frozen by default (``bn_mode``), as the paper's mmdet/mmseg baselines."""
     from bench.build import build_model
-    from models.heads import SemanticFPN, apply_bn_mode, build_retinanet
+    from models.heads import apply_bn_mode
 
     backbone = apply_bn_mode(build_model(name, features_only=True, checkpoint=checkpoint), bn_mode)
-    if task == "det":
-        return build_retinanet(backbone, num_classes, image_size, fpn_channels=fpn_channels, head_norm=head_norm)
-    return SemanticFPN(backbone, num_classes, fpn_channels=fpn_channels, head_channels=fpn_channels // 2)
-
-
-def task_loss(task: str, model: nn.Module, batch: dict, device: torch.device,
-              input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    images = batch["images"].to(device, input_dtype, non_blocking=True)
-    if task == "det":
-        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
-        return sum(model(list(images), targets).values())
-    logits = model(images)
-    return F.cross_entropy(logits.float(), batch["semantic"].to(device), ignore_index=IGNORE_INDEX)
+    return task_for(task).finetune_model(backbone, num_classes, image_size, fpn_channels, head_norm)
 
 
 def _one_line_errors(iterable):
@@ -87,48 +78,17 @@ def trainable_parameters(model: nn.Module) -> int:
 @torch.no_grad()
 def evaluate(task: str, module: nn.Module, dataset: Dataset, num_classes: int, ctx, batch: int) -> dict:
     """Score ``module`` on ``dataset``: each rank takes every world_size-th image, rank results
-    are combined (confusion matrices summed; detections gathered for one COCO evaluation)."""
-    from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
-
+    are combined by the task's scorer (confusion matrices summed; detections gathered for one
+    COCO evaluation)."""
     was_training = module.training
     module.eval()
     dtype = next(module.parameters()).dtype  # DeepSpeed bf16/fp16 keeps the weights in that type
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
-    loader = DataLoader(shard, batch_size=batch, collate_fn=collate)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    targets, predictions = [], []
-    for data in _one_line_errors(loader):
-        images = data["images"].to(ctx.device, dtype)
-        if task == "det":
-            predictions += [{k: v.float().cpu() for k, v in p.items()} for p in module(list(images))]
-            targets += data["targets"]
-        else:
-            pred = module(images).argmax(1).cpu()
-            confusion += confusion_matrix(pred, data["semantic"], num_classes)
+    scorer = task_for(task).scorer(num_classes)
+    for data in _one_line_errors(DataLoader(shard, batch_size=batch, collate_fn=collate)):
+        scorer.add(module, data["images"].to(ctx.device, dtype), data)
     module.train(was_training)
-    if task == "seg":
-        confusion = _sum_over_ranks(confusion, ctx)
-        scores = segmentation_metrics(confusion)
-        chance = majority_class_metrics(confusion)
-        return {**scores, "majority_miou": chance["miou"], "majority_pixel_acc": chance["pixel_acc"]}
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        gathered = [None] * ctx.world_size
-        dist.all_gather_object(gathered, (targets, predictions))
-        targets = [t for rank_targets, _ in gathered for t in rank_targets]
-        predictions = [p for _, rank_predictions in gathered for p in rank_predictions]
-    return coco_box_metrics(targets, predictions, num_classes)
-
-
-def _sum_over_ranks(tensor: torch.Tensor, ctx) -> torch.Tensor:
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        on_device = tensor.to(ctx.device if ctx.backend == "nccl" else "cpu")
-        dist.all_reduce(on_device)
-        tensor = on_device.cpu()
-    return tensor
+    return scorer.result(ctx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,38 +134,74 @@ def effective_bn_mode(settings: FinetuneConfig, name: str) -> str:
 
 def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
     """What a cell's record says before it runs: the cell and its set-up."""
-    from bench.engines import PRECISIONS, base_record_fields
-    from bench.environment import device_name
-    from models import model_family
-
     checkpoint = settings.checkpoints.get(cell.model)
-    return {
-        **cell.as_dict(), "kind": "finetune", "family": model_family(cell.model),
+    rec = common_base_record(cell, ctx, kind="finetune", dtype=settings.dtype, engine=settings.engine,
+                             zero=settings.zero if settings.engine == "deepspeed" else None,
+                             grad_clip=settings.grad_clip)
+    return rec | {
         "data": settings.data, "steps": settings.steps,
         "global_batch": settings.batch * ctx.world_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
-        "grad_clip": settings.grad_clip, "optimizer": "AdamW", "seed": settings.seed,
-        "fpn_channels": settings.fpn_channels, "head_norm": settings.head_norm if settings.task == "det" else "gn",
-        "engine": settings.engine, **base_record_fields(settings, True),
-        "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype], "world_size": ctx.world_size,
-        "device": ctx.device.type, "device_name": device_name(ctx.device), "threads": torch.get_num_threads(),
+        "optimizer": "AdamW", "seed": settings.seed, "fpn_channels": settings.fpn_channels,
+        "head_norm": task_for(settings.task).recorded_head_norm or settings.head_norm,
         "pretrained": checkpoint is not None, "checkpoint": checkpoint,
         "bn_mode": effective_bn_mode(settings, cell.model),
     }
 
 
+def _train(steps: int, batches, trainer, task, ctx) -> tuple[list[float], list[float], list[float]]:
+    """``steps`` training steps: (loss, step ms, data ms) per step. A step is timed from the
+    batch in hand to the loss read back (which waits for the step on GPU too)."""
+    losses, step_ms, data_ms = [], [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(_one_line_errors(batches))
+        t1 = time.perf_counter()
+        with trainer.autocast():
+            loss = task.batch_loss(trainer.model, batch, ctx.device, trainer.input_dtype)
+        trainer.step(loss)
+        value = float(loss.detach())  # waits for the step on GPU too
+        _sync(ctx.device)
+        t2 = time.perf_counter()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {len(losses) + 1}")
+        losses.append(value)
+        data_ms.append((t1 - t0) * 1e3)
+        step_ms.append((t2 - t1) * 1e3)
+    return losses, step_ms, data_ms
+
+
+def step_time_fields(step_ms: list[float], data_ms: list[float], batch: int, ctx) -> dict:
+    """Step-time statistics by bench.measure.timing's functions (the same median and p90 as a
+    ``bench run`` cell's). A step is as slow as the slowest rank: throughput from the largest
+    per-rank median."""
+    from bench.launch.context import all_gather_floats
+
+    per_rank_ms = all_gather_floats(median(step_ms), ctx)
+    median_ms = max(per_rank_ms)
+    return {"step_time_ms": median_ms, "per_rank_step_ms": per_rank_ms,
+            "step_time_ms_p90": percentile(sorted(step_ms), 0.90), "data_time_ms": median(data_ms),
+            "throughput": batch * ctx.world_size / (median_ms / 1e3)}
+
+
+def loss_fields(losses: list[float]) -> dict:
+    tail = max(1, len(losses) // 10)
+    return {"loss_curve": [round(v, 6) for v in losses], "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_first_mean": statistics.fmean(losses[:tail]), "loss_last_mean": statistics.fmean(losses[-tail:]),
+            "loss_mean_window": tail}
+
+
 def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data: DataSplits, ctx) -> dict:
     """Fine-tune one backbone at one resolution; return what it measured (metrics before and
     after training, loss per step, speed, memory)."""
-    from bench.engines import TrainSpec, build_trainer
-    from bench.launch.context import all_gather_floats
+    from bench.engines import build_trainer
     from bench.measure.memory import PeakMemory, free_memory
 
-    task = settings.task
+    task = task_for(settings.task)
     checkpoint = settings.checkpoints.get(name)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank and every run
-    model = build_task_model(task, name, data.num_classes, (height, width), checkpoint,
+    model = build_task_model(settings.task, name, data.num_classes, (height, width), checkpoint,
                              settings.fpn_channels, settings.head_norm, effective_bn_mode(settings, name))
-    backbone = model.backbone.body if task == "det" else model.backbone
+    backbone = task.backbone_of(model)
     record = {
         "num_classes": data.num_classes, "class_names": data.class_names,
         "train_images": len(data.train), "val_images": len(data.val),
@@ -214,56 +210,19 @@ def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data:
         "frozen_unreached_params": list(getattr(model, "unreached_parameters", [])),
     }
     model = model.to(ctx.device)
-    before = evaluate(task, model, data.val, data.num_classes, ctx, settings.batch)
-    trainer = build_trainer(model, ctx, TrainSpec(engine=settings.engine, zero=settings.zero, dtype=settings.dtype,
-                                                  lr=settings.lr, weight_decay=settings.weight_decay,
-                                                  grad_clip=settings.grad_clip, micro_batch=settings.batch))
+    before = evaluate(settings.task, model, data.val, data.num_classes, ctx, settings.batch)
+    trainer = build_trainer(model, ctx, train_spec(settings, settings.batch))
     batches = _infinite_batches(data.train, settings.batch, ctx, settings.seed, settings.workers)
-    losses, step_ms, data_ms = [], [], []
     load_before, cpu_before, wall_before = os.getloadavg()[0], time.process_time(), time.perf_counter()
     with PeakMemory(ctx.device, trainer.module) as memory:
-        for _ in range(settings.steps):
-            t0 = time.perf_counter()
-            batch = next(_one_line_errors(batches))
-            t1 = time.perf_counter()
-            with trainer.autocast():
-                loss = task_loss(task, trainer.model, batch, ctx.device, trainer.input_dtype)
-            trainer.step(loss)
-            value = float(loss.detach())  # waits for the step on GPU too
-            _sync(ctx.device)
-            t2 = time.perf_counter()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at step {len(losses) + 1}")
-            losses.append(value)
-            data_ms.append((t1 - t0) * 1e3)
-            step_ms.append((t2 - t1) * 1e3)
+        losses, step_ms, data_ms = _train(settings.steps, batches, trainer, task, ctx)
     # A shared machine slows steps several-fold: keep the load and CPU share next to the times.
     record.update({"loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0],
                    "train_cpu_s": time.process_time() - cpu_before, "train_wall_s": time.perf_counter() - wall_before})
-    after = evaluate(task, trainer.module, data.val, data.num_classes, ctx, settings.batch)
-    losses = _mean_curve_over_ranks(losses, ctx)
-    tail = max(1, len(losses) // 10)
-    # A step is as slow as the slowest rank: throughput from the largest per-rank median.
-    per_rank_ms = all_gather_floats(statistics.median(step_ms), ctx)
-    median_ms = max(per_rank_ms)
-    record.update({
-        "loss_curve": [round(v, 6) for v in losses],
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "loss_first_mean": statistics.fmean(losses[:tail]), "loss_last_mean": statistics.fmean(losses[-tail:]),
-        "loss_mean_window": tail,
-        "step_time_ms": median_ms, "per_rank_step_ms": per_rank_ms,
-        "step_time_ms_p90": statistics.quantiles(step_ms, n=10)[-1] if len(step_ms) > 1 else median_ms,
-        "data_time_ms": statistics.median(data_ms),
-        "throughput": settings.batch * ctx.world_size / (median_ms / 1e3),
-        "peak_mem_mb": memory.peak_mb, "peak_mem_method": memory.method,
-    })
-    if task == "det":
-        record.update({k: after[k] for k in ("map", "ap50", "ap75")})
-        record.update({f"untrained_{k}": before[k] for k in ("map", "ap50", "ap75")})
-    else:
-        record.update({"miou": after["miou"], "pixel_acc": after["pixel_acc"], "iou_per_class": after["iou_per_class"],
-                       "untrained_miou": before["miou"], "untrained_pixel_acc": before["pixel_acc"],
-                       "majority_miou": after["majority_miou"], "majority_pixel_acc": after["majority_pixel_acc"]})
+    after = evaluate(settings.task, trainer.module, data.val, data.num_classes, ctx, settings.batch)
+    record |= loss_fields(_mean_curve_over_ranks(losses, ctx)) | step_time_fields(step_ms, data_ms, settings.batch, ctx)
+    record |= {"peak_mem_mb": memory.peak_mb, "peak_mem_method": memory.method}
+    record |= task.metric_fields(before, after)
     del trainer, model
     free_memory(ctx.device)
     return record
@@ -338,7 +297,7 @@ class FinetuneScenario:
             raise BadInput(f"--batch {self.config.batch} is larger than the training split allows: "
                            f"{len(data.train)} images over {self.config.nproc} rank(s) is {per_rank} per rank; "
                            "lower --batch or use more --train-images")
-        for name, path in self.config.checkpoints.items():
+        for path in self.config.checkpoints.values():
             try:
                 read_state_dict(path)
             except CheckpointError as exc:
