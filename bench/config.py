@@ -71,10 +71,12 @@ def _shown(value: Any) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:40])
 
 
-def parse_int(text: str, what: str, minimum: int = 1) -> int:
+def parse_int(text: str, what: str, minimum: int = 1, maximum: int | None = None) -> int:
     text = str(text).strip()
-    if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum:
-        raise BadInput(f"bad {what} '{_shown(text)}': give an integer >= {minimum} in ASCII digits")
+    if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum \
+            or (maximum is not None and int(text) > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise BadInput(f"bad {what} '{_shown(text)}': give an integer {bounds} in ASCII digits")
     return int(text)
 
 
@@ -221,15 +223,16 @@ Parser = Callable[[Any, str, dict[str, Any]], Any]  # (raw value, the flag error
 
 @dataclass(frozen=True)
 class Int:
-    """An integer in ASCII digits, at least ``minimum``; ``optional``: empty means None."""
+    """An integer in ASCII digits in [minimum, maximum]; ``optional``: empty means None."""
 
     minimum: int = 1
+    maximum: int | None = None
     optional: bool = False
 
     def __call__(self, raw: Any, flag: str, parsed: dict[str, Any]) -> int | None:
         if self.optional and raw in (None, ""):
             return None
-        return parse_int(raw, flag, self.minimum)
+        return parse_int(raw, flag, self.minimum, self.maximum)
 
 
 @dataclass(frozen=True)
@@ -285,9 +288,8 @@ class Option:
     flags: tuple[str, ...]
     help: str | None = None
     default: Any = None
-    parse: Parser | None = None  # None: click's value as it is (a choice, a flag, an IntRange)
+    parse: Parser | None = None  # None: click's value as it is (a choice, a flag)
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None  # a callable is asked late
-    int_range: tuple[int, int] | None = None
     is_flag: bool = False
     multiple: bool = False
     required: bool = False
@@ -302,14 +304,14 @@ class Option:
         default = self.default if default is MISSING else default
         if self.is_flag:
             return click.Option([*self.flags, name], is_flag=True, default=bool(default), help=self.help)
-        kind: click.ParamType | None = None
-        if self.choices is not None:
-            kind = click.Choice(list(self.choices() if callable(self.choices) else self.choices))
-        elif self.int_range is not None:
-            kind = click.IntRange(*self.int_range)
+        kind = None if self.choices is None else click.Choice(
+            list(self.choices() if callable(self.choices) else self.choices))
+        metavar = self.metavar
+        if metavar is None and isinstance(self.parse, Int) and self.parse.maximum is not None:
+            metavar = f"[{self.parse.minimum}-{self.parse.maximum}]"  # a short range, shown like a choice
         given = {} if default is None else {"default": default}  # click takes an explicit None as a value
         return click.Option([*self.flags, name], type=kind, show_default=default is not None and not self.multiple,
-                            help=self.help, required=self.required, multiple=self.multiple, metavar=self.metavar,
+                            help=self.help, required=self.required, multiple=self.multiple, metavar=metavar,
                             **given)
 
     def value(self, raw: Any, parsed: dict[str, Any]) -> Any:
@@ -405,7 +407,7 @@ class RunConfig:
     compile: bool = option("--compile", is_flag=True,
                            help="torch.compile the model (compile time recorded apart).")
     engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
-    zero: int = option("--zero", default=0, int_range=(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
+    zero: int = option("--zero", default="0", parse=Int(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
     ds_config: str | None = option("--ds-config", scope="train", by_content=True,
                                    help="Your DeepSpeed JSON config (deep-merged over the generated one).")
     grad_clip: float = option("--grad-clip", default="0", parse=Float(0), scope="train",
@@ -458,7 +460,7 @@ class FinetuneConfig:
                                       help="Synthetic: scenes to train on (default 512); real data: the first N.")
     val_images: int | None = option("--val-images", parse=Int(optional=True),
                                     help="Synthetic: scenes to score on (default 64); real data: the first N.")
-    synthetic_classes: int = option("--classes", default=3, int_range=(1, 4),
+    synthetic_classes: int = option("--classes", default="3", parse=Int(1, 4),
                                     help="Synthetic: object classes (shapes).")
     checkpoints: dict[str, str] = option(  # per cell, not a setting of the run
         "--checkpoint", multiple=True, metavar="MODEL=PATH", parse=_checkpoints, identity=False,
@@ -478,7 +480,7 @@ class FinetuneConfig:
     weight_decay: float = option("--weight-decay", default="1e-4", parse=Float(0, maximum=10))
     grad_clip: float = option("--grad-clip", default="0", parse=Float(0), help="Max gradient norm; 0 = off.")
     engine: str = option("--engine", default="none", choices=engine_choices)
-    zero: int = option("--zero", default=0, int_range=(0, 3), help="DeepSpeed ZeRO stage.")
+    zero: int = option("--zero", default="0", parse=Int(0, 3), help="DeepSpeed ZeRO stage.")
     nproc: int = option("--nproc", default="1", parse=Int(), identity=False,
                         help="Ranks on this node (re-launches under torchrun).")
     dtype: str = option("--dtype", default="fp32", choices=DTYPE_CHOICES)

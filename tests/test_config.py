@@ -218,3 +218,23 @@ def test_every_number_option_is_strict(base, flag, text):
         parse_command([*base, flag, text])
     message = info.value.format_message()
     assert len(message.splitlines()) == 1 and message.startswith(f"bad {flag} ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--models", "resnet18", "--zero", "4"], "bad --zero '4': give an integer from 0 to 3 in ASCII digits"),
+    (["run", "--models", "resnet18", "--zero", "\uff12"], "bad --zero '\uff12'"),  # click's int() took it
+    (["finetune", "--task", "seg", "--classes", "5"], "bad --classes '5': give an integer from 1 to 4"),
+    (["finetune", "--task", "seg", "--classes", "0"], "bad --classes '0'"),
+])
+def test_bounded_integers_are_strict_too(argv, message):
+    with pytest.raises(BadInput) as info:
+        parse_command(argv)
+    assert info.value.format_message().startswith(message)
+
+
+def test_bounded_integers_show_their_range_in_help():
+    help_text = click.Command("x", params=click_params(RunConfig)).get_help(click.Context(click.Command("x")))
+    assert "--zero [0-3]" in help_text
+    _, cfg, _ = parse_command(["run", "--models", "resnet18", "--engine", "deepspeed", "--zero", "3",
+                               "--modes", "infer"])
+    assert cfg.zero == 3
