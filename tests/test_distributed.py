@@ -73,6 +73,20 @@ def test_fsdp2_two_ranks_shard_params_and_optimizer_state_in_half(tmp_path):
     assert per_rank["master_weights"] == 0
 
 
+def test_fsdp2_fine_tune_scores_an_uneven_validation_split(tmp_path):
+    """5 validation images over 2 ranks at batch 2: rank 0 scores 2 batches, rank 1 one. Sharded
+    blocks would all-gather in every forward and the ranks' collectives would no longer match;
+    the engine's whole_weights() gathers them once for evaluation."""
+    out = tmp_path / "ft"
+    proc = run_bench("finetune", "--task", "seg", "--models", "resnet18", "--res", "64", "--steps", "2",
+                     "--batch", "2", "--train-images", "8", "--val-images", "5", "--fpn-channels", "32",
+                     "--engine", "fsdp2", "--nproc", "2", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rec,) = read_records_counted(out / "records.jsonl")[0]
+    assert rec["status"] == "ok" and (rec["engine"], rec["world_size"]) == ("fsdp2", 2)
+    assert rec["val_images"] == 5 and 0 <= rec["miou"] <= 1
+
+
 def _worker_pids(rank: int) -> list[int]:
     """Processes of ours whose environment says RANK=<rank> (torchrun's workers)."""
     pids = []

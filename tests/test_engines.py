@@ -161,6 +161,13 @@ def test_fsdp2_at_world_size_one_trains_with_dtensor_state_and_the_plain_breakdo
             state = [v for s in trainer.optimizer.state.values() for v in s.values() if v.dim() > 0]
             assert state and all(isinstance(v, DTensor) for v in state)
             assert trainer.optimizer_impl == "torch.AdamW(foreach)"
+            with trainer.whole_weights():  # evaluation: whole weights, no collective per forward
+                assert not any(isinstance(p, DTensor) for p in trainer.module.parameters())
+                with torch.no_grad():
+                    trainer.module.eval()(x)
+            trainer.module.train()
+            assert all(isinstance(p, DTensor) for p in trainer.module.parameters())
+            step()  # and it trains on, sharded
     plain, fsdp = parts["none"], parts["fsdp2"]
     for part in ("params", "grads", "optimizer"):
         assert fsdp[part] == pytest.approx(plain[part], rel=1e-3), (part, plain, fsdp)

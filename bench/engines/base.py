@@ -79,6 +79,10 @@ class Trainer:
     engine_config: dict | None = None
     # Set by build_trainer from the engine: it applies mixed precision inside its own step.
     self_autocast: bool = False
+    # ``with trainer.whole_weights(): evaluate(trainer.module)``: every rank holds all the weights,
+    # so ranks may run different numbers of forwards (a validation split that does not divide
+    # evenly). Only a sharding engine (FSDP2) has anything to do.
+    whole_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def step(self, loss: torch.Tensor) -> None:
         self._step(loss)

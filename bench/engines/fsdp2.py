@@ -22,6 +22,8 @@ Like for like with the other engines (bench.engines.base):
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch.distributed as dist
 import torch.nn as nn
 
@@ -67,10 +69,29 @@ class FSDP2(Engine):
         model = model.to(weight_dtype(spec.dtype))
         mesh = init_device_mesh(ctx.device.type, (dist.get_world_size(),))
         units = shard_units(model)
-        for i, unit in enumerate(units):
-            fully_shard(unit, mesh=mesh, reshard_after_forward=i < len(units) - 1)
+        reshard = [i < len(units) - 1 for i in range(len(units))]
+        for unit, after_forward in zip(units, reshard):
+            fully_shard(unit, mesh=mesh, reshard_after_forward=after_forward)
         fully_shard(model, mesh=mesh)
         optimizer, impl = make_optimizer(model, spec, ctx.device)  # after sharding: DTensor state, 1/N
+
+        @contextlib.contextmanager
+        def whole_weights():
+            """All-gather every block once and keep it: forwards then run no collective, so each
+            rank may run its own number of them (evaluation on an uneven split)."""
+            for unit in [*units, model]:
+                unit.unshard()
+                unit.set_reshard_after_forward(False, recurse=False)
+            try:
+                yield
+            finally:
+                # The root keeps what FSDP2 set at its first forward (never reshard: backward
+                # needs its parameters at once).
+                for unit, after_forward in [*zip(units, reshard), (model, False)]:
+                    unit.set_reshard_after_forward(after_forward, recurse=False)
+                    unit.reshard()
+
         return Trainer(model, model, self.name, spec.dtype, ctx.device,
                        torch_step(model, optimizer, spec, ctx.device, scaler_class=ShardedGradScaler),
-                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)
+                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
+                       whole_weights=whole_weights)

@@ -219,7 +219,8 @@ def run_cell(settings: FinetuneConfig, name: str, height: int, width: int, data:
     # A shared machine slows steps several-fold: keep the load and CPU share next to the times.
     record.update({"loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0],
                    "train_cpu_s": time.process_time() - cpu_before, "train_wall_s": time.perf_counter() - wall_before})
-    after = evaluate(settings.task, trainer.module, data.val, data.num_classes, ctx, settings.batch)
+    with trainer.whole_weights():  # FSDP2: ranks may score different numbers of batches
+        after = evaluate(settings.task, trainer.module, data.val, data.num_classes, ctx, settings.batch)
     record |= loss_fields(_mean_curve_over_ranks(losses, ctx)) | step_time_fields(step_ms, data_ms, settings.batch, ctx)
     record |= {"peak_mem_mb": memory.peak_mb, "peak_mem_method": memory.method}
     record |= task.metric_fields(before, after)
