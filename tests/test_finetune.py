@@ -13,13 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import REPO
-from slurm_cluster import slurm_one  # noqa: F401  (fixture: a private one-node Slurm cluster)
 
 from bench.cli import main
 from bench.data import write_ade20k_fixture, write_coco_fixture
 from bench.measure.accuracy import coco_box_metrics, confusion_matrix, majority_class_metrics, segmentation_metrics
 from bench.record import RunDir
 from bench.scenarios.finetune import build_task_model
+
+pytest_plugins = ["slurm_cluster"]  # its fixture slurm_one: a private one-node Slurm cluster
 
 # Every record carries these, whatever the task.
 COMMON_FIELDS = {

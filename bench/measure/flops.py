@@ -8,8 +8,9 @@ B·H·Nq·Nk·(d + dv) MACs, i.e. the products q kᵀ and (softmax) v.
 
 Per stage: the model describes its own stages (``models.stage_prefixes``); a stage's GMACs are
 fvcore's per-module counts of its prefixes, and ``attention_gmacs_per_stage`` the attention
-products alone (q kᵀ and the product with v; projections excluded). Per part (``parts``: backbone / neck / head of a detector or segmentor): each
-part's own module count, so ``sum(part_gmacs) == gmacs`` is a check, not a definition.
+products alone (q kᵀ and the product with v; projections excluded). Per part (``parts``:
+backbone / neck / head of a detector or segmentor): each part's own module count, so
+``sum(part_gmacs) == gmacs`` is a check, not a definition.
 
 Cross-check that can disagree: an independent count by ``torch.utils.flop_counter`` with no formula
 of ours, on a copy of the model whose attention runs as explicit matmuls (every module's
@@ -188,7 +189,8 @@ def print_flops_table(reports: list[Flops]) -> None:
     columns += ["parts (GMACs)"] if dense else []
     columns += ["x-check"]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "task", "per stage (GMACs)", "parts (GMACs)") else "right")
+        left = col in ("model", "task", "per stage (GMACs)", "parts (GMACs)")
+        table.add_column(col, justify="left" if left else "right")
     for r in reports:
         stages = "  ".join(f"{k}={v:.2f}" for k, v in r.stage_gmacs.items() if v)
         check = "-" if r.crosscheck_rel_diff is None else f"{100 * r.crosscheck_rel_diff:.2f}%"

@@ -14,12 +14,14 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 
 CATEGORIES = ("attention", "matmul", "conv", "norm", "elementwise", "communication", "other")
 _PATTERNS = [
-    ("communication", re.compile(r"nccl|gloo|all_reduce|allreduce|all_gather|allgather|broadcast|reduce_scatter|c10d", re.I)),
+    ("communication", re.compile(r"nccl|gloo|all_reduce|allreduce|all_gather|allgather|broadcast|reduce_scatter"
+                                 r"|c10d", re.I)),
     ("attention", re.compile(r"scaled_dot_product|flash_attention|efficient_attention|_attention|softmax", re.I)),
     ("conv", re.compile(r"conv|cudnn_convolution|mkldnn_convolution", re.I)),
     ("matmul", re.compile(r"\b(aten::)?(mm|bmm|addmm|matmul|linear|baddbmm|addmv|mv|dot)\b|gemm", re.I)),
     ("norm", re.compile(r"norm", re.I)),
-    ("elementwise", re.compile(r"add|mul|div|sub|gelu|relu|silu|sigmoid|tanh|exp|copy|fill|clone|cat|pow|sqrt|where|max_pool|avg_pool|mean|sum|neg|abs|clamp|lerp|addcmul|addcdiv|foreach", re.I)),
+    ("elementwise", re.compile(r"add|mul|div|sub|gelu|relu|silu|sigmoid|tanh|exp|copy|fill|clone|cat|pow|sqrt|where"
+                               r"|max_pool|avg_pool|mean|sum|neg|abs|clamp|lerp|addcmul|addcdiv|foreach", re.I)),
 ]
 
 
@@ -51,7 +53,8 @@ def op_breakdown(events, on_device: bool) -> dict[str, float]:
     return {k: v / whole for k, v in totals.items()}
 
 
-def profile_cell(step: Callable[[], object], device: torch.device, trace_dir: Path, worker: str, active: int = 3) -> tuple[dict[str, float], str]:
+def profile_cell(step: Callable[[], object], device: torch.device, trace_dir: Path, worker: str,
+                 active: int = 3) -> tuple[dict[str, float], str]:
     """Profile ``active`` steps after one warm-up; write a TensorBoard trace for ``worker`` and
     return (fraction of self time per category, trace path)."""
     trace_dir = Path(trace_dir)
