@@ -108,8 +108,9 @@ def records_frame(runs: list[Run]) -> pd.DataFrame:
     # What the model was fed (det pads to a multiple of 32): the x of the scaling fits.
     df["input_pixels"] = [_input_pixels(hw, p) for hw, p in zip(df["input_hw"], df["pixels"])]
     # The one place the report names an engine (the frontier's strategy column reads it too).
-    df["engine_label"] = [e + (f" ZeRO-{int(z)}" if e == "deepspeed" and pd.notna(z) else "")
-                          for e, z in zip(df["engine"], df["zero"])]
+    from bench.engines import engine_label  # each engine names itself (bench.engines.base)
+
+    df["engine_label"] = [engine_label(r) for r in df[["engine", "zero"]].to_dict("records")]
     df["setup"] = df["device_name"] + " · " + df["engine_label"] + " ×" + df["world_size"].astype(str)
     df["series"] = df["setup"] + " · " + df["run_id"]
     # The name a plot line carries: the model, and its task where it is not classification (a
