@@ -38,7 +38,8 @@ ASCII_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9
 # Text that looks like the options' values often enough to reach the accepting paths, and
 # the look-alikes that must not pass: full-width and Arabic-Indic digits, "_", signs, nan/inf,
 # unicode spaces, huge numbers.
-TOKENS = [*"0123456789,:xX.+-_eE \n\r", "\u2028", "\x1c", "\u00a0", "\u2003", "\uff13", "\u0663", "nan", "inf", "auto", "9" * 30, "0" * 30]
+TOKENS = [*"0123456789,:xX.+-_eE \n\r", "\u2028", "\x1c", "\u00a0", "\u2003", "\uff13", "\u0663", "nan", "inf", "auto",
+          "9" * 30, "0" * 30]
 NUMBERISH = st.lists(st.sampled_from(TOKENS), max_size=16).map("".join)
 ANY_TEXT = st.one_of(st.text(max_size=60), NUMBERISH, st.just("1" * 5000), st.just("32:" + "9" * 400 + ":32"))
 
@@ -53,11 +54,11 @@ def _bad_input_or(fn, *args, **kwargs):
 
 
 @FUZZ
-@given(ANY_TEXT, st.integers(min_value=0, max_value=8))
-def test_parse_int_any_text(text, minimum):
-    value = _bad_input_or(parse_int, text, "--x", minimum=minimum)
+@given(ANY_TEXT, st.integers(min_value=0, max_value=8), st.none() | st.integers(min_value=0, max_value=16))
+def test_parse_int_any_text(text, minimum, maximum):
+    value = _bad_input_or(parse_int, text, "--x", minimum=minimum, maximum=maximum)
     if value is not None:
-        assert type(value) is int and value >= minimum
+        assert type(value) is int and value >= minimum and (maximum is None or value <= maximum)
         assert ASCII_INT.fullmatch(text.strip()) and int(text.strip()) == value
 
 
@@ -129,7 +130,8 @@ def test_parse_modes_any_text(text):
 # The record loader
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_subnormal=False) | st.text(max_size=10),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_subnormal=False)
+    | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=10,
 )
