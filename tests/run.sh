@@ -3,6 +3,7 @@
 # - Debian packages the tests drive for real: Slurm + munge (a real controller and nodes),
 #   Chromium (opens our HTML reports).
 # - The virtual environment at .venv with the project and its pinned dependencies.
+# - ruff (lint) and import-linter (the layers in pyproject's [tool.importlinter]) before pytest.
 # - DeepSpeed's CPU communication op, compiled once (60-80 s) so no single test pays for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,7 @@ except Exception as exc:  # DeepSpeed falls back to torch.distributed without it
     print(f"deepspeed shm comm op not built ({exc}); DeepSpeed will use gloo collectives")
 PY
 
+# Lint and the layer contract first: a change that breaks either fails before the long suite runs.
+.venv/bin/ruff check .
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q -ra "$@"
