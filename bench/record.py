@@ -3,8 +3,11 @@
 A record is one finished cell, one JSON line. ``Record`` lists every field a record may hold; the
 writers (classify, finetune, sweep) are checked against it when they append (an unknown field is a
 programming error, caught by the tests), and the report reads it to decide what to show: fields of
-kind ``setting`` that vary between cells become columns, ``provenance`` goes into the details
-view. ``schema_version`` is in every record; ``upgrade`` reads older records.
+kind ``setting`` that vary between cells become columns, a ``measure`` declared with a ``Display``
+is a column of its section's main or details table (label, unit, direction, format: declared once,
+here), ``provenance`` goes into the details view. Readers go through ``schema()``, which holds each
+field's python type. ``schema_version`` is in every record; ``upgrade`` reads older records (every
+shim for them lives there).
 
 The run directory, ``RUN_DIR/``:
 - ``records.jsonl``: the records of single-process and rank-0 writers; a concurrent writer that is

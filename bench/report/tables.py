@@ -303,8 +303,13 @@ def provenance_table(df: pd.DataFrame) -> Table | None:
     part = sort_cells(df).reset_index(drop=True)
     columns = ["model", "res", "mode", "batch", "run id", *[f.replace("_", " ") for f in shown]]
     rows = [[Cell(as_text(r[c])) for c in ("model", "res", "mode", "batch", "run_id")]
-            + [Cell(as_text(r[f])) for f in shown] for _, r in part.iterrows()]
+            + [Cell(_provenance_text(r[f])) for f in shown] for _, r in part.iterrows()]
     return Table("provenance", "Provenance of each cell", columns, rows)
+
+
+def _provenance_text(v: Any) -> str:
+    """Seconds and load averages to four or so digits (46.32, not 46.31661319732666)."""
+    return fmt_number(v) if isinstance(v, float) and v == v and not v.is_integer() else as_text(v)
 
 
 def comparison_table(df: pd.DataFrame) -> Table | None:
