@@ -205,7 +205,6 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
             saved.append(t)
         return t
 
-
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             step()
