@@ -1,7 +1,7 @@
 """The command line: the ``bench`` group and the console-script entry. The top of the layer stack
 and thin on purpose: each command is in bench.commands (``bench report`` in bench.report.command);
 nothing imports this module. The allowed import directions are in pyproject.toml
-([tool.importlinter]) and tests/test_architecture.py enforces them.
+([tool.importlinter]) and tests/unit/test_architecture.py enforces them.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_report import Page, _markdown_tables
+from report_page import Page, _markdown_tables
 
 import bench.record as record
 from bench.record import (

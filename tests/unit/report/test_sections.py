@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report import Page
+from report_page import Page
 
 from bench.record import RunDir, check_record
 from bench.report import render_report
@@ -21,7 +21,7 @@ from bench.report.references import PAPER_DENSE_COST, PAPER_RETINANET_V100
 from bench.report.scaling import fit_power_law
 from bench.report.tables import fmt_number
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 RESOLUTIONS = (224, 512, 800)
 COMMITTED = REPO / "results"
 

@@ -14,18 +14,18 @@ import json
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from browser import dump_dom, screenshot
 from click.testing import CliRunner
 from PIL import Image
+from report_page import Page, _markdown_tables
 
 from bench.record import read_records_counted
 from bench.report import PAPER_TABLE2, fmt_number, render_report, report_command
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODELS = ["resnet18", "pvt_tiny"]
 RESOLUTIONS = ["64", "96"]
 HOSTILE_MODEL = "<script>alert(1)</script>"
@@ -79,56 +79,6 @@ def copy_run(src: Path, dst: Path, edit=None) -> Path:
         edit(records)
     (dst / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return dst
-
-
-class Page(HTMLParser):
-    """Tables (by their data-table key: header, rows, and the cells marked "best"), the text,
-    and every start tag with its attributes."""
-
-    def __init__(self, html: str):
-        super().__init__(convert_charrefs=True)
-        self.headers: dict[str, list[str]] = {}
-        self.tables: dict[str, list[list[str]]] = {}
-        self.best: dict[str, set[tuple[int, int]]] = {}  # (row, column) of cells with class "best"
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self._table = self._row = self._cell = None
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.tags.append((tag, attrs))
-        if tag == "table":
-            self._table = attrs.get("data-table")
-            self.headers[self._table], self.tables[self._table], self.best[self._table] = [], [], set()
-        elif tag == "tr" and self._table:
-            self._row = []
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = []
-            if "best" in (attrs.get("class") or "").split():
-                self.best[self._table].add((len(self.tables[self._table]), len(self._row)))
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append(" ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            if self.headers[self._table]:
-                self.tables[self._table].append(self._row)
-            else:
-                self.headers[self._table] = self._row
-            self._row = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def column(self, table: str, header: str) -> list[str]:
-        i = self.headers[table].index(header)
-        return [row[i] for row in self.tables[table]]
 
 
 def records_of(run: Path) -> list[dict]:
@@ -236,21 +186,6 @@ def test_csv_and_markdown_hold_the_same_rows_as_the_page(run_dir, run_at_224, tm
     md_tables = _markdown_tables(md)
     assert [t[0] for t in md_tables] == [page.headers[k] for k in page.tables]
     assert [t[1] for t in md_tables] == list(page.tables.values())
-
-
-def _markdown_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
-    tables, current = [], None
-    for line in md.splitlines() + [""]:
-        if line.startswith("|"):
-            cells = [" ".join(c.replace(r"\|", "|").strip().strip("*").split()) for c in line.strip("|").split(" | ")]
-            if current is None:
-                current = (cells, [])
-            elif not set(line) <= set("|:- "):
-                current[1].append(cells)
-        elif current is not None:
-            tables.append(current)
-            current = None
-    return tables
 
 
 def test_two_runs_side_by_side_and_against_the_paper(run_dir, run_at_224, tmp_path):

@@ -1,5 +1,5 @@
 """The engine registry: each engine owns its options, refusals, label and record fields; FSDP2's
-wrapping and its memory breakdown at world size 1 (two real ranks: tests/test_distributed.py)."""
+wrapping and its memory breakdown at world size 1 (two real ranks: tests/e2e/test_distributed.py)."""
 from __future__ import annotations
 
 import contextlib
