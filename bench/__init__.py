@@ -1,6 +1,7 @@
-"""bench: measure vision backbones (params, FLOPs, memory, speed) and report on them.
+"""bench: measure vision backbones (params, FLOPs, memory, speed, fine-tune quality) and report on them.
 
-The data's way, one module per stage: cli (parse, validate) -> plan (cells) -> build (models)
--> flops / speed / memory (measure) -> record (run directory) -> report.
+A figure's way down the layers (pyproject's [tool.importlinter]; bench/README.md has the map):
+cli -> commands -> sweep + scenarios (one cell: task adapter, engine, trackers) -> typed results
+(measure/) -> one Record (record.py) -> run directory -> report (read from the Record schema).
 """
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Published parameter counts the built models are held against (tests/test_families.py: within
+"""Published parameter counts the built models are held against (tests/unit/models/test_families.py: within
 1%), so a wrong config shows up as a wrong count before it shows up as a wrong benchmark.
 
 Millions of parameters of the 1000-class ImageNet classification model at 224x224, with where
