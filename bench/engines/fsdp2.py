@@ -40,6 +40,23 @@ from bench.engines.base import (
 from bench.launch.context import DistContext
 
 
+def even_shard_placement(world_size: int):
+    """FSDP2 shards dim 0 by default, so a parameter whose dim 0 is shorter than the world (PVT's
+    and ViT's ``(1, tokens, C)`` position embeddings, a class token) sits whole on rank 0 and
+    breaks the 1/N promise; shard such a parameter along its longest dimension that divides
+    evenly (else its longest) instead."""
+    from torch.distributed.tensor import Shard
+
+    def placement(param: nn.Parameter):
+        shape = param.shape
+        if not shape or shape[0] % world_size == 0:
+            return None  # FSDP2's default, Shard(0)
+        even = [d for d in range(len(shape)) if shape[d] % world_size == 0]
+        return Shard(max(even or range(len(shape)), key=lambda d: shape[d]))
+
+    return placement
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The blocks to shard one by one, in forward (registration) order (module docstring)."""
     units: list[nn.Module] = []
@@ -69,10 +86,11 @@ class FSDP2(Engine):
         model = model.to(weight_dtype(spec.dtype))
         mesh = init_device_mesh(ctx.device.type, (dist.get_world_size(),))
         units = shard_units(model)
+        placement = even_shard_placement(mesh.size())
         reshard = [i < len(units) - 1 for i in range(len(units))]
         for unit, after_forward in zip(units, reshard):
-            fully_shard(unit, mesh=mesh, reshard_after_forward=after_forward)
-        fully_shard(model, mesh=mesh)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=after_forward, shard_placement_fn=placement)
+        fully_shard(model, mesh=mesh, shard_placement_fn=placement)
         optimizer, impl = make_optimizer(model, spec, ctx.device)  # after sharding: DTensor state, 1/N
 
         @contextlib.contextmanager

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 import models
 from bench.config import identity, identity_id, parse_command
@@ -20,7 +21,7 @@ from bench.engines import (
     engine_names,
     get_engine,
 )
-from bench.engines.fsdp2 import shard_units
+from bench.engines.fsdp2 import even_shard_placement, shard_units
 from bench.errors import BadInput
 from bench.launch.context import DistContext
 from bench.measure.memory import memory_breakdown
@@ -174,3 +175,13 @@ def test_fsdp2_at_world_size_one_trains_with_dtensor_state_and_the_plain_breakdo
     assert fsdp["master_weights"] == 0
     # The blocks' all-gathered weights that autograd saves are parameters, not activations.
     assert fsdp["activations"] == pytest.approx(plain["activations"], rel=0.02), (plain, fsdp)
+
+
+def test_fsdp2_shards_a_short_dim_0_along_a_dimension_that_divides():
+    """A (1, tokens, C) position embedding would sit whole on rank 0 under dim-0 sharding."""
+    place = even_shard_placement(2)
+    assert place(nn.Parameter(torch.zeros(64, 3))) is None  # FSDP2's own Shard(0)
+    assert place(nn.Parameter(torch.zeros(1, 257, 64))).dim == 2  # 64 divides; 257 does not
+    assert place(nn.Parameter(torch.zeros(1, 16, 3))).dim == 1
+    assert place(nn.Parameter(torch.zeros(1, 3, 5))).dim == 2  # none divides: the longest
+    assert place(nn.Parameter(torch.zeros(5))).dim == 0
