@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from bench.build import place_model
 from bench.config import RunConfig
-from bench.engines import base_record_fields, build_trainer, trainer_record_fields
+from bench.engines import build_trainer, trainer_record_fields
 from bench.engines.base import autocast_dtype, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
@@ -89,11 +89,9 @@ class ClassifyScenario:
 
     def _base(self, cell: Cell, ctx: DistContext) -> dict:
         cfg = self.config
-        rec = base_record(cell, ctx, kind="run", dtype=cfg.dtype, engine=cfg.engine if cell.train else "none",
-                          zero=None, grad_clip=cfg.grad_clip if cell.train else None)
-        rec |= base_record_fields(cfg, cell.train)  # the engine's own fields (DeepSpeed: zero)
-        return rec | {"tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
-                      "compile": cfg.compile, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
+        return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
+            "tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
+            "compile": cfg.compile, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
         """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the

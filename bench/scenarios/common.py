@@ -5,23 +5,25 @@ from typing import Any
 
 import torch
 
-from bench.engines import PRECISIONS, TrainSpec
+from bench.engines import PRECISIONS, TrainSpec, base_record_fields
 from bench.launch.context import DistContext
 from bench.plan import Cell
 
 
-def base_record(cell: Cell, ctx: DistContext, *, kind: str, dtype: str, engine: str, zero: int | None,
-                grad_clip: float | None) -> dict[str, Any]:
+def base_record(cell: Cell, ctx: DistContext, settings: Any, *, kind: str, train: bool) -> dict[str, Any]:
     """What a cell's record says before it runs, in every scenario: the cell, where it runs
-    (device, world size, threads) and the training set-up the engine is given."""
+    (device, world size, threads) and the training set-up the engine is given, with every
+    engine's own fields (DeepSpeed: zero); an inference cell has no engine and no clipping."""
     from bench.environment import device_name
     from models import model_family
 
     return {
         **cell.as_dict(), "kind": kind, "family": model_family(cell.model),
         "device": ctx.device.type, "device_name": device_name(ctx.device),
-        "dtype": dtype, "precision": PRECISIONS[dtype], "engine": engine, "zero": zero, "grad_clip": grad_clip,
+        "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype],
+        "engine": settings.engine if train else "none", "grad_clip": settings.grad_clip if train else None,
         "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+        **base_record_fields(settings, train),
     }
 
 

@@ -21,7 +21,6 @@ from torch.utils.data.distributed import DistributedSampler
 
 from bench.config import FinetuneConfig
 from bench.data import DataSplits, collate, open_data
-from bench.engines import base_record_fields
 from bench.errors import BadInput, first_line
 from bench.measure.timing import median, percentile
 from bench.plan import Cell, make_cells
@@ -136,10 +135,7 @@ def effective_bn_mode(settings: FinetuneConfig, name: str) -> str:
 def base_record(settings: FinetuneConfig, cell: Cell, ctx) -> dict:
     """What a cell's record says before it runs: the cell and its set-up."""
     checkpoint = settings.checkpoints.get(cell.model)
-    rec = common_base_record(cell, ctx, kind="finetune", dtype=settings.dtype, engine=settings.engine,
-                             zero=None, grad_clip=settings.grad_clip)
-    rec |= base_record_fields(settings, True)  # the engine's own fields (DeepSpeed: zero)
-    return rec | {
+    return common_base_record(cell, ctx, settings, kind="finetune", train=True) | {
         "data": settings.data, "steps": settings.steps,
         "global_batch": settings.batch * ctx.world_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
         "optimizer": "AdamW", "seed": settings.seed, "fpn_channels": settings.fpn_channels,

@@ -143,7 +143,8 @@ def test_one_base_record_and_one_train_spec_for_every_scenario():
     from bench.config import FinetuneConfig
 
     cell = Cell("resnet18", 64, 64, "train", 2)
-    rec = base_record(cell, ONE, kind="run", dtype="bf16", engine="ddp", zero=None, grad_clip=1.0)
+    rec = base_record(cell, ONE, RunConfig(models=["resnet18"], dtype="bf16", engine="ddp", grad_clip=1.0),
+                      kind="run", train=True)
     assert rec["precision"] == "amp-bf16" and rec["family"] and rec["device"] == "cpu" and rec["world_size"] == 1
     assert rec["threads"] == torch.get_num_threads() and rec["res"] == "64" and rec["kind"] == "run"
     run_spec = train_spec(RunConfig(models=["resnet18"], engine="ddp", grad_clip=0.5), micro_batch=4)
