@@ -110,6 +110,9 @@ class Record:
     mode: str | None = _f(CELL, doc="infer | train | det | seg")
     batch: int | None = _f(CELL, "images per rank")
     cell_key: str | None = _f(CELL)
+    repeat: int | None = _f(CELL, doc="which visit of the cell, 0..repeats-1 (absent in old records: 0)")
+    repeats: int | None = _f(SETTING, doc="--repeats: visits per cell, in interleaved rounds")
+    order_seed: int | None = _f(SETTING, doc="seed of the cell order shuffled in each round (--repeats >= 2)")
     config_id: str | None = _f(CELL, doc="hash of the measuring configuration (resume identity)")
     settings_id: str | None = _f(CELL, doc="hash of the command's settings without the runtime (slurm status)")
     # --- measuring settings
@@ -148,6 +151,13 @@ class Record:
     latency_cv: float | None = _f(MEASURE, doc="stdev / mean", show=Display("CV", main=False, **_PERCENT))
     latency_ci95_ms: list | None = _f(MEASURE, "ms", "95% CI of the median [low, high]",
                                       Display("latency 95% CI", text=span))
+    latency_ci_coverage: float | None = _f(MEASURE, doc="exact coverage of the order-statistic CI at this n "
+                                           "(fixed n; stopping at the first narrow CI lowers it)")
+    latency_p99_ms: float | None = _f(MEASURE, "ms", "only where n >= 100", Display("latency p99", main=False))
+    latency_samples_ms: list | None = _f(MEASURE, "ms", "every timed iteration in order (several ranks: the "
+                                         "slowest rank's time per iteration); thinned evenly above 5,000")
+    latency_blocks: list | None = _f(MEASURE, "iterations", "the sizes of the timed blocks, in order")
+    samples_thinned: bool | None = _f(MEASURE, doc="latency_samples_ms keeps an even subset; statistics used all")
     iters: int | None = _f(MEASURE, "iterations timed", show=Display("timed iters", main=False, **_COUNT))
     warmup_iters: int | None = _f(MEASURE, "iterations", show=Display("warm-up iters", main=False, **_COUNT))
     timing_stable: bool | None = _f(MEASURE)
@@ -157,7 +167,9 @@ class Record:
     compile_graph_breaks: int | None = _f(MEASURE, show=Display("graph breaks", main=False, **_COUNT))
     compile_recompiles: int | None = _f(MEASURE, show=Display("recompiles", main=False, **_COUNT))
     per_rank_step_ms: list | None = _f(MEASURE, "ms", show=Display("step per rank", better="min", scalar=slowest))
-    throughput: float | None = _f(MEASURE, "images/s (global)", show=Display("throughput", "img/s", "max", **_BOTH))
+    throughput: float | None = _f(MEASURE, "images/s (global)", "sustained: images over the summed time of the "
+                                  "timed blocks", Display("throughput", "img/s", "max", **_BOTH))
+    throughput_per_rank: float | None = _f(MEASURE, "images/s", "one rank's images over the same time")
     scaling_efficiency: float | None = _f(MEASURE, show=Display("scaling efficiency", better="max", **_PERCENT))
     scaling_basis: str | None = _f(MEASURE)
     achieved_tflops: float | None = _f(MEASURE, "TFLOP/s", show=Display("achieved TFLOP/s", "", "max"))
@@ -166,6 +178,7 @@ class Record:
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
+    per_rank_peak_mem_mb: list | None = _f(MEASURE, "MB", "each rank's peak; peak_mem_mb is their maximum")
     mem_reserved_mb: float | None = _f(MEASURE, "MB", "GPU: torch.cuda.max_memory_reserved",
                                       Display("reserved memory", better="min"))
     device_mem_used_mb: float | None = _f(MEASURE, "MB", "GPU: NVML memory in use at the end of the cell",
