@@ -132,6 +132,24 @@ def all_gather_floats(value: float, ctx: DistContext) -> list[float]:
     return [float(v) for v in out]
 
 
+def all_gather(value, ctx: DistContext) -> list:
+    """Every rank's picklable ``value``, in rank order."""
+    if not ctx.distributed:
+        return [value]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def elementwise_max(values: list[float], ctx: DistContext) -> list[float]:
+    """The per-position maximum over ranks of equally long float lists (one all-reduce MAX)."""
+    if not ctx.distributed or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

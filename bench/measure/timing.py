@@ -13,14 +13,17 @@ Clocks
 
 Warm-up (never enters the statistics)
     Warm-up iterations run one at a time (on CUDA, one synchronize each: they are never used as
-    samples, only to decide) and are grouped into consecutive, non-overlapping blocks
-    of ``warmup_block`` (3) iterations. Warm-up ends at the end of a block once at least
-    ``min_warmup`` (3) iterations have run and the medians m_prev, m_last of the last two blocks
-    agree: ``|m_last - m_prev| <= warmup_tolerance * min(m_prev, m_last)`` (tolerance 5%); so with
-    the defaults it lasts at least 6 iterations. The soft budget never shortens it. Only the hard
-    cap may cut it (the cell then has no samples, stop "time-cap"); ``max_warmup_iters`` is a
-    safety valve against a step that never settles (only reachable when no cap bounds the cell):
-    timing then goes on, flagged "warmup-unsteady" and not stable.
+    samples, only to decide) and are grouped into consecutive, non-overlapping blocks. A block's
+    size is set when it starts: ``warmup_block`` (3) iterations, fewer for a slow step, so that a
+    block holds about ``warmup_block_s`` (1 s) of work (at least 1; the estimate is the latest
+    iteration). Warm-up ends at the end of a block once at least ``min_warmup`` (3) iterations
+    have run and the medians m_prev, m_last of the last two blocks agree:
+    ``|m_last - m_prev| <= warmup_tolerance * min(m_prev, m_last)`` (tolerance 5%). So a fast
+    step warms up for at least 6 iterations and a step of a second or more for at least 3 (its
+    first, cold iteration, then two that agree): slow cells spend their time on samples. The
+    soft budget never shortens it. Only the hard cap may cut it (the cell then has no samples,
+    stop "time-cap"); ``max_warmup_iters`` is a safety valve against a step that never settles
+    (only reachable when no cap bounds the cell): timing then goes on, flagged "warmup-unsteady".
 
 Samples
     Timed iterations run in blocks. The sample rules: at least ``min_iters`` (10) iterations and at
@@ -46,19 +49,30 @@ Block size (timed)
 
 Statistics (times in ms, x_(1) <= ... <= x_(n) sorted, 1-based)
     * median: ``statistics.median`` (mean of the two middle values for even n);
-    * percentiles p10 / p90: linear interpolation between order statistics, i.e. numpy's default
-      ("linear", Hyndman-Fan type 7) and ``statistics.quantiles(method="inclusive")``: with
-      h = (n - 1) * p (0-based), j = floor(h): x[j] + (h - j) * (x[j+1] - x[j]);
-    * cv: sample standard deviation (n - 1) / mean; 0 when every time is 0; NaN for n < 2;
-    * ci95 of the median: a distribution-free order-statistic (binomial) interval,
-      ``[x_(l), x_(u)]`` with ``l = floor(n/2 - 1.96*sqrt(n)/2)`` and
-      ``u = ceil(1 + n/2 + 1.96*sqrt(n)/2)``, both clipped to [1, n]. (For n = 10: ranks 1 and 10,
-      the min and the max; for n = 100: ranks 40 and 61.)
+    * percentiles p10 / p90 (and p99 where n >= 100): linear interpolation between order
+      statistics, i.e. numpy's default ("linear", Hyndman-Fan type 7): with h = (n - 1) * p
+      (0-based), j = floor(h): x[j] + (h - j) * (x[j+1] - x[j]);
+    * cv: sample standard deviation (n - 1) / mean; 0 when every time is 0; NaN for n < 2. Shown,
+      never a flag: dispersion is a property of the step, not an error;
+    * ci95 of the median: the distribution-free order-statistic interval ``[x_(l), x_(n+1-l)]``
+      with the exact binomial rank: the largest l whose coverage
+      ``1 - 2 * P(Bin(n, 1/2) <= l - 1)`` is still >= 95%. That coverage is recorded
+      (``latency_ci_coverage``; n = 10: ranks 2 and 9, 97.9%; n = 100: ranks 40 and 61, 96.5%).
+      Below n = 6 no interval reaches 95% ([min, max] covers 93.8% at n = 5) and none is given.
+      The coverage is that of a fixed n: timing stops at the first block whose interval is narrow
+      enough, which lowers the true coverage somewhat (sequential testing); the flags below and
+      the repeats of bench.stats, not this interval, carry comparisons.
 
-Result flags: "unstable-timing" (cv > 5%), "time-cap" (the cap ended the cell), "few-samples"
-(fewer than 10 timed iterations), "warmup-unsteady" (warm-up ended by ``max_warmup_iters`` or by
-the cap before it was steady). ``stable`` is False when the cap ended the cell before the sample
-rules held, when cv > 5% (or is undefined) or when the warm-up never became steady.
+Throughput (bench.scenarios.classify): images over the summed time of the timed blocks, the
+sustained rate of timm's benchmark.py and MLPerf Offline; the median step is the latency.
+
+Result flags (each means a figure may be wrong): "wide-ci" (the CI's half-width exceeds 2% of
+the median on either side, or there is no CI: this includes a cell that stopped on its budget
+before converging), "drift" (n >= 18 and the medians of the first and last thirds differ by more
+than 2% of the median, with their own 95% intervals disjoint: the step changed speed while it was
+timed), "few-samples" (fewer than 10 timed iterations), "time-cap" (the cap ended the cell),
+"warmup-unsteady" (warm-up ended by ``max_warmup_iters`` or by the cap before it was steady).
+``stable`` is True when none of them is raised.
 
 Several ranks (``measure_lockstep``): every continue / stop / block-size decision goes through
 ``agree`` (an all-reduce MAX; a minimum is agreed as ``-agree(-x)``), between blocks, so every
@@ -72,16 +86,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
-CV_LIMIT = 0.05          # cv above this: "unstable-timing", not stable
 FEW_SAMPLES = 10         # fewer timed iterations than this: "few-samples"
+WIDE_CI = 0.02           # a CI half-width above this share of the median: "wide-ci"
+DRIFT_MIN_N = 18         # the drift test needs thirds of at least 6, the smallest n with a 95% interval
+CI_LEVEL = 0.95
+MAX_KEPT_SAMPLES = 5000  # a record stays one JSON line: longer sample lists are thinned evenly
 WARMUP_CAP_SHARE = 0.5   # warm-up stops (unsteady, flagged) before it would pass half the hard cap
-RECORD_KEYS = ("iters", "warmup_iters", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_cv",
-               "latency_ci95_ms", "timing_stable", "timing_stop", "timing_flags")
+RECORD_KEYS = ("iters", "warmup_iters", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_p99_ms",
+               "latency_cv", "latency_ci95_ms", "latency_ci_coverage", "latency_samples_ms", "latency_blocks",
+               "samples_thinned", "timing_stable", "timing_stop", "timing_flags")
+DOUBT_FLAGS = ("wide-ci", "drift", "few-samples", "time-cap", "warmup-unsteady")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -102,32 +121,67 @@ def percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[j] + (h - j) * (sorted_ms[j + 1] - sorted_ms[j])
 
 
-def median_ci95_ranks(n: int) -> tuple[int, int]:
-    """1-based order-statistic ranks (l, u) of the distribution-free 95% CI of the median:
-    l = floor(n/2 - 1.96*sqrt(n)/2), u = ceil(1 + n/2 + 1.96*sqrt(n)/2), clipped to [1, n].
+def median_ci95_ranks(n: int) -> tuple[int, int] | None:
+    """1-based ranks (l, n + 1 - l) of the distribution-free 95% CI of the median: the largest l
+    whose exact coverage ``1 - 2 * P(Bin(n, 1/2) <= l - 1)`` is >= 95%; None below n = 6, where
+    even [min, max] covers less.
 
-    Written by hand: torch.utils.benchmark gives no confidence interval of the median (its
-    Measurement only reports median / IQR), and scipy is not a dependency."""
-    half = 1.96 * math.sqrt(n) / 2
-    lo = math.floor(n / 2 - half)
-    hi = math.ceil(1 + n / 2 + half)
-    return min(max(lo, 1), n), min(max(hi, 1), n)
+    Written by hand (a few lines over scipy.stats.binom): torch.utils.benchmark reports only the
+    median and IQR, and scipy has no order-statistic interval of the median."""
+    if n < 1 or ci_coverage(n, 1) < CI_LEVEL:
+        return None
+    lo = 1
+    while lo + 1 <= (n + 1) // 2 and ci_coverage(n, lo + 1) >= CI_LEVEL:
+        lo += 1
+    return lo, n + 1 - lo
+
+
+def ci_coverage(n: int, lo: int) -> float:
+    """Exact coverage of [x_(lo), x_(n+1-lo)] as an interval for the median of a continuous
+    distribution: 1 - 2 * P(Bin(n, 1/2) <= lo - 1)."""
+    from scipy.stats import binom
+
+    return float(1 - 2 * binom.cdf(lo - 1, n, 0.5))
 
 
 def median_ci95(sorted_ms: list[float]) -> tuple[float, float]:
-    """[x_(l), x_(u)] with the ranks of ``median_ci95_ranks``; (NaN, NaN) if empty."""
-    if not sorted_ms:
+    """[x_(l), x_(u)] with the ranks of ``median_ci95_ranks``; (NaN, NaN) below n = 6."""
+    ranks = median_ci95_ranks(len(sorted_ms))
+    if ranks is None:
         return math.nan, math.nan
-    lo, hi = median_ci95_ranks(len(sorted_ms))
-    return sorted_ms[lo - 1], sorted_ms[hi - 1]
+    return sorted_ms[ranks[0] - 1], sorted_ms[ranks[1] - 1]
 
 
-def _ci_converged(sorted_ms: list[float], tolerance: float) -> bool:
-    if not sorted_ms:
+def ci_within(sorted_ms: list[float], tolerance: float) -> bool:
+    """Is the 95% CI of the median within +-tolerance of the median? False without a CI."""
+    ranks = median_ci95_ranks(len(sorted_ms))
+    if ranks is None:
         return False
     med = statistics.median(sorted_ms)
-    lo, hi = median_ci95(sorted_ms)
+    lo, hi = sorted_ms[ranks[0] - 1], sorted_ms[ranks[1] - 1]
     return med - lo <= tolerance * med and hi - med <= tolerance * med
+
+
+def drifted(times_ms: list[float], tolerance: float = WIDE_CI) -> bool:
+    """Did the step change speed while timed? The first and last thirds' medians differ by more
+    than ``tolerance`` of the whole median and their own 95% intervals do not overlap. A hand-written
+    test because it is about order (a trend), which Mann-Whitney over the pooled sample ignores."""
+    n = len(times_ms)
+    if n < DRIFT_MIN_N:
+        return False
+    third = n // 3
+    first, last = sorted(times_ms[:third]), sorted(times_ms[-third:])
+    (f_lo, f_hi), (l_lo, l_hi) = median_ci95(first), median_ci95(last)
+    apart = f_hi < l_lo or l_hi < f_lo
+    return apart and abs(statistics.median(last) - statistics.median(first)) > tolerance * statistics.median(times_ms)
+
+
+def thinned(values: list[float], keep: int = MAX_KEPT_SAMPLES) -> list[float]:
+    """``keep`` values spread evenly over ``values`` (first and last included), or all of them."""
+    n = len(values)
+    if n <= keep:
+        return list(values)
+    return [values[round(i * (n - 1) / (keep - 1))] for i in range(keep)]
 
 
 def _none_if_nan(v: float) -> float | None:
@@ -136,8 +190,10 @@ def _none_if_nan(v: float) -> float | None:
 
 @dataclass
 class Latency:
-    """One cell's timing, the latency tracker's result: the timed samples (warm-up excluded, kept
-    in memory) and what the statistics, flags and record fields are computed from."""
+    """One cell's timing, the latency tracker's result: the timed samples in order (warm-up
+    excluded), the sizes of the blocks they were timed in, and how timing ended. Every statistic,
+    flag and record field is computed from ``times_ms``; with several ranks the scenario replaces
+    it by the per-iteration maximum over ranks (``over_ranks``), so all of them describe one series."""
 
     times_ms: list[float]
     warmup_iters: int
@@ -145,10 +201,16 @@ class Latency:
     stop_reason: str = "max-iters"   # "converged" | "budget" | "time-cap" | "max-iters"
     sample_rules_met: bool = True    # min_iters and min_time_s held (or max_iters ended them) at the stop
     warmup_steady: bool = True       # warm-up ended because two block medians agreed
+    blocks: list[int] | None = None  # timed block sizes, in order (None: not known, one block)
 
     @property
     def iters(self) -> int:
         return len(self.times_ms)
+
+    @property
+    def total_s(self) -> float:
+        """The summed time of the timed iterations: the denominator of the sustained throughput."""
+        return math.fsum(self.times_ms) / 1e3
 
     @property
     def _sorted(self) -> list[float]:
@@ -167,6 +229,11 @@ class Latency:
         return percentile(self._sorted, 0.90)
 
     @property
+    def p99_ms(self) -> float:
+        """NaN below 100 samples, where the 99th percentile is an extrapolation of the maximum."""
+        return percentile(self._sorted, 0.99) if self.iters >= 100 else math.nan
+
+    @property
     def cv(self) -> float:
         if len(self.times_ms) < 2:
             return math.nan
@@ -178,33 +245,50 @@ class Latency:
         return list(median_ci95(self._sorted))
 
     @property
-    def stable(self) -> bool:
-        capped_short = self.stop_reason == "time-cap" and not self.sample_rules_met
-        return not capped_short and self.warmup_steady and self.cv <= CV_LIMIT  # NaN cv: not stable
+    def ci_coverage(self) -> float:
+        ranks = median_ci95_ranks(self.iters)
+        return ci_coverage(self.iters, ranks[0]) if ranks else math.nan
 
     @property
     def flags(self) -> list[str]:
         out = []
-        if self.cv > CV_LIMIT:
-            out.append("unstable-timing")
-        if self.stop_reason == "time-cap":
-            out.append("time-cap")
+        if not ci_within(self._sorted, WIDE_CI):
+            out.append("wide-ci")
+        if drifted(self.times_ms):
+            out.append("drift")
         if self.iters < FEW_SAMPLES:
             out.append("few-samples")
+        if self.stop_reason == "time-cap":
+            out.append("time-cap")
         if not self.warmup_steady:
             out.append("warmup-unsteady")
         return out
 
+    @property
+    def stable(self) -> bool:
+        """No flag of doubt: enough samples, a narrow CI, no drift, not capped, warm-up steady."""
+        return not self.flags
+
+    def over_ranks(self, slowest_ms: list[float]) -> "Latency":
+        """The same timing with the per-iteration maximum over ranks as its samples."""
+        return replace(self, times_ms=list(slowest_ms))
+
     def to_record(self) -> dict:
-        """The record fields (``RECORD_KEYS``); undefined statistics (no or one sample) are None."""
+        """The record fields (``RECORD_KEYS``); undefined statistics (too few samples) are None."""
+        kept = thinned(self.times_ms)
         return {
             "iters": self.iters,
             "warmup_iters": self.warmup_iters,
             "latency_ms": _none_if_nan(self.median_ms),
             "latency_p10_ms": _none_if_nan(self.p10_ms),
             "latency_p90_ms": _none_if_nan(self.p90_ms),
+            "latency_p99_ms": _none_if_nan(self.p99_ms),
             "latency_cv": _none_if_nan(self.cv),
-            "latency_ci95_ms": None if not self.times_ms else self.ci95_ms,
+            "latency_ci95_ms": None if median_ci95_ranks(self.iters) is None else self.ci95_ms,
+            "latency_ci_coverage": _none_if_nan(self.ci_coverage),
+            "latency_samples_ms": kept,
+            "latency_blocks": list(self.blocks) if self.blocks is not None else [self.iters],
+            "samples_thinned": len(kept) < self.iters,
             "timing_stable": self.stable,
             "timing_stop": self.stop_reason,
             "timing_flags": self.flags,
@@ -258,13 +342,15 @@ class _Options:
     block_s: float = 0.1
     ci_tolerance: float = 0.02
     warmup_block: int = 3
+    warmup_block_s: float = 1.0
     min_warmup: int = 3
     warmup_tolerance: float = 0.05
     max_warmup_iters: int = 1000
 
     def check(self, budget_s: float, max_time_s: float | None) -> None:
         for name, v in (("budget_s", budget_s), ("min_time_s", self.min_time_s), ("block_s", self.block_s),
-                        ("ci_tolerance", self.ci_tolerance), ("warmup_tolerance", self.warmup_tolerance)):
+                        ("ci_tolerance", self.ci_tolerance), ("warmup_tolerance", self.warmup_tolerance),
+                        ("warmup_block_s", self.warmup_block_s)):
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if max_time_s is not None and not (max_time_s >= 0):
@@ -328,38 +414,51 @@ class _Session:
         """(warm-up times, steady); steady is None when the cap left no room to finish warming up."""
         warm: list[float] = []
         block_medians: list[float] = []
+        block_start, block_size = 0, 0  # size 0: the next iteration opens a block and sizes it
         while len(warm) < self.o.max_warmup_iters:
             if warm and self.warmup_cut(warm):
                 return warm, False  # the cap's first half is spent: leave the rest for timed samples (flagged)
             if self.cap_room(warm) < 1:
                 return warm, None
             warm += time_block(self.step, self.device, 1, self.clock)
-            if self._steady(warm, block_medians):
+            if not block_size:
+                block_size = self._warmup_block_size(warm[-1])
+            if len(warm) - block_start < block_size:
+                continue
+            if self._steady(warm[block_start:], block_medians, len(warm)):
                 return warm, True
+            block_start, block_size = len(warm), 0
         return warm, False
 
-    def _steady(self, warm: list[float], block_medians: list[float]) -> bool:
-        """At a warm-up block's end: do the last two block medians agree on every rank?"""
+    def _warmup_block_size(self, last_ms: float) -> int:
+        """``warmup_block`` iterations, fewer for a slow step (about ``warmup_block_s`` of work,
+        at least 1), agreed over ranks so that every rank's blocks end together."""
         o = self.o
-        if len(warm) % o.warmup_block:
-            return False
-        block_medians.append(statistics.median(warm[-o.warmup_block:]))
-        if len(block_medians) < 2 or len(warm) < o.min_warmup:
+        size = o.warmup_block if last_ms <= 0 else min(o.warmup_block, max(1, int(o.warmup_block_s * 1e3 / last_ms)))
+        return int(self.agree_min(size))
+
+    def _steady(self, block: list[float], block_medians: list[float], n_warm: int) -> bool:
+        """At a warm-up block's end: do the last two block medians agree on every rank?"""
+        block_medians.append(statistics.median(block))
+        if len(block_medians) < 2 or n_warm < self.o.min_warmup:
             return False
         m_prev, m_last = block_medians[-2], block_medians[-1]
-        here = abs(m_last - m_prev) <= o.warmup_tolerance * min(m_prev, m_last)
+        here = abs(m_last - m_prev) <= self.o.warmup_tolerance * min(m_prev, m_last)
         return self.agree_max(0.0 if here else 1.0) == 0.0
 
     # ---- timed blocks
     def sample(self, warm: list[float], steady: bool) -> Latency:
         times: list[float] = []
+        blocks: list[int] = []
         t_timed = self.clock()
         while True:
             reason, size, need = self._decide(times, warm, t_timed)
             if reason is not None:
                 return Latency(times_ms=times, warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason=reason,
-                               sample_rules_met=not need or reason == "max-iters", warmup_steady=steady)
+                               sample_rules_met=not need or reason == "max-iters", warmup_steady=steady,
+                               blocks=blocks)
             times += time_block(self.step, self.device, size, self.clock)
+            blocks.append(size)
 
     def _decide(self, times: list[float], warm: list[float], t_timed: int) -> tuple[str | None, int, bool]:
         """Between blocks: (stop reason or None, next block size, some rank still short of the
@@ -370,7 +469,7 @@ class _Session:
         est_ms = statistics.median(recent)
         need_here = n < o.min_iters or sum(times) < o.min_time_s * 1e3
         need = self.agree_max(1.0 if need_here else 0.0) > 0
-        unconverged = self.agree_max(0.0 if _ci_converged(sorted(times), o.ci_tolerance) else 1.0) > 0
+        unconverged = self.agree_max(0.0 if ci_within(sorted(times), o.ci_tolerance) else 1.0) > 0
         budget_left = self.budget_ns - (self.clock() - t_timed)
         budget_room = int(self.agree_min(_fits(budget_left, est_ms, o.max_iters, math.ceil)))
         room = self.cap_room(recent)
@@ -391,7 +490,7 @@ def _run(step, device, budget_s, max_time_s, agree, *, clock: Callable[[], int] 
     warm, steady = session.warm_up()
     if steady is None:
         return Latency(times_ms=[], warmup_iters=len(warm), warmup_ms=sum(warm), stop_reason="time-cap",
-                       sample_rules_met=False, warmup_steady=False)
+                       sample_rules_met=False, warmup_steady=False, blocks=[])
     return session.sample(warm, steady)
 
 

@@ -13,7 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from bench.measure.timing import RECORD_KEYS, measure, measure_lockstep, peak_matmul_tflops, time_block
+from bench.measure.timing import (
+    RECORD_KEYS,
+    measure,
+    measure_lockstep,
+    median_ci95_ranks,
+    peak_matmul_tflops,
+    time_block,
+)
 
 CPU = torch.device("cpu")
 MS = 1_000_000  # ns
@@ -52,11 +59,15 @@ def h_percentile(xs, p):
     return s[j] if j + 1 >= len(s) else s[j] + (h - j) * (s[j + 1] - s[j])
 
 
+def h_coverage(n, lo):
+    """1 - 2 P(Bin(n, 1/2) <= lo - 1), by exact integer sums."""
+    return 1 - 2 * sum(math.comb(n, k) for k in range(lo)) / 2**n
+
+
 def h_ci(xs):
     s, n = sorted(xs), len(xs)
-    lo = min(max(math.floor(n / 2 - 1.96 * math.sqrt(n) / 2), 1), n)
-    hi = min(max(math.ceil(1 + n / 2 + 1.96 * math.sqrt(n) / 2), 1), n)
-    return s[lo - 1], s[hi - 1]
+    lo = max(k for k in range(1, n // 2 + 2) if h_coverage(n, k) >= 0.95)
+    return s[lo - 1], s[n - lo]
 
 
 def h_median(xs):
@@ -139,28 +150,65 @@ def test_statistics_equal_hand_computation():
     mean = sum(samples) / 20
     sd = math.sqrt(sum((x - mean) ** 2 for x in samples) / 19)
     assert t.cv == pytest.approx(sd / mean)
-    # n = 20: ranks floor(10 - 0.98*sqrt(20)) = 5 and ceil(11 + 0.98*sqrt(20)) = 16
+    # n = 20: P(Bin(20, 1/2) <= 5) = 0.0207 and P(<= 6) = 0.0577, so ranks 6 and 15 (coverage 95.9%)
     s = sorted(samples)
-    assert t.ci95_ms == pytest.approx([s[4], s[15]])
+    assert t.ci95_ms == pytest.approx([s[5], s[14]])
     assert t.ci95_ms == pytest.approx(list(h_ci(samples)))
-    assert t.cv > 0.05 and not t.stable and "unstable-timing" in t.flags
+    assert t.ci_coverage == pytest.approx(h_coverage(20, 6)) and 0.95 <= t.ci_coverage < 0.96
+    assert t.cv > 0.05 and "wide-ci" in t.flags and not t.stable  # wide CI, not a high CV, is the doubt
     rec = t.to_record()
     assert tuple(rec) == RECORD_KEYS
     assert rec == {
         "iters": 20, "warmup_iters": 6, "latency_ms": t.median_ms, "latency_p10_ms": t.p10_ms,
-        "latency_p90_ms": t.p90_ms, "latency_cv": t.cv, "latency_ci95_ms": t.ci95_ms,
-        "timing_stable": False, "timing_stop": "max-iters", "timing_flags": ["unstable-timing"],
+        "latency_p90_ms": t.p90_ms, "latency_p99_ms": None, "latency_cv": t.cv, "latency_ci95_ms": t.ci95_ms,
+        "latency_ci_coverage": t.ci_coverage, "latency_samples_ms": samples, "latency_blocks": t.blocks,
+        "samples_thinned": False, "timing_stable": False, "timing_stop": "max-iters", "timing_flags": ["wide-ci"],
     }
+    assert sum(t.blocks) == 20
 
 
-def test_ci_rank_formula_small_cases():
-    # n = 10: ranks 1 and 10 (min and max); n = 100: ranks 40 and 61
+def test_ci_ranks_exact_coverage_small_cases():
+    # n = 10: ranks 2 and 9 (97.9%); n = 100: ranks 40 and 61; below n = 6 no 95% interval exists
     xs = [float(i) for i in range(1, 11)]
     t = run(Script([5] * 6 + xs), min_iters=10, max_iters=10, min_time_s=0.0)
-    assert t.ci95_ms == [1.0, 10.0]
+    assert t.ci95_ms == [2.0, 9.0] and t.ci_coverage == pytest.approx(1 - 2 * 11 / 1024)
     xs = [float(i) for i in range(1, 101)]
     t = run(Script([5] * 6 + xs), min_iters=100, max_iters=100, min_time_s=0.0)
     assert t.ci95_ms == [40.0, 61.0]
+    assert t.p99_ms == pytest.approx(h_percentile(xs, 0.99))
+    for n, ranks in ((5, None), (6, (1, 6)), (9, (2, 8)), (10, (2, 9)), (20, (6, 15))):
+        assert median_ci95_ranks(n) == ranks
+    t = run(Script([5] * 6 + [1.0, 2.0, 3.0, 4.0, 5.0]), min_iters=5, max_iters=5, min_time_s=0.0)
+    rec = t.to_record()
+    assert rec["latency_ci95_ms"] is None and rec["latency_ci_coverage"] is None
+    assert {"few-samples", "wide-ci"} <= set(rec["timing_flags"])
+
+
+def test_drift_flag_on_a_step_that_slows_down():
+    steady = noisy(seed=3, n=60)
+    t = run(Script([10] * 6 + steady), min_iters=60, max_iters=60, min_time_s=0.0)
+    assert "drift" not in t.flags
+    slowing = [x * (1 + 0.2 * i / 60) for i, x in enumerate(steady)]  # 20% slower by the end
+    t = run(Script([10] * 6 + slowing), min_iters=60, max_iters=60, min_time_s=0.0)
+    assert "drift" in t.flags and not t.stable
+
+
+def test_samples_kept_in_order_and_thinned_above_the_limit():
+    t = run(Script([], then=lambda i: 1.0 + (i % 7) * 0.001), min_iters=6000, max_iters=6000, min_time_s=0.0)
+    rec = t.to_record()
+    assert t.iters == 6000 and rec["samples_thinned"] is True and len(rec["latency_samples_ms"]) == 5000
+    assert rec["latency_samples_ms"][0] == t.times_ms[0] and rec["latency_samples_ms"][-1] == t.times_ms[-1]
+    assert rec["latency_ms"] == pytest.approx(statistics.median(t.times_ms))  # statistics used every sample
+    assert sum(rec["latency_blocks"]) == 6000
+
+
+def test_slow_step_warms_up_in_fewer_iterations():
+    # a cold first iteration, then 1.5 s steps: blocks of one iteration, so warm-up is 3 iterations
+    # (cold, then two that agree) rather than the 6 a fast step needs
+    t = run(Script([3000.0], then=lambda i: 1500.0), min_time_s=0.0)
+    assert t.warmup_iters == 3 and t.iters == 10
+    t = run(Script([30.0], then=lambda i: 15.0), min_time_s=0.0)
+    assert t.warmup_iters == 6
 
 
 def test_adaptive_stop_exactly_when_ci_criterion_met():
@@ -194,7 +242,7 @@ def test_min_time_rule_then_budget_stop():
     expected = next(n for n, s in enumerate(sums, 1) if s >= 500.0)
     assert t.stop_reason == "budget" and t.iters == expected
     assert t.cv == pytest.approx(statistics.stdev(t.times_ms) / statistics.fmean(t.times_ms))
-    assert t.cv > 0.05 and not t.stable and t.flags == ["unstable-timing"]  # CV of 10/12 ms is ~9%
+    assert t.cv > 0.05 and not t.stable and t.flags == ["wide-ci"]  # CI [10, 12] is +-9% of 11
 
 
 def test_min_time_keeps_timing_past_min_iters():
@@ -244,7 +292,8 @@ def test_cap_after_sample_rules_is_not_unstable():
 
 def test_max_iters_and_unsteady_warmup():
     t = run(Script([], then=lambda i: 1.0), min_iters=5, max_iters=7, min_time_s=10.0)
-    assert t.stop_reason == "max-iters" and t.iters == 7 and t.stable  # max_iters may cut min_time_s
+    assert t.stop_reason == "max-iters" and t.iters == 7  # max_iters may cut min_time_s
+    assert t.flags == ["few-samples"] and not t.stable  # fewer than 10 samples: a doubt, whatever stopped it
     # block medians alternate 10 / 12 forever: warm-up ends at max_warmup_iters, flagged
     alt = lambda i: 10.0 if i % 2 == 0 else 12.0  # noqa: E731
     t = run(Script([], then=alt), min_time_s=0.0, max_warmup_iters=30, max_iters=20)
