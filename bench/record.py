@@ -239,7 +239,7 @@ class Record:
     status: str | None = _f(MEASURE, doc="ok | oom | error")
     error: str | None = _f(MEASURE)
     traceback: str | None = _f(PROVENANCE)
-    flags: list | None = _f(MEASURE, doc="short strings a reader must know (wide-ci, drift, few-samples, time-cap, ...)")
+    flags: list | None = _f(MEASURE, doc="what a reader must know (wide-ci, drift, few-samples, time-cap, ...)")
     # --- provenance
     run_id: str | None = _f(PROVENANCE)
     invocation: str | None = _f(PROVENANCE, doc="id of the line in invocations.jsonl")

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def utilisation(gmacs: float, train: bool, global_batch: int, per_rank_step_ms: list[float],
-                peak_tflops_per_rank: float | None, world_size: int) -> dict[str, Any]:
-    per_step_flops = 2 * gmacs * 1e9 * (3 if train else 1) * global_batch
-    achieved = per_step_flops / (max(per_rank_step_ms) / 1e3) / 1e12
+def utilisation(gmacs: float, train: bool, throughput: float, peak_tflops_per_rank: float | None,
+                world_size: int) -> dict[str, Any]:
+    """Achieved TFLOP/s at the sustained global ``throughput`` (images/s; a training image costs 3x
+    its forward), and MFU against the per-rank peak times the ranks."""
+    achieved = 2 * gmacs * 1e9 * (3 if train else 1) * throughput / 1e12
     peak = peak_tflops_per_rank * world_size if peak_tflops_per_rank else None
     return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None}
 

@@ -7,8 +7,9 @@ anywhere in the cell (FLOP counting included) is recorded in that cell (``oom`` 
 the sweep goes on.
 
 Distributed cells time the same number of iterations on every rank (decisions are agreed with an
-all-reduce outside the timed blocks), report each rank's median step time, and compute global
-throughput from the slowest rank.
+all-reduce outside the timed blocks). Every statistic of the cell (latency, CI, flags, throughput,
+MFU) comes from one series, the per-iteration maximum over ranks; each rank's own median step and
+peak memory are kept beside it, peak memory is the largest rank's and a flag of any rank is the cell's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ from bench.config import RunConfig
 from bench.engines import build_trainer, trainer_record_fields
 from bench.engines.base import autocast_dtype, weight_dtype
 from bench.errors import first_line
-from bench.launch.context import DistContext, all_gather_floats, all_reduce_max, broadcast_object
+from bench.launch.context import (
+    DistContext,
+    all_gather,
+    all_gather_floats,
+    all_reduce_max,
+    broadcast_object,
+    elementwise_max,
+)
 from bench.measure import derived
 from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
@@ -110,10 +118,9 @@ class ClassifyScenario:
 
     def _derive(self, rec: dict, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> list[str]:
         """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise."""
-        if rec["status"] != "ok" or not rec.get("per_rank_step_ms"):  # frontier-only cells have no time
+        if rec["status"] != "ok" or not rec.get("throughput"):  # frontier-only cells have no time
             return []
-        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["global_batch"], rec["per_rank_step_ms"],
-                                       self.peak_tflops, ctx.world_size))
+        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size))
         flags = derived.mfu_flags(rec.get("mfu"))
         rec.update(derived.scaling(history, rec))
         return flags
@@ -258,12 +265,15 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     task = task_for(cell.task)
     model = task.build(cell)
     step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, t0)
-    out |= memory.to_record() | energy.to_record() | (compiled.to_record() if compiled else {}) | latency.to_record()
-    flags += (compiled.flags if compiled else []) + latency.flags
+    own_median_ms = latency.median_ms
+    latency = latency.over_ranks(elementwise_max(latency.times_ms, ctx))  # one series: the slowest rank's
+    out |= memory.to_record() | _peak_over_ranks(memory.peak_mb, ctx) | energy.to_record()
+    out |= (compiled.to_record() if compiled else {}) | latency.to_record()
+    flags += _union_over_ranks(compiled.flags if compiled else [], ctx) + latency.flags
     if latency.iters == 0:
         raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
                            f"({latency.warmup_iters} warm-up iterations)")
-    out |= _throughput(latency, batch, ctx)
+    out |= _throughput(latency, own_median_ms, batch, ctx)
     if not cell.train:  # the parts of a dense model, in a pass of their own
         x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
         parts = task.part_latency_ms(model, x)
@@ -281,11 +291,26 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
         out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
 
 
-def _throughput(latency: Latency, batch: int, ctx: DistContext) -> dict:
-    """Each rank's median step time; global throughput from the slowest rank."""
-    per_rank = all_gather_floats(latency.median_ms, ctx)
+def _throughput(latency: Latency, own_median_ms: float, batch: int, ctx: DistContext) -> dict:
+    """The sustained rate: images over the summed time of the timed blocks (as timm's benchmark.py
+    and MLPerf Offline), of the slowest-rank series, so a stall every few steps counts; per rank
+    and for the whole job. Each rank's own median step is kept beside it."""
+    per_rank = all_gather_floats(own_median_ms, ctx)
+    per_rank_rate = batch * latency.iters / latency.total_s
     return {"per_rank_step_ms": per_rank, "global_batch": batch * ctx.world_size,
-            "throughput": batch * ctx.world_size / (max(per_rank) / 1e3)}
+            "throughput": per_rank_rate * ctx.world_size, "throughput_per_rank": per_rank_rate}
+
+
+def _peak_over_ranks(peak_mb: float | None, ctx: DistContext) -> dict:
+    """Peak memory is the largest rank's; every rank's is kept."""
+    per_rank = all_gather(None if peak_mb is None else round(peak_mb, 1), ctx)
+    known = [v for v in per_rank if v is not None]
+    return {"per_rank_peak_mem_mb": per_rank, "peak_mem_mb": max(known) if known else None}
+
+
+def _union_over_ranks(flags: list[str], ctx: DistContext) -> list[str]:
+    """A flag raised on any rank is the cell's."""
+    return list(dict.fromkeys(f for rank_flags in all_gather(list(flags), ctx) for f in rank_flags))
 
 
 def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path | None = None) -> dict:

@@ -68,9 +68,8 @@ def test_mfu_bounds_are_flagged():
     assert derived.mfu_flags(1.3) == ["mfu-over-1"]
     assert derived.mfu_flags(0.0) == ["mfu-not-positive"]
     assert derived.mfu_flags(0.4) == [] and derived.mfu_flags(None) == []
-    u = derived.utilisation(gmacs=2.0, train=True, global_batch=4, per_rank_step_ms=[100.0, 120.0],
-                            peak_tflops_per_rank=1.0, world_size=2)
-    # 2 FLOPs/MAC x 2 GMACs x 3 (fwd+bwd) x 4 images over the slowest rank's 0.12 s
+    u = derived.utilisation(gmacs=2.0, train=True, throughput=4 / 0.12, peak_tflops_per_rank=1.0, world_size=2)
+    # 2 FLOPs/MAC x 2 GMACs x 3 (fwd+bwd) x 4 images per 0.12 s
     assert u["achieved_tflops"] == pytest.approx(2 * 2e9 * 3 * 4 / 0.12 / 1e12)
     assert u["mfu"] == pytest.approx(u["achieved_tflops"] / 2.0)
 
