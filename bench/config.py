@@ -391,8 +391,14 @@ class RunConfig:
                               help="infer, train or both.")
     budget: float = option("--budget", default="2", parse=Float(0, min_open=True, maximum=86400), unit="s",
                            help="Soft target: seconds of timing per cell.")
-    max_time: float = option("--max-time", default="20", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
+    max_time: float = option("--max-time", default="60", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
                              help="Hard cap per cell in seconds, warm-up included.")
+    repeats: int = option("--repeats", default="1", parse=Int(1, 1000), identity=False,
+                          help="Visit every cell N times, in rounds (each round visits each cell once, in an order "
+                               "shuffled from --order-seed), so drift hits every model alike; comparisons then use "
+                               "the spread between repeats.")
+    order_seed: int = option("--order-seed", default="0", parse=Int(0), identity=False,
+                             help="Seed of the cell order in each round (with --repeats >= 2); recorded.")
     device: str = option("--device", default="auto", choices=("auto", "cpu", "cuda"),
                          identity=False)  # the device *name* is in identity (runtime)
     dtype: str = option("--dtype", default="fp32", choices=DTYPE_CHOICES,

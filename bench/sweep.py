@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import secrets
 import shlex
 import socket
@@ -188,8 +189,8 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     run_dir = RunDir(broadcast_object(str(cfg.out or default_run_dir()), ctx), writer_name())
     invocation = _open_run_dir(run_dir, cfg, ctx)
     sweep = _Sweep(scenario, ctx, console, run_dir, invocation, _todo(scenario, run_dir, ctx, console))
-    if sweep.todo.cells:
-        scenario.prepare(ctx, run_dir, sweep.todo.cells)
+    if sweep.todo.visits:
+        scenario.prepare(ctx, run_dir, list(dict.fromkeys(v.cell for v in sweep.todo.visits)))
     new_records, exit_code = sweep.run_cells()
     if ctx.is_main and exit_code != PREEMPTED_EXIT:
         scenario.summarize(new_records, run_dir, ctx, console)
@@ -212,39 +213,77 @@ def _open_run_dir(run_dir: RunDir, cfg, ctx: DistContext) -> str | None:
     return invocation
 
 
+@dataclass(frozen=True)
+class Visit:
+    """One measurement of a cell: ``repeat`` 0..N-1 of ``--repeats N``."""
+
+    cell: Cell
+    repeat: int = 0
+
+    @property
+    def claim_key(self) -> str:
+        return self.cell.key if self.repeat == 0 else f"{self.cell.key}#repeat{self.repeat}"
+
+
+def visit_order(cells: list[Cell], repeats: int, seed: int) -> list[Visit]:
+    """Every cell once per round, round after round (Kalibera & Jones' multi-level design: drift on
+    the machine then hits every model alike). With several rounds each round's order is shuffled
+    from ``seed`` (Google Benchmark's random interleaving), so no model always follows the same
+    neighbour; one round keeps the given order (model-major, one model built per resolution)."""
+    if repeats <= 1:
+        return [Visit(c, 0) for c in cells]
+    visits = []
+    for r in range(repeats):
+        order = list(cells)
+        random.Random(seed * 1_000_003 + r).shuffle(order)
+        visits += [Visit(c, r) for c in order]
+    return visits
+
+
+def visit_identity(rec: dict) -> tuple[str, str, int] | None:
+    """(cell key, config id, repeat) of a record; a record written before repeats is repeat 0."""
+    ident = cell_identity(rec)
+    repeat = rec.get("repeat", 0)
+    if ident is None or not isinstance(repeat, int) or isinstance(repeat, bool):
+        return None
+    return (*ident, repeat)
+
+
 @dataclass
 class _Todo:
     """What this writer measures, in order, and what it needs to know about the directory."""
 
-    cells: list[Cell]
+    visits: list[Visit]
     ids: dict[str, str]  # cell key -> resume identity (config id, runtime included)
     settings_ids: dict[str, str]  # cell key -> the same without the runtime (SLURM status compares these)
     history: list[dict]  # well-formed records already there (rank 0), then each new one
-    known: dict[tuple[str, str], int]  # records per cell identity at the start: more later = another writer's
+    known: dict[tuple[str, str, int], int]  # records per visit at the start: more later = another writer's
 
 
 def _todo(scenario: Scenario, run_dir: RunDir, ctx: DistContext, console) -> _Todo:
-    """Rank 0 reads the directory and decides which cells are left; the other ranks get its list."""
+    """Rank 0 reads the directory and decides which visits are left; the other ranks get its list.
+    Resume counts repeats: a visit is done when a finished record with its identity and repeat exists."""
     cfg = scenario.config
     runtime = runtime_identity(ctx)
     cells = list(dict.fromkeys(scenario.cells()))
     ids = {c.key: identity_id({**identity(cfg, c.train, runtime), "cell": _cell_settings(cfg, c)}) for c in cells}
     settings_ids = {c.key: identity_id(identity(cfg, c.train, {})) for c in cells}
+    visits = visit_order(cells, getattr(cfg, "repeats", 1), getattr(cfg, "order_seed", 0))
     history: list[dict] = []
-    known: dict[tuple[str, str], int] = {}
-    todo_keys: list[str] | None = None
+    known: dict[tuple[str, str, int], int] = {}
+    todo: list[int] | None = None
     if ctx.is_main:
         readable = run_dir.records()  # one warning if some lines are unreadable
         history = [r for r in readable if well_formed(r)]  # what scenarios compute with
         done = _finished(readable)
         known = _counts(readable)
-        skipped = [c.key for c in cells if (c.key, ids[c.key]) in done]
+        skipped = [v for v in visits if (v.cell.key, ids[v.cell.key], v.repeat) in done]
         if skipped:
             console.print(f"[yellow]resume:[/] skipping {len(skipped)} finished cells in {run_dir.path}: "
-                          + ", ".join(skipped))
-        todo_keys = [c.key for c in cells if c.key not in skipped]
-    todo_keys = set(broadcast_object(todo_keys, ctx))
-    return _Todo([c for c in cells if c.key in todo_keys], ids, settings_ids, history, known)
+                          + ", ".join(v.claim_key for v in skipped))
+        todo = [i for i, v in enumerate(visits) if v not in skipped]
+    todo = broadcast_object(todo, ctx)
+    return _Todo([visits[i] for i in todo], ids, settings_ids, history, known)
 
 
 @dataclass
@@ -266,14 +305,16 @@ class _Sweep:
         new_records: list[dict] = []
         try:
             with _progress(self.console) as progress:
-                bar = progress.add_task("cells", total=len(self.todo.cells))
-                for cell in self.todo.cells:
+                bar = progress.add_task("cells", total=len(self.todo.visits))
+                for visit in self.todo.visits:
+                    cell = visit.cell
                     if self._stop_agreed(stop):
                         self.console.print(f"[red]preempted[/] (signal {stop.signal}): stopped at a cell boundary; "
                                            f"rerun with --out {self.run_dir.path} to resume")
                         return new_records, PREEMPTED_EXIT
-                    progress.update(bar, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}")
-                    rec = self._measure(cell, claims)
+                    again = f" repeat {visit.repeat}" if visit.repeat else ""
+                    progress.update(bar, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}{again}")
+                    rec = self._measure(visit, claims)
                     progress.advance(bar)
                     if rec is None:
                         continue
@@ -296,20 +337,25 @@ class _Sweep:
         """A collective: every rank stops at the same boundary if any rank got the signal."""
         return bool(all_reduce_max(1.0 if stop.signal else 0.0, self.ctx))
 
-    def _measure(self, cell: Cell, claims: Claims) -> dict | None:
-        """Claim ``cell``, measure it and append its record; None when another writer has it."""
-        ctx, key = self.ctx, cell.key
+    def _measure(self, visit: Visit, claims: Claims) -> dict | None:
+        """Claim ``visit``, measure it and append its record; None when another writer has it.
+        Each visit measures from scratch: the model is built again, since the variance between
+        builds and processes is part of what repeats are for."""
+        ctx, cell, key = self.ctx, visit.cell, visit.cell.key
+        config_id = self.todo.ids[key]
         holder = None
         if ctx.is_main:
-            with _write_errors(self.run_dir, f"the claim of {key}"):
-                holder = _claim(claims, self.run_dir, key, self.todo.ids[key], self.todo.known)
+            with _write_errors(self.run_dir, f"the claim of {visit.claim_key}"):
+                holder = _claim(claims, self.run_dir, visit, config_id, self.todo.known)
         holder = broadcast_object(holder, ctx)
         if holder:
-            self.console.print(f"[yellow]skip:[/] {key} {holder}")
+            self.console.print(f"[yellow]skip:[/] {visit.claim_key} {holder}")
             return None
         try:
             rec = self.scenario.run(cell, ctx, self.todo.history)
-            rec.update(cell_key=key, config_id=self.todo.ids[key], settings_id=self.todo.settings_ids[key],
+            rec.update(cell_key=key, config_id=config_id, settings_id=self.todo.settings_ids[key],
+                       repeat=visit.repeat, repeats=getattr(self.scenario.config, "repeats", 1),
+                       order_seed=getattr(self.scenario.config, "order_seed", None),
                        invocation=self.invocation, run_id=self.run_dir.path.name, timestamp=timestamp(),
                        hostname=socket.gethostname())
             rec = check_record(rec)
@@ -317,7 +363,7 @@ class _Sweep:
                 _append_or_die(self.run_dir, rec)
         finally:
             if ctx.is_main:
-                claims.release(key, self.todo.ids[key])
+                claims.release(visit.claim_key, config_id)
         self.todo.history.append(rec)
         return rec
 
@@ -343,35 +389,36 @@ def _write_errors(run_dir: RunDir, what: str):
         raise WriteFailed(f"cannot write {what} in {run_dir.path} ({reason})") from None
 
 
-def _finished(records: list[dict]) -> set[tuple[str, str]]:
-    """Cell identities with a finished (ok / oom) record; records of the wrong shape count for none."""
+def _finished(records: list[dict]) -> set[tuple[str, str, int]]:
+    """Visits (cell identity, repeat) with a finished (ok / oom) record; records of the wrong
+    shape count for none."""
     out = set()
     for r in records:
-        ident = cell_identity(r)
+        ident = visit_identity(r)
         if ident is not None and isinstance(r.get("status"), str) and r["status"] in FINISHED:
             out.add(ident)
     return out
 
 
-def _counts(records: list[dict]) -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
+def _counts(records: list[dict]) -> dict[tuple[str, str, int], int]:
+    out: dict[tuple[str, str, int], int] = {}
     for r in records:
-        ident = cell_identity(r)
+        ident = visit_identity(r)
         if ident is not None:
             out[ident] = out.get(ident, 0) + 1
     return out
 
 
-def _claim(claims: Claims, run_dir: RunDir, key: str, config_id: str, known: dict) -> str | None:
-    """None when this writer should measure the cell now; else why not (for the skip message).
+def _claim(claims: Claims, run_dir: RunDir, visit: Visit, config_id: str, known: dict) -> str | None:
+    """None when this writer should measure the visit now; else why not (for the skip message).
     After taking the claim the records are read again: a writer that started with us may have
-    measured the cell and released its claim before we got here."""
-    holder = claims.take(key, config_id)
+    measured the visit and released its claim before we got here."""
+    holder = claims.take(visit.claim_key, config_id)
     if holder:
         return f"is being measured by {holder}"
-    records, ident = run_dir.records(warn=False), (key, config_id)
+    records, ident = run_dir.records(warn=False), (visit.cell.key, config_id, visit.repeat)
     if ident in _finished(records) or _counts(records).get(ident, 0) > known.get(ident, 0):
-        claims.release(key, config_id)
+        claims.release(visit.claim_key, config_id)
         return "was measured meanwhile by another writer into this directory"
     return None
 

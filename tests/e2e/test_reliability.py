@@ -371,15 +371,19 @@ def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
 def test_a_cell_another_writer_finished_meanwhile_is_not_measured_again(tmp_path):
     """Writer B read the directory before A measured the cell, and takes the claim after A
     released it: B reads the records again and skips the cell."""
-    from bench.sweep import Claims, _claim, _counts
+    from bench.plan import Cell
+    from bench.sweep import Claims, Visit, _claim, _counts
 
     run_dir = RunDir(tmp_path / "run").create()
     claims = Claims(run_dir)
     known = _counts(run_dir.records())  # B's view at its start: nothing
-    RunDir(run_dir.path).append({"cell_key": "k", "config_id": "c", "status": "error"})  # A, meanwhile
-    assert "measured meanwhile" in _claim(claims, run_dir, "k", "c", known)
+    cell = Cell("resnet18", 64, 64, "infer", 1)
+    RunDir(run_dir.path).append({"cell_key": cell.key, "config_id": "c", "status": "error"})  # A, meanwhile
+    assert "measured meanwhile" in _claim(claims, run_dir, Visit(cell), "c", known)
     assert not claims.held and not list(claims.dir.glob("*.claim"))
-    assert _claim(claims, run_dir, "other", "c", known) is None  # a cell nobody measured: ours
+    assert _claim(claims, run_dir, Visit(cell, repeat=1), "c", known) is None  # another repeat: ours
+    other = Cell("vit_t", 64, 64, "infer", 1)
+    assert _claim(claims, run_dir, Visit(other), "c", known) is None  # a cell nobody measured: ours
 
 
 def test_run_ids_started_in_the_same_second_differ(monkeypatch):

@@ -75,3 +75,27 @@ def test_batch_auto_finds_the_cap(tmp_path):
     assert timed.returncode == 0, timed.stderr[-2000:]
     last = read_records_counted(out / "records.jsonl")[0][-1]
     assert last["batch"] == 2 and last["latency_ms"] > 0
+
+
+def test_repeats_interleave_in_shuffled_rounds_and_resume_counts_them(tmp_path):
+    from bench.plan import make_cells
+    from bench.sweep import visit_order
+
+    out = tmp_path / "rep"
+    args = ["run", "--models", "resnet18,vit_t", "--res", "64", "--modes", "infer", "--budget", "0.1",
+            "--max-time", "5", "--no-report", "--repeats", "3", "--order-seed", "7", "--out", str(out)]
+    proc = run_bench(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = read_records_counted(out / "records.jsonl")[0]
+    cells = make_cells(["resnet18", "vit_t"], [(64, 64)], ["infer"], [1])
+    # the records come in the seeded, shuffled round order: every round visits every cell once
+    assert [(r["cell_key"], r["repeat"]) for r in records] == [(v.cell.key, v.repeat)
+                                                               for v in visit_order(cells, 3, 7)]
+    assert all(r["repeats"] == 3 and r["order_seed"] == 7 for r in records)
+    assert len({r["config_id"] for r in records if r["model"] == "vit_t"}) == 1  # one cell identity, 3 visits
+    assert all(r["latency_samples_ms"] and len(r["latency_samples_ms"]) == r["iters"] for r in records)
+    again = run_bench(*[a if a != "3" else "4" for a in args])  # --repeats 4: only the fourth round is new
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skipping 6 finished cells" in again.stderr
+    records = read_records_counted(out / "records.jsonl")[0]
+    assert sorted(r["repeat"] for r in records[6:]) == [3, 3]

@@ -69,11 +69,20 @@ def test_identity_pinned_for_a_run_with_every_option(tmp_path):
 
 
 def test_identity_pinned_for_defaults():
-    assert _ident(["run", "--models", "resnet18"], True, RUNTIME)[1] == "0fc54c6370a224e7"
-    assert _ident(["run", "--models", "resnet18"], False, RUNTIME)[1] == "976e627289f9062f"
-    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "e57faee113edc884"
+    # issue 16 raised the default --max-time from 20 s to 60 s: runs with the old cap keep their
+    # hashes (so they resume), the new default is a new measuring configuration
+    old_cap = ["--max-time", "20"]
+    assert _ident(["run", "--models", "resnet18", *old_cap], True, RUNTIME)[1] == "0fc54c6370a224e7"
+    assert _ident(["run", "--models", "resnet18", *old_cap], False, RUNTIME)[1] == "976e627289f9062f"
+    assert _ident(["run", "--models", "resnet18", *old_cap], True, {})[1] == "e57faee113edc884"
+    assert _ident(["run", "--models", "resnet18"], True, RUNTIME)[1] == "4950ab19e6bd35b4"
+    assert _ident(["run", "--models", "resnet18"], False, RUNTIME)[1] == "b658a696ff8954d5"
+    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "61855d81d655eb34"
     # --task, --res and --models are cell axes (or in the cell key): the settings hash is the same
-    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "e57faee113edc884"
+    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "61855d81d655eb34"
+    # --repeats and --order-seed decide how often and in what order, not how a cell is measured
+    assert _ident(["run", "--models", "resnet18", "--repeats", "5", "--order-seed", "3"], True, {})[1] \
+        == "61855d81d655eb34"
 
 
 def test_identity_pinned_for_deepspeed_with_a_config_file(tmp_path):
@@ -81,7 +90,7 @@ def test_identity_pinned_for_deepspeed_with_a_config_file(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text('{"gradient_clipping": 1.0}')
     argv = ["run", "--models", "resnet18", "--modes", "train", "--engine", "deepspeed", "--zero", "2",
-            "--ds-config", str(ds)]
+            "--ds-config", str(ds), "--max-time", "20"]
     ident, cid = _ident(argv, True, {})
     assert ident["ds_config"] == "b2e391694621b038" and ident["zero"] == 2 and cid == "de891f14dd5684f5"
     assert _ident(argv, True, RUNTIME)[1] == "c3b45c3f5fb7e441"
