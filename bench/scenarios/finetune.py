@@ -168,16 +168,21 @@ def _train(steps: int, batches, trainer, task, ctx) -> tuple[list[float], list[f
 
 
 def step_time_fields(step_ms: list[float], data_ms: list[float], batch: int, ctx) -> dict:
-    """Step-time statistics by bench.measure.timing's functions (the same median and p90 as a
-    ``bench run`` cell's). A step is as slow as the slowest rank: throughput from the largest
-    per-rank median."""
-    from bench.launch.context import all_gather_floats
+    """Step-time statistics by bench.measure.timing's functions, from one series as in a ``bench
+    run`` cell: the per-step maximum over ranks (a step is as slow as its slowest rank), kept as
+    ``latency_samples_ms``. Throughput is sustained: images over the summed step time (every step,
+    the first, cold ones included: this is what the fine-tune took); the data wait is apart."""
+    from bench.launch.context import all_gather_floats, elementwise_max
+    from bench.measure.timing import thinned
 
     per_rank_ms = all_gather_floats(median(step_ms), ctx)
-    median_ms = max(per_rank_ms)
-    return {"step_time_ms": median_ms, "per_rank_step_ms": per_rank_ms,
-            "step_time_ms_p90": percentile(sorted(step_ms), 0.90), "data_time_ms": median(data_ms),
-            "throughput": batch * ctx.world_size / (median_ms / 1e3)}
+    series = elementwise_max(step_ms, ctx)
+    per_rank_rate = batch * len(series) / (math.fsum(series) / 1e3)
+    kept = thinned(series)
+    return {"step_time_ms": median(series), "per_rank_step_ms": per_rank_ms,
+            "step_time_ms_p90": percentile(sorted(series), 0.90), "data_time_ms": median(data_ms),
+            "latency_samples_ms": kept, "samples_thinned": len(kept) < len(series),
+            "throughput": per_rank_rate * ctx.world_size, "throughput_per_rank": per_rank_rate}
 
 
 def loss_fields(losses: list[float]) -> dict:
