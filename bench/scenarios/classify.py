@@ -339,21 +339,29 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
     return out
 
 
+def _ci_text(r: dict) -> str:
+    """The median's 95% CI as -x%/+y%, or why there is none."""
+    ci, med = r.get("latency_ci95_ms"), r.get("latency_ms")
+    if not ci or not med:
+        return "none (n < 6)"
+    return f"-{100 * (med - ci[0]) / med:.1f}/+{100 * (ci[1] - med) / med:.1f}%"
+
+
 def _summary(console, records: list[dict], run_dir: RunDir) -> None:
     from rich.table import Table
 
     table = Table(title=f"bench run -> {run_dir.path}")
-    for col in ("model", "res", "mode", "batch", "params (M)", "GMACs", "latency ms (p50/p90)", "iters", "CV",
-                "img/s", "peak MB", "status", "flags"):
+    for col in ("model", "res", "mode", "batch", "rep", "params (M)", "GMACs", "latency ms (p50)", "95% CI",
+                "iters", "p90/p10", "img/s", "peak MB", "status", "flags"):
         table.add_column(col, justify="left" if col in ("model", "mode", "status", "flags") else "right")
     for r in records:
         ok = r["status"] == "ok" and r.get("latency_ms") is not None  # frontier-only cells: no time
         table.add_row(
-            r["model"], r["res"], r["mode"], str(r.get("batch")),
+            r["model"], r["res"], r["mode"], str(r.get("batch")), str(r.get("repeat") or 0),
             f"{r['params'] / 1e6:.1f}" if r.get("params") else "-", f"{r['gmacs']:.2f}" if r.get("gmacs") else "-",
-            f"{r['latency_ms']:.1f} / {r['latency_p90_ms']:.1f}" if ok else "-",
+            f"{r['latency_ms']:.1f}" if ok else "-", _ci_text(r) if ok else "-",
             str(r.get("iters", "-")) if ok else "-",
-            f"{100 * r['latency_cv']:.1f}%" if ok and r.get("latency_cv") is not None else "-",
+            f"{r['latency_p90_ms'] / r['latency_p10_ms']:.2f}" if ok and r.get("latency_p10_ms") else "-",
             f"{r['throughput']:.1f}" if ok else "-",
             f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "-",
             r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}"[:60],
