@@ -391,7 +391,7 @@ class RunConfig:
                               help="infer, train or both.")
     budget: float = option("--budget", default="2", parse=Float(0, min_open=True, maximum=86400), unit="s",
                            help="Soft target: seconds of timing per cell.")
-    max_time: float = option("--max-time", default="60", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
+    max_time: float = option("--max-time", default="90", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
                              help="Hard cap per cell in seconds, warm-up included.")
     repeats: int = option("--repeats", default="1", parse=Int(1, 1000), identity=False,
                           help="Visit every cell N times, in rounds (each round visits each cell once, in an order "

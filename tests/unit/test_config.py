@@ -69,20 +69,20 @@ def test_identity_pinned_for_a_run_with_every_option(tmp_path):
 
 
 def test_identity_pinned_for_defaults():
-    # issue 16 raised the default --max-time from 20 s to 60 s: runs with the old cap keep their
+    # issue 16 raised the default --max-time from 20 s to 90 s: runs with the old cap keep their
     # hashes (so they resume), the new default is a new measuring configuration
     old_cap = ["--max-time", "20"]
     assert _ident(["run", "--models", "resnet18", *old_cap], True, RUNTIME)[1] == "0fc54c6370a224e7"
     assert _ident(["run", "--models", "resnet18", *old_cap], False, RUNTIME)[1] == "976e627289f9062f"
     assert _ident(["run", "--models", "resnet18", *old_cap], True, {})[1] == "e57faee113edc884"
-    assert _ident(["run", "--models", "resnet18"], True, RUNTIME)[1] == "4950ab19e6bd35b4"
-    assert _ident(["run", "--models", "resnet18"], False, RUNTIME)[1] == "b658a696ff8954d5"
-    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "61855d81d655eb34"
+    assert _ident(["run", "--models", "resnet18"], True, RUNTIME)[1] == "be4489d91c64f3e1"
+    assert _ident(["run", "--models", "resnet18"], False, RUNTIME)[1] == "ad3d70aab6558a0d"
+    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "276ca41a235f0077"
     # --task, --res and --models are cell axes (or in the cell key): the settings hash is the same
-    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "61855d81d655eb34"
+    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "276ca41a235f0077"
     # --repeats and --order-seed decide how often and in what order, not how a cell is measured
     assert _ident(["run", "--models", "resnet18", "--repeats", "5", "--order-seed", "3"], True, {})[1] \
-        == "61855d81d655eb34"
+        == "276ca41a235f0077"
 
 
 def test_identity_pinned_for_deepspeed_with_a_config_file(tmp_path):
