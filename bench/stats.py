@@ -1,0 +1,305 @@
+"""Comparisons with confidence: one cell against another, with an interval, a p-value, a
+correction for the many pairs of one comparison, and a verdict a reader can act on.
+
+Two cells A and B are either two models at the same task, resolution, batch, mode and settings in
+one run (``compare_models``), or the same cell identity in two runs (``compare_runs``).
+
+- The ratio is B/A of the metric's estimate: the median step (latency; the mean of the repeat
+  medians when there are several repeats) or the sustained throughput (images over summed time).
+- Its 95% interval is a seeded bootstrap, reproducible for a seed. With one repeat per side it
+  resamples the iterations (``scipy.stats.bootstrap``): a within-run interval, and ``basis``
+  says so. With several it is hierarchical: resample the repeats, then the iterations within
+  each (a short loop of our own: scipy's bootstrap resamples one level only).
+- Two models of one run with several rounds are compared by their paired ratios within each
+  round (they shared that round's machine state): a t interval and a one-sample t test on the
+  log ratios. With a handful of rounds a percentile bootstrap of a mean undercovers badly (three
+  rounds give 27 distinct resamples), the t interval does not.
+- The p-value is Mann-Whitney U over the samples (one repeat) or over the repeat figures
+  (several); q-values are Benjamini-Hochberg over every pair of one comparison
+  (``scipy.stats.false_discovery_control``), so a large sweep does not guarantee false alarms.
+- The verdict uses a threshold t: ``faster``/``slower`` when q < 0.05 and the interval lies wholly
+  beyond +-t; ``same`` when the interval lies wholly inside +-t (equivalence, as in TOST: proven
+  equal within t, which "not significant" is not); ``inconclusive`` otherwise, with an estimate of
+  the samples or repeats that would settle it. Peak memory has no iterations: ``compare_values``
+  says ``more``/``less``/``same`` within a tolerance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+from scipy import stats as sps
+
+DEFAULT_THRESHOLD = {"cpu": 0.03, "cuda": 0.02}
+# Peak RSS of one cell moves between identical visits on CPU (allocator and page-cache state).
+# Measured here: 4 runs x 3 repeats of pvt_small, vit_s and resnet50 at 224 (infer and train,
+# results/20261128-repeats-cpu-*) and 2 runs of the 18 main-job cells; see README.
+CPU_RSS_TOLERANCE = 0.12
+ALPHA = 0.05
+RESAMPLES = 2000
+METRICS = ("latency", "throughput", "peak_mem")
+VERDICTS = ("faster", "slower", "same", "inconclusive", "no samples")
+REGRESSIONS = ("slower", "more")  # the verdicts that fail a gate
+
+
+def default_threshold(device: str | None) -> float:
+    """2% on CUDA (events, a quiet device), 3% on CPU (a host clock on shared cores)."""
+    return DEFAULT_THRESHOLD["cuda" if str(device or "").startswith("cuda") else "cpu"]
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric != "throughput"
+
+
+# --------------------------------------------------------------------------- one cell's samples
+@dataclass(frozen=True)
+class Timings:
+    """One cell's timed samples in one run: per repeat (ordered by ``repeat``), the per-iteration ms."""
+
+    repeats: tuple[tuple[float, ...], ...]
+    images_per_step: int
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> "Timings | None":
+        """The ok records of one cell identity, the latest per repeat; None when there is no ok
+        record or one lacks ``latency_samples_ms`` (records from before samples were kept)."""
+        latest: dict[int, dict] = {}
+        for r in records:
+            if r.get("status") != "ok":
+                continue
+            k = r.get("repeat") or 0
+            if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
+                latest[k] = r
+        if not latest or any(not latest[k].get("latency_samples_ms") for k in latest):
+            return None
+        first = latest[min(latest)]
+        images = first.get("global_batch") or (first.get("batch") or 1) * (first.get("world_size") or 1)
+        return cls(tuple(tuple(float(x) for x in latest[k]["latency_samples_ms"]) for k in sorted(latest)),
+                   int(images))
+
+    @property
+    def n_repeats(self) -> int:
+        return len(self.repeats)
+
+    def per_repeat(self, metric: str = "latency") -> np.ndarray:
+        """Each repeat's figure: its median step (ms) or its sustained throughput (images/s)."""
+        return np.array([_figure([np.asarray(x)], metric, self.images_per_step) for x in self.repeats])
+
+    def estimate(self, metric: str = "latency") -> float:
+        """The cell's figure: the median (one repeat) or the mean of the repeat medians; the
+        sustained throughput over every timed iteration of every repeat."""
+        return _figure([np.asarray(x) for x in self.repeats], metric, self.images_per_step)
+
+
+def _figure(repeats: list[np.ndarray], metric: str, images: int) -> float:
+    if metric == "throughput":
+        return images * sum(len(x) for x in repeats) / (sum(float(np.sum(x)) for x in repeats) / 1e3)
+    medians = [float(np.median(x)) for x in repeats]
+    return medians[0] if len(medians) == 1 else float(np.mean(medians))
+
+
+# --------------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class Comparison:
+    metric: str                 # "latency" | "throughput" | "peak_mem"
+    ratio: float                # new/base (or b/a) of the metric's estimate
+    ci: tuple[float, float]     # 95% CI of the ratio
+    p: float | None
+    q: float | None             # Benjamini-Hochberg across one comparison's pairs (None until adjusted)
+    verdict: str
+    basis: str                  # how the interval was obtained, in words
+    needed: str | None = None   # inconclusive only: what would settle it
+
+    @classmethod
+    def no_samples(cls, metric: str) -> "Comparison":
+        return cls(metric, math.nan, (math.nan, math.nan), None, None, "no samples",
+                   "a record without latency_samples_ms (measured before samples were kept)")
+
+
+def verdict(ratio_ci: tuple[float, float], q: float | None, threshold: float, lower_is_better: bool = True) -> str:
+    """faster / slower (q < 0.05 and the CI wholly beyond +-threshold), same (the CI wholly
+    inside +-threshold), else inconclusive."""
+    lo, hi = ratio_ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if lo >= 1 - threshold and hi <= 1 + threshold:
+        return "same"
+    above, below = lo > 1 + threshold, hi < 1 - threshold
+    if q is not None and q < ALPHA and (above or below):
+        return "slower" if above == lower_is_better else "faster"
+    return "inconclusive"
+
+
+def _needed(ratio: float, ci: tuple[float, float], threshold: float, unit: str, have: int,
+            p_floor: float | None = None) -> str | None:
+    """Roughly how much more data would settle an inconclusive verdict: the interval's half-width
+    shrinks as 1/sqrt(n), and it must shrink below the distance from the estimate to the threshold."""
+    lo, hi = ci
+    if not (ratio > 0 and lo > 0 and hi > 0):
+        return None
+    half = (math.log(hi) - math.log(lo)) / 2
+    margin = abs(abs(math.log(ratio)) - math.log(1 + threshold))
+    if half <= margin:
+        if p_floor is not None and p_floor >= ALPHA:
+            return f"the interval clears the threshold, but {have} repeats per side cannot reach p < 0.05: at least 4"
+        return "a p-value below 0.05 (more samples)"
+    if margin < 1e-3 * max(threshold, 1e-9):
+        return "the change sits at the threshold: no amount of data settles it"
+    factor = (half / margin) ** 2
+    if unit == "repeats":
+        return f"about {max(have + 1, math.ceil(have * factor))} repeats per cell"
+    return f"about {max(1.1, factor):.1f}x the samples per cell"
+
+
+# --------------------------------------------------------------------------- two runs of a cell
+def compare_runs(base: Timings, new: Timings, metric: str = "latency", threshold: float = 0.03,
+                 seed: int = 0) -> Comparison:
+    """The same cell identity in two runs: new/base. One repeat per side: a bootstrap of the
+    iterations (within-run only). Several: a hierarchical bootstrap and Mann-Whitney U over the
+    repeat figures (3 against 3 cannot give p below 0.1)."""
+    rng = np.random.default_rng(seed)
+    ratio = new.estimate(metric) / base.estimate(metric)
+    if base.n_repeats == 1 and new.n_repeats == 1:
+        b, n = np.asarray(base.repeats[0]), np.asarray(new.repeats[0])
+        ci = _two_sample_ci(b, n, metric, base.images_per_step, new.images_per_step, rng)
+        p = float(sps.mannwhitneyu(b, n, alternative="two-sided").pvalue)
+        basis, unit, have, floor = "within-run samples only (1 repeat)", "samples", 1, None
+    else:
+        ci = _hierarchical_ci(base, new, metric, rng)
+        b, n = base.per_repeat(metric), new.per_repeat(metric)
+        p = float(sps.mannwhitneyu(b, n, alternative="two-sided", method="exact").pvalue)
+        basis = f"hierarchical bootstrap over {base.n_repeats} and {new.n_repeats} repeats"
+        unit, have, floor = "repeats", min(base.n_repeats, new.n_repeats), _mwu_floor(len(b), len(n))
+    return _provisional(metric, ratio, ci, p, threshold, basis, unit, have, floor)
+
+
+def _two_sample_ci(b: np.ndarray, n: np.ndarray, metric: str, images_b: int, images_n: int,
+                   rng: np.random.Generator) -> tuple[float, float]:
+    def stat(x, y, axis=-1):
+        if metric == "throughput":  # (images / mean step of new) / (images / mean step of base)
+            return (images_n / np.mean(y, axis=axis)) / (images_b / np.mean(x, axis=axis))
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+    if np.ptp(b) == 0 and np.ptp(n) == 0:  # constant samples: the ratio is exact
+        r = float(stat(b, n))
+        return r, r
+    res = sps.bootstrap((b, n), stat, n_resamples=RESAMPLES, vectorized=True, paired=False,
+                        method="percentile", rng=rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _resampled_figures(t: Timings, metric: str, rng: np.random.Generator) -> np.ndarray:
+    """RESAMPLES bootstrap figures of one run, two levels: draw repeats with replacement, then
+    iterations with replacement within each drawn repeat (independently per draw)."""
+    k = t.n_repeats
+    picks = rng.integers(0, k, size=(RESAMPLES, k))
+    medians = np.empty((RESAMPLES, k))
+    sums = np.empty((RESAMPLES, k))
+    counts = np.empty((RESAMPLES, k))
+    for r, samples in enumerate(t.repeats):
+        x = np.asarray(samples)
+        where = np.nonzero(picks == r)
+        rows = max(1, 1_000_000 // max(1, len(x)))  # resample in chunks of about a million values
+        for start in range(0, len(where[0]), rows):
+            sel = (where[0][start:start + rows], where[1][start:start + rows])
+            drawn = x[rng.integers(0, len(x), size=(len(sel[0]), len(x)))]
+            medians[sel] = np.median(drawn, axis=1)
+            sums[sel] = drawn.sum(axis=1)
+            counts[sel] = len(x)
+    if metric == "throughput":
+        return t.images_per_step * counts.sum(axis=1) / (sums.sum(axis=1) / 1e3)
+    return medians.mean(axis=1) if k > 1 else medians[:, 0]
+
+
+def _hierarchical_ci(base: Timings, new: Timings, metric: str, rng: np.random.Generator) -> tuple[float, float]:
+    ratios = _resampled_figures(new, metric, rng) / _resampled_figures(base, metric, rng)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _mwu_floor(n1: int, n2: int) -> float:
+    """The smallest two-sided exact Mann-Whitney p-value two samples of these sizes can give."""
+    return 2 / math.comb(n1 + n2, n1)
+
+
+# --------------------------------------------------------------------------- two models of a run
+def compare_models(a: Timings, b: Timings, metric: str = "latency", threshold: float = 0.03,
+                   seed: int = 0) -> Comparison:
+    """Two models in one run: b/a. With several rounds, paired by round (same repeat index):
+    a t interval and t test on the log ratios. With one, as ``compare_runs``."""
+    rounds = min(a.n_repeats, b.n_repeats)
+    if rounds < 2:
+        return compare_runs(a, b, metric, threshold, seed)
+    fa, fb = a.per_repeat(metric)[:rounds], b.per_repeat(metric)[:rounds]
+    logs = np.log(fb / fa)
+    mean, sd = float(np.mean(logs)), float(np.std(logs, ddof=1))
+    ratio = b.estimate(metric) / a.estimate(metric)
+    if sd == 0:
+        ci, p = (math.exp(mean), math.exp(mean)), (0.0 if mean != 0 else 1.0)
+    else:
+        half = float(sps.t.ppf(0.975, rounds - 1)) * sd / math.sqrt(rounds)
+        ci = (math.exp(mean - half), math.exp(mean + half))
+        p = float(sps.ttest_1samp(logs, 0.0).pvalue)
+    basis = f"paired ratios over {rounds} rounds (t interval on log ratios)"
+    return _provisional(metric, ratio, ci, p, threshold, basis, "repeats", rounds, None)
+
+
+def _provisional(metric: str, ratio: float, ci: tuple[float, float], p: float, threshold: float, basis: str,
+                 unit: str, have: int, p_floor: float | None) -> Comparison:
+    """A comparison whose verdict uses the unadjusted p until ``adjust`` sets q."""
+    v = verdict(ci, p, threshold, lower_is_better(metric))
+    needed = _needed(ratio, ci, threshold, unit, have, p_floor) if v == "inconclusive" else None
+    return Comparison(metric, ratio, ci, p, None, v, basis, needed)
+
+
+# --------------------------------------------------------------------------- peak memory
+def compare_values(base: list[float], new: list[float], tolerance: float) -> Comparison:
+    """Peak memory per repeat (no iterations): new/base of the medians, a bootstrap interval over
+    the repeats where both sides have several, and more / less / same within ``tolerance``
+    (0 on a GPU allocator, whose peaks are exact)."""
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    ratio = float(np.median(n) / np.median(b))
+    ci: tuple[float, float] = (ratio, ratio)
+    basis = "one value per run"
+    if len(b) >= 2 and len(n) >= 2 and (np.ptp(b) > 0 or np.ptp(n) > 0):
+        res = sps.bootstrap((b, n), lambda x, y, axis=-1: np.median(y, axis=axis) / np.median(x, axis=axis),
+                            n_resamples=RESAMPLES, vectorized=True, method="percentile", rng=np.random.default_rng(0))
+        ci = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        basis = f"bootstrap over {len(b)} and {len(n)} repeats"
+    lo, hi = ci
+    if lo >= 1 - tolerance and hi <= 1 + tolerance:
+        v = "same"
+    elif lo > 1 + tolerance:
+        v = "more"
+    elif hi < 1 - tolerance:
+        v = "less"
+    else:
+        v = "inconclusive"
+    return Comparison("peak_mem", ratio, ci, None, None, v, f"{basis}, tolerance +-{100 * tolerance:g}%")
+
+
+# --------------------------------------------------------------------------- many pairs
+def adjust(comparisons: list[Comparison], threshold: float) -> list[Comparison]:
+    """Benjamini-Hochberg q-values over the pairs that have a p-value, then the final verdicts."""
+    with_p = [i for i, c in enumerate(comparisons) if c.p is not None and math.isfinite(c.p)]
+    out = list(comparisons)
+    if not with_p:
+        return out
+    qs = sps.false_discovery_control([comparisons[i].p for i in with_p], method="bh")
+    for i, q in zip(with_p, qs):
+        c = comparisons[i]
+        v = verdict(c.ci, float(q), threshold, lower_is_better(c.metric))
+        needed = c.needed if v == "inconclusive" else None
+        if v == "inconclusive" and needed is None:
+            needed = "a q-value below 0.05: more samples or repeats"
+        out[i] = replace(c, q=float(q), verdict=v, needed=needed)
+    return out
+
+
+def ratio_text(c: Comparison, number: Callable[[float], str] = lambda x: f"{x:.3f}") -> str:
+    """'1.104 [1.081, 1.127]' or 'no samples'."""
+    if c.verdict == "no samples":
+        return "no samples"
+    return f"{number(c.ratio)} [{number(c.ci[0])}, {number(c.ci[1])}]"
