@@ -10,6 +10,7 @@ import sys
 import click
 
 from bench import __version__
+from bench.commands.compare import compare_command
 from bench.commands.finetune import finetune_command
 from bench.commands.flops import flops_command
 from bench.commands.run import profile_command, run_command
@@ -33,6 +34,7 @@ main.add_command(profile_command)
 main.add_command(finetune_command)
 main.add_command(flops_command)
 main.add_command(report_command, "report")
+main.add_command(compare_command)
 main.add_command(slurm_group)
 
 

@@ -1,0 +1,112 @@
+"""`bench compare BASE NEW` on real runs: a planted 10% slowdown is found (and only there), a wide
+threshold calls it the same, identical runs with repeats raise no alarm, bad input is exit 2."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import REPO, run_bench
+
+from bench.record import read_records_counted
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "base"
+    proc = run_bench("run", "--models", "resnet18,vit_t", "--res", "64", "--modes", "infer", "--budget", "1",
+                     "--max-time", "10", "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _copy(src, dst, edit):
+    """A copy of a run directory whose records pass through ``edit``."""
+    shutil.copytree(src, dst)
+    records = [edit(r) for r in read_records_counted(src / "records.jsonl")[0]]
+    (dst / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return dst
+
+
+def _slowed(rec):
+    if rec["model"] == "resnet18":
+        rec["latency_samples_ms"] = [1.10 * x for x in rec["latency_samples_ms"]]
+        rec["latency_ms"] *= 1.10
+    return rec
+
+
+def test_a_ten_percent_slowdown_is_slower_exactly_there_and_exit_1(base_run, tmp_path):
+    new = _copy(base_run, tmp_path / "new", _slowed)
+    proc = run_bench("compare", str(base_run), str(new), "--json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rows = {r["cell_key"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"cls|resnet18|64|infer|1", "cls|vit_t|64|infer|1"}
+    for row in rows.values():
+        assert set(row) >= {"cell_key", "base_ms", "new_ms", "ratio", "ci", "p", "q", "verdict"}
+    slow, same = rows["cls|resnet18|64|infer|1"], rows["cls|vit_t|64|infer|1"]
+    assert slow["verdict"] == "slower" and slow["ci"][0] <= 1.10 <= slow["ci"][1] and slow["q"] < 0.05
+    assert slow["ratio"] == pytest.approx(1.10) and slow["new_ms"] == pytest.approx(1.10 * slow["base_ms"])
+    assert same["verdict"] == "same" and same["ratio"] == pytest.approx(1.0)
+    # the same copy, with a 20% threshold: a 10% change is "the same", and the gate passes
+    wide = run_bench("compare", str(base_run), str(new), "--threshold", "0.2", "--json")
+    assert wide.returncode == 0, wide.stderr[-2000:]
+    assert {r["verdict"] for r in json.loads(wide.stdout)} == {"same"}
+
+
+def test_table_and_markdown_say_the_basis_and_sort_by_change(base_run, tmp_path):
+    new = _copy(base_run, tmp_path / "new", _slowed)
+    md = run_bench("compare", str(base_run), str(new), "--format", "md")
+    assert md.returncode == 1
+    lines = md.stdout.splitlines()
+    assert "within-run samples only" in lines[0] and "1 slower" in lines[0] and "1 same" in lines[0]
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert table[0].startswith("| cell | base (ms) | new (ms) | ratio | 95% CI | q | verdict")
+    assert "resnet18" in table[2] and "**slower**" in table[2] and "vit_t" in table[3]  # largest change first
+    text = run_bench("compare", str(base_run), str(new))
+    assert text.returncode == 1 and "slower" in text.stdout and "threshold +-3%" in text.stdout
+
+
+def test_different_devices_are_refused_unless_asked(base_run, tmp_path):
+    other = _copy(base_run, tmp_path / "other", lambda r: {**r, "device_name": "Another CPU"})
+    proc = run_bench("compare", str(base_run), str(other))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--cross-device" in proc.stderr
+    ok = run_bench("compare", str(base_run), str(other), "--cross-device")
+    assert ok.returncode == 0 and "a comparison of machines" in ok.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["missing-dir", "missing-dir-too"],
+    ["{base}", "{base}", "--threshold", "0"],
+    ["{base}", "{base}", "--threshold", "nan"],
+    ["{base}", "{base}", "--metric", "speed"],
+])
+def test_bad_input_is_one_line_and_exit_2(base_run, tmp_path, args):
+    proc = run_bench("compare", *[a.format(base=base_run) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+    assert not list(tmp_path.iterdir())  # nothing created
+
+
+def test_records_without_samples_say_so():
+    old = REPO / "results" / "20261125-140708-vm-fefec4"  # measured before samples were kept
+    proc = run_bench("compare", str(old), str(old), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["verdict"] for r in json.loads(proc.stdout)} == {"no samples"}
+    mem = run_bench("compare", str(old), str(old), "--metric", "peak_mem", "--json")
+    assert mem.returncode == 0 and {r["verdict"] for r in json.loads(mem.stdout)} == {"same"}
+
+
+def test_two_real_runs_with_repeats_raise_no_alarm(tmp_path):
+    args = ["run", "--models", "resnet18", "--res", "64", "--modes", "infer,train", "--budget", "0.2",
+            "--max-time", "5", "--repeats", "3", "--no-report"]
+    for name in ("a", "b"):
+        proc = run_bench(*args, "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 2 and all(r["basis"].startswith("hierarchical bootstrap over 3 and 3") for r in rows)
+    assert not {r["verdict"] for r in rows} & {"faster", "slower"}
