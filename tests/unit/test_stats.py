@@ -14,6 +14,11 @@ def _timings(scale: float, n: int, seed: int, cv: float = 0.03, repeats: tuple[f
     return S.Timings(tuple(tuple(float(x) for x in scale * m * rng.lognormal(0, cv, n)) for m in repeats), 1)
 
 
+def _pooled(t: S.Timings) -> S.Timings:
+    """Every repeat's samples as one repeat."""
+    return S.Timings((tuple(x for r in t.repeats for x in r),), t.images_per_step)
+
+
 def test_benjamini_hochberg_matches_a_hand_computation():
     # p sorted: 0.01, 0.02, 0.03, 0.5 (m = 4): p*m/rank = 0.04, 0.04, 0.04, 0.5; then the running
     # minimum from the top: q = 0.04, 0.04, 0.04, 0.5
@@ -27,6 +32,7 @@ def test_a_ten_percent_slowdown_is_slower_with_the_truth_inside_the_interval():
     base, new = _timings(100, 60, 1), _timings(110, 60, 2)
     (c,) = S.adjust([S.compare_runs(base, new, threshold=0.03)], 0.03)
     assert c.verdict == "slower" and c.ci[0] <= 1.10 <= c.ci[1] and c.q < 0.05
+    assert c.p < 1e-6  # Mann-Whitney over 60 against 60 samples 10% apart
     assert c.basis.startswith("within-run samples only")
     (t,) = S.adjust([S.compare_runs(base, new, "throughput", 0.03)], 0.03)
     assert t.verdict == "slower" and t.ci[0] <= 1 / 1.10 <= t.ci[1]  # throughput falls: a slowdown too
@@ -37,6 +43,7 @@ def test_a_ten_percent_slowdown_is_slower_with_the_truth_inside_the_interval():
 def test_identical_distributions_are_same_with_enough_samples_and_inconclusive_with_few():
     many = S.compare_runs(_timings(100, 400, 3), _timings(100, 400, 4), threshold=0.03)
     assert many.verdict == "same" and 1 - 0.03 <= many.ci[0] <= 1 <= many.ci[1] <= 1.03
+    assert many.p > 0.05  # and not significant (equivalence is what makes it "same")
     few = S.compare_runs(_timings(100, 6, 5, cv=0.08), _timings(100, 6, 6, cv=0.08), threshold=0.03)
     assert few.verdict == "inconclusive" and "samples" in few.needed
 
@@ -56,6 +63,14 @@ def test_hierarchical_interval_widens_when_repeats_disagree():
     width = lambda c: c.ci[1] - c.ci[0]  # noqa: E731
     assert width(spread) > 2 * width(agree)
     assert spread.basis.startswith("hierarchical bootstrap over 3 and 3")
+    # against pooling: the same samples as one repeat per side give a within-run interval that
+    # ignores the spread between repeats (about 3x narrower here); when repeats agree, both are alike
+    pooled = S.compare_runs(_pooled(_timings(100, 30, 9, repeats=(0.95, 1.0, 1.05))),
+                            _pooled(_timings(100, 30, 10, repeats=(0.95, 1.0, 1.05))))
+    assert pooled.basis.startswith("within-run") and width(spread) > 2 * width(pooled)
+    pooled_agree = S.compare_runs(_pooled(_timings(100, 30, 9, repeats=(1.0, 1.0, 1.0))),
+                                  _pooled(_timings(100, 30, 10, repeats=(1.0, 1.0, 1.0))))
+    assert width(agree) < 1.5 * width(pooled_agree)
     # 3 against 3 repeats: the exact Mann-Whitney p cannot go below 2/C(6,3) = 0.1
     assert spread.p >= 0.1 and spread.verdict in ("same", "inconclusive")
 
@@ -126,3 +141,13 @@ def test_needed_grows_as_the_estimate_nears_the_threshold():
     factor = lambda s: float(s.split("about ")[1].split("x")[0])  # noqa: E731
     assert factor(near) > factor(far) > 1
     assert math.isclose(S.default_threshold("cuda"), 0.02) and math.isclose(S.default_threshold("cpu"), 0.03)
+
+
+def test_throughput_is_sustained_so_a_stall_counts():
+    # a stall every fifth step: the median step does not move, the sustained rate does
+    steady = S.Timings(((10.0,) * 20,), 8)
+    stalled = S.Timings(((10.0, 10.0, 10.0, 10.0, 50.0) * 4,), 8)
+    assert stalled.estimate("throughput") == pytest.approx(8 * 20 / (360.0 / 1e3))
+    assert S.compare_runs(steady, stalled).ratio == pytest.approx(1.0)  # latency: the median step
+    tput = S.compare_runs(steady, stalled, "throughput")
+    assert tput.ratio == pytest.approx(200 / 360)
