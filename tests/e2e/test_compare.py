@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, run_bench
 
 from bench.record import read_records_counted
+from bench.stats import CPU_RSS_TOLERANCE
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +67,31 @@ def test_table_and_markdown_say_the_basis_and_sort_by_change(base_run, tmp_path)
     assert "resnet18" in table[2] and "**slower**" in table[2] and "vit_t" in table[3]  # largest change first
     text = run_bench("compare", str(base_run), str(new))
     assert text.returncode == 1 and "slower" in text.stdout and "threshold +-3%" in text.stdout
+
+
+def _peak_scaled(rec, factor):
+    return {**rec, "peak_mem_mb": factor * rec["peak_mem_mb"]}
+
+
+def test_throughput_and_peak_memory(base_run, tmp_path):
+    new = _copy(base_run, tmp_path / "new", _slowed)
+    proc = run_bench("compare", str(base_run), str(new), "--metric", "throughput", "--json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rows = {r["cell_key"]: r for r in json.loads(proc.stdout)}
+    slow = rows["cls|resnet18|64|infer|1"]
+    assert set(slow) >= {"cell_key", "base_ms", "new_ms", "ratio", "ci", "p", "q", "verdict", "metric", "base", "new"}
+    assert slow["metric"] == "throughput" and slow["verdict"] == "slower"  # fewer images a second
+    assert slow["ratio"] == pytest.approx(1 / 1.10) and slow["ci"][0] <= 1 / 1.10 <= slow["ci"][1]
+    assert slow["new"] == pytest.approx(slow["base"] / 1.10)
+    assert rows["cls|vit_t|64|infer|1"]["verdict"] == "same"
+    # peak memory on CPU is RSS, compared within the stated tolerance: half of it more is still the same
+    bigger = _copy(base_run, tmp_path / "bigger", lambda r: _peak_scaled(r, 1 + CPU_RSS_TOLERANCE / 2))
+    mem = run_bench("compare", str(base_run), str(bigger), "--metric", "peak_mem")
+    assert mem.returncode == 0, mem.stdout + mem.stderr[-2000:]
+    assert f"CPU RSS tolerance +-{100 * CPU_RSS_TOLERANCE:g}%" in mem.stdout.splitlines()[0]
+    much = _copy(base_run, tmp_path / "much", lambda r: _peak_scaled(r, 1 + 2 * CPU_RSS_TOLERANCE))
+    more = run_bench("compare", str(base_run), str(much), "--metric", "peak_mem", "--json")
+    assert more.returncode == 1 and {r["verdict"] for r in json.loads(more.stdout)} == {"more"}
 
 
 def test_different_devices_are_refused_unless_asked(base_run, tmp_path):
