@@ -137,16 +137,18 @@ def verdict(ratio_ci: tuple[float, float], q: float | None, threshold: float, lo
 def _needed(ratio: float, ci: tuple[float, float], threshold: float, unit: str, have: int,
             p_floor: float | None = None) -> str | None:
     """Roughly how much more data would settle an inconclusive verdict: the interval's half-width
-    shrinks as 1/sqrt(n), and it must shrink below the distance from the estimate to the threshold."""
+    shrinks as 1/sqrt(n), and it must shrink below the distance from the estimate to the threshold.
+    A bootstrap interval need not be symmetric about the estimate: whether it clears the threshold
+    is read from the interval itself, and its wider side stands for the half-width."""
     lo, hi = ci
     if not (ratio > 0 and lo > 0 and hi > 0):
         return None
-    half = (math.log(hi) - math.log(lo)) / 2
-    margin = abs(abs(math.log(ratio)) - math.log(1 + threshold))
-    if half <= margin:
+    if lo > 1 + threshold or hi < 1 - threshold:
         if p_floor is not None and p_floor >= ALPHA:
             return f"the interval clears the threshold, but {have} repeats per side cannot reach p < 0.05: at least 4"
         return "a p-value below 0.05 (more samples)"
+    half = max(math.log(hi) - math.log(ratio), math.log(ratio) - math.log(lo))
+    margin = abs(abs(math.log(ratio)) - math.log(1 + threshold))
     if margin < 1e-3 * max(threshold, 1e-9):
         return "the change sits at the threshold: no amount of data settles it"
     factor = (half / margin) ** 2

@@ -151,3 +151,11 @@ def test_throughput_is_sustained_so_a_stall_counts():
     assert S.compare_runs(steady, stalled).ratio == pytest.approx(1.0)  # latency: the median step
     tput = S.compare_runs(steady, stalled, "throughput")
     assert tput.ratio == pytest.approx(200 / 360)
+
+
+def test_needed_never_calls_a_straddling_interval_clear():
+    # a lopsided interval from a contended run: the estimate 0.18 is far from +-3%, but the
+    # interval [0.068, 1.135] straddles it, so more repeats are what would settle it
+    said = S._needed(0.18, (0.068, 1.135), 0.03, "repeats", 3, p_floor=0.1)
+    assert "clears" not in said and said.startswith("about ") and "repeats" in said
+    assert "clears" in S._needed(1.2, (1.1, 1.3), 0.03, "repeats", 3, p_floor=0.1)
