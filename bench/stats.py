@@ -141,6 +141,8 @@ def _needed(ratio: float, ci: tuple[float, float], threshold: float, unit: str, 
     A bootstrap interval need not be symmetric about the estimate: whether it clears the threshold
     is read from the interval itself, and its wider side stands for the half-width."""
     lo, hi = ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "an interval: at least 2 timed steps per side"
     if not (ratio > 0 and lo > 0 and hi > 0):
         return None
     if lo > 1 + threshold or hi < 1 - threshold:
@@ -188,6 +190,8 @@ def _two_sample_ci(b: np.ndarray, n: np.ndarray, metric: str, images_b: int, ima
             return (images_n / np.mean(y, axis=axis)) / (images_b / np.mean(x, axis=axis))
         return np.median(y, axis=axis) / np.median(x, axis=axis)
 
+    if min(len(b), len(n)) < 2:  # one timed step (a capped cell) says nothing of its spread
+        return math.nan, math.nan
     if np.ptp(b) == 0 and np.ptp(n) == 0:  # constant samples: the ratio is exact
         r = float(stat(b, n))
         return r, r

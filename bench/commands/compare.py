@@ -115,7 +115,8 @@ def _fmt(v: float | None, metric: str) -> str:
 
 def _row(c: stats.CellComparison, metric: str) -> list[str]:
     cmp = c.comparison
-    ci = "-" if cmp.verdict == "no samples" else f"[{cmp.ci[0]:.3f}, {cmp.ci[1]:.3f}]"
+    finite = all(math.isfinite(x) for x in cmp.ci)
+    ci = f"[{cmp.ci[0]:.3f}, {cmp.ci[1]:.3f}]" if finite and cmp.verdict != "no samples" else "-"
     q = "-" if cmp.q is None else f"{cmp.q:.2g}"
     ratio = "-" if not math.isfinite(cmp.ratio) else f"{cmp.ratio:.3f}"
     return [c.cell_key, _fmt(c.base, metric), _fmt(c.new, metric), ratio, ci, q, cmp.verdict, cmp.needed or ""]

@@ -159,3 +159,13 @@ def test_needed_never_calls_a_straddling_interval_clear():
     said = S._needed(0.18, (0.068, 1.135), 0.03, "repeats", 3, p_floor=0.1)
     assert "clears" not in said and said.startswith("about ") and "repeats" in said
     assert "clears" in S._needed(1.2, (1.1, 1.3), 0.03, "repeats", 3, p_floor=0.1)
+
+
+def test_one_timed_step_gives_no_interval_and_no_verdict():
+    # a capped cell may keep a single timed step: one value says nothing of its spread, so neither
+    # "same" (a zero-width interval) nor a crash in the bootstrap
+    one, two = S.Timings(((10.0,),), 1), S.Timings(((10.05,),), 1)
+    (c,) = S.adjust([S.compare_runs(one, two)], 0.03)
+    assert c.verdict == "inconclusive" and not any(math.isfinite(x) for x in c.ci) and "2 timed steps" in c.needed
+    (d,) = S.adjust([S.compare_runs(one, _timings(10, 20, 14))], 0.03)
+    assert d.verdict == "inconclusive" and d.ratio == pytest.approx(1.0, abs=0.05)
