@@ -265,7 +265,7 @@ def _provisional(metric: str, ratio: float, ci: tuple[float, float], p: float, t
 
 
 # --------------------------------------------------------------------------- peak memory
-def compare_values(base: list[float], new: list[float], tolerance: float) -> Comparison:
+def compare_values(base: list[float], new: list[float], tolerance: float, seed: int = 0) -> Comparison:
     """Peak memory per repeat (no iterations): new/base of the medians, a bootstrap interval over
     the repeats where both sides have several, and more / less / same within ``tolerance``
     (0 on a GPU allocator, whose peaks are exact)."""
@@ -275,7 +275,8 @@ def compare_values(base: list[float], new: list[float], tolerance: float) -> Com
     basis = "one value per run"
     if len(b) >= 2 and len(n) >= 2 and (np.ptp(b) > 0 or np.ptp(n) > 0):
         res = sps.bootstrap((b, n), lambda x, y, axis=-1: np.median(y, axis=axis) / np.median(x, axis=axis),
-                            n_resamples=RESAMPLES, vectorized=True, method="percentile", rng=np.random.default_rng(0))
+                            n_resamples=RESAMPLES, vectorized=True, method="percentile",
+                            rng=np.random.default_rng(seed))
         ci = (float(res.confidence_interval.low), float(res.confidence_interval.high))
         basis = f"bootstrap over {len(b)} and {len(n)} repeats"
     lo, hi = ci
@@ -367,7 +368,7 @@ def compare_records(base: list[dict], new: list[dict], metric: str = "latency", 
         n_ms = tn.estimate("latency") if tn else None
         if metric == "peak_mem":
             vb, vn = _peaks(gb[key]), _peaks(gn[key])
-            c = compare_values(vb, vn, tolerance) if vb and vn else Comparison.no_samples(metric)
+            c = compare_values(vb, vn, tolerance, seed) if vb and vn else Comparison.no_samples(metric)
             figures = (float(np.median(vb)) if vb else None, float(np.median(vn)) if vn else None)
         elif tb is None or tn is None:
             c, figures = Comparison.no_samples(metric), (None, None)

@@ -17,7 +17,8 @@ from bench.record import RunDir, upgrade
 def _records(path: str, role: str) -> list[dict]:
     run = Path(path)
     if not run.is_dir():
-        raise BadInput(f"{role} run directory {path} does not exist; pass a directory written by `bench run --out DIR`")
+        why = "is not a directory" if run.exists() else "does not exist"
+        raise BadInput(f"{role} run directory {path} {why}; pass a directory written by `bench run --out DIR`")
     records = [upgrade(r) for r in RunDir(run).records() if isinstance(r, dict)]
     if not any(r.get("status") == "ok" for r in records):
         raise BadInput(f"{role} run directory {path} holds no finished (ok) record")
