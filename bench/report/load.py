@@ -3,7 +3,7 @@ plot of the report uses, so that no view has to re-derive them."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.errors import BadInput
 from bench.record import ENV, RECORDS, RunDir, latest_by_cell, schema
+from bench.stats import Timings, cell_groups
 
 # The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
 FINETUNE_MODES = ("det", "seg")
@@ -24,6 +25,9 @@ class Run:
     env: dict[str, Any]
     records: list[dict[str, Any]]
     run_id: str = ""  # unique among the runs of one report (see load_runs)
+    # The samples of each cell identity (cell_key, settings_id or config_id) over all its repeats:
+    # the statistics need every repeat, the tables one row per cell.
+    timings: dict[tuple[str, str | None], Timings | None] = field(default_factory=dict)
 
 
 def load_runs(paths: Iterable[Path]) -> list[Run]:
@@ -46,8 +50,11 @@ def load_run(path: Path) -> Run:
     run_dir = RunDir(path)
     if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
-    # A retried cell counts once: its latest record (by timestamp), in every table and plot.
-    records = latest_by_cell(run_dir.records())
+    # A retried cell counts once: its latest record (by timestamp), in every table and plot; a cell
+    # visited several times (--repeats) shows the estimate over its repeats in that one row.
+    every = run_dir.records()
+    timings = {key: Timings.from_records(group) for key, group in cell_groups(every).items()}
+    records = [_with_estimate(r, timings) for r in latest_by_cell(every)]
     if not records:
         raise BadInput(f"'{path / RECORDS}' holds no finished cell; run `bench run --out {path}` to fill it")
     env: dict[str, Any] = {}
@@ -58,7 +65,21 @@ def load_run(path: Path) -> Run:
             env = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             env = {}
-    return Run(path=path, env=env, records=records)
+    return Run(path=path, env=env, records=records, timings=timings)
+
+
+def timings_key(record: dict[str, Any]) -> tuple[str, str | None]:
+    """The identity bench.stats.cell_groups files a record under."""
+    return record.get("cell_key"), record.get("settings_id") or record.get("config_id")
+
+
+def _with_estimate(record: dict[str, Any], timings: dict) -> dict[str, Any]:
+    """The cell's row: its latest record, with latency and throughput over every repeat where
+    there are several (the estimate bench.stats compares)."""
+    t = timings.get(timings_key(record))
+    if t is None or t.n_repeats < 2 or record.get("status") != "ok":
+        return record
+    return {**record, "latency_ms": t.estimate("latency"), "throughput": t.estimate("throughput")}
 
 
 def _first(records: Iterable[dict], key: str) -> Any:

@@ -34,6 +34,7 @@ from bench.report.tables import (
     provenance_table,
     status_text,
 )
+from bench.report.verdict import VERDICT_INTRO, headline_caption, headline_figure, matrix_tables, verdict_statements
 
 FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
@@ -51,7 +52,7 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
     _refuse_overwriting_inputs(run_dirs, Path(out))
     runs = load_runs(run_dirs)
     df = records_frame(runs)
-    sections = report_sections(df)
+    sections = report_sections(df, runs)
     tables = all_tables(df, sections)
     if fmt == "html":
         text = render_html(runs, df, sections, tables)
@@ -107,14 +108,20 @@ class Section:
         return bool(self.statements or self.tables or self.rendered_plots)
 
 
-def report_sections(df: pd.DataFrame) -> list[Section]:
-    """Every section of the report in page order (the environment comes first, the provenance
-    last; neither is one of these), with the tables each has; plots are rendered for HTML only."""
+def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Section]:
+    """Every section of the report in page order (the verdict first, then the environment, which
+    is not one of these, and the provenance last), with the tables each has; plots are rendered
+    for HTML only. ``runs`` brings the samples of every repeat (without them: no intervals)."""
+    runs = runs or []
     sra_statements, sra_tables = sra_section(df)
+    headline: PlotSpec = ("Throughput and peak memory against resolution", headline_caption,
+                          lambda d: headline_figure(d, runs))
     return [
+        Section("verdict", "Verdict", "verdict", VERDICT_INTRO, statements=verdict_statements(df, runs),
+                tables=matrix_tables(df, runs), plots=[headline]),
         Section("flags", "Flagged cells", "flags", statements=flag_statements(df), warn=True),
         Section("results", "Results", "results", results_intro(),
-                tables=_present(*perf_tables(df), comparison_table(df))),
+                tables=_present(*perf_tables(df), comparison_table(df, runs))),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
         Section("sra", "What spatial-reduction attention buys", "SRA", SRA_INTRO,

@@ -117,8 +117,10 @@ def cell_flags(record) -> list[str]:
 # What each flag means, as the end of "N cells ...": past tense, right for one cell or many.
 FLAG_TEXT = {
     "time-cap": "hit the time cap (--max-time ended the timing)",
-    "unstable-timing": "timed unstably (coefficient of variation above 5%)",
+    "unstable-timing": "timed unstably (coefficient of variation above 5%; old records only)",
     "few-samples": "timed fewer than 10 iterations",
+    "wide-ci": "have a median whose 95% interval is wider than ±2%",
+    "drift": "drifted during the timing (the late iterations differ from the early ones)",
     "warmup-unsteady": "never reached a steady warm-up",
     "compile-fallback": "fell back from torch.compile (graph breaks or recompiles)",
     "flops-failed": "could not be FLOP-counted",
@@ -126,6 +128,9 @@ FLAG_TEXT = {
     "mfu-not-positive": "reported an MFU of zero or less",
     "batch-1-oom": "ran out of memory at batch 1",
 }
+# The flags that say a cell's figure itself may be wrong (the others say how it was obtained).
+FIGURE_MAY_BE_WRONG = ("wide-ci", "drift", "few-samples", "time-cap", "warmup-unsteady", "unstable-timing",
+                       "mfu-over-1", "mfu-not-positive", "flops-failed")
 FLAGGED_CELLS_LISTED = 12  # cells named per flag; the rest are counted
 
 
@@ -139,9 +144,13 @@ def flag_statements(df: pd.DataFrame) -> list[str]:
     names = [f"{r['label']} @ {r['res']} · {r['mode']}"
              + (f" · batch {as_text(r['batch'])}" if not pd.isna(r["batch"]) else "")
              + (f" · {r['run_id']}" if several_runs else "") for r in df.to_dict("records")]
-    out = [f"{flagged} of {len(df)} cells {'carries' if flagged == 1 else 'carry'} flags: a figure of a flagged "
-           "cell may be wrong — read its row's flags column before quoting it."]
-    for flag in dict.fromkeys(f for fs in flags for f in fs):
+    present = list(dict.fromkeys(f for fs in flags for f in fs))
+    doubtful = [f for f in present if f in FIGURE_MAY_BE_WRONG]
+    which = (f"{', '.join(doubtful)} mean{'s' if len(doubtful) == 1 else ''} a figure of that cell may be wrong"
+             if doubtful else "none of these flags says a figure is wrong")
+    out = [f"{flagged} of {len(df)} cells {'carries' if flagged == 1 else 'carry'} flags: {which} — read its "
+           "row's flags column before quoting it."]
+    for flag in present:
         cells = [n for n, fs in zip(names, flags) if flag in fs]
         listed = ", ".join(cells[:FLAGGED_CELLS_LISTED])
         more = f" and {len(cells) - FLAGGED_CELLS_LISTED} more" if len(cells) > FLAGGED_CELLS_LISTED else ""
@@ -312,49 +321,67 @@ def _provenance_text(v: Any) -> str:
     return fmt_number(v) if isinstance(v, float) and v == v and not v.is_integer() else as_text(v)
 
 
-def comparison_table(df: pd.DataFrame) -> Table | None:
-    """Throughput of each run side by side, and each run's speed relative to the first, for
-    every model × resolution × mode × batch × dtype; only when there is more than one run or
-    set-up."""
+def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None:
+    """Throughput of each run side by side, and each run against the first as ``bench compare``
+    says it (bench.stats.compare_runs, q-values over every pair of the table): ratio, 95% interval,
+    q and verdict, for every model × resolution × mode × batch × dtype; only when there is more
+    than one run or set-up. ``runs`` brings the samples (without them: no interval, no verdict)."""
+    from bench.report.load import timings_key
+    from bench.stats import Comparison, adjust, compare_runs, default_threshold
+
     perf = performance_cells(df)
     series = list(dict.fromkeys(perf.sort_values("series_order", kind="stable")["series"]))
     if len(series) < 2:
         return None
+    timings = {r.run_id: r.timings for r in (runs or [])}
+    devices = perf["device"].dropna().astype(str)
+    threshold = default_threshold(devices.iloc[0] if len(devices) else None)
     first = series[0]
     key = ["mode", "res", "model", *(["task"] if perf["task"].nunique() > 1 else []), "batch", "dtype",
            *varying_settings(perf)]
     columns = key + [f"throughput (img/s): {s}" for s in series] + \
-              [f"speed vs first: {s}" for s in series[1:]]
-    rows, group_starts, previous = [], set(), None
+        [f"{s} vs first: ratio [95% CI], q, verdict" for s in series[1:]]
+    rows, group_starts, previous, pending = [], set(), None, []
     mode_order = {m: i for i, m in enumerate(dict.fromkeys(perf["mode"]))}
     ordered = sort_cells(perf).sort_values("mode", key=lambda m: m.map(mode_order), kind="stable")
     for values, part in ordered.groupby(key, sort=False, dropna=False):
         by_series = {s: g.iloc[0] for s, g in part.groupby("series", sort=False)}
-        thr = {s: by_series[s]["throughput"] if s in by_series and by_series[s]["status"] == "ok" else None
-               for s in series}
-        present = [v for v in thr.values() if v is not None and pd.notna(v)]
-        best = max(present) if len(present) >= 2 else None
+        ok = {s: r for s, r in by_series.items() if r["status"] == "ok" and pd.notna(r["throughput"])}
         row = [Cell(as_text(v)) for v in values]
         for s in series:
-            row.append(_comparison_cell(by_series.get(s), thr[s], best))
+            row.append(_comparison_cell(by_series.get(s), ok[s]["throughput"] if s in ok else None))
         for s in series[1:]:
-            base, other = thr[first], thr[s]
-            if base is not None and other is not None and pd.notna(base) and pd.notna(other) and base > 0:
-                row.append(Cell(f"{other / base:.2f}×", kind="num"))
-            else:
+            if first not in ok or s not in ok:
                 row.append(missing_cell())
+                continue
+            tb = timings.get(ok[first]["run_id"], {}).get(timings_key(ok[first]))
+            tn = timings.get(ok[s]["run_id"], {}).get(timings_key(ok[s]))
+            c = compare_runs(tb, tn, "throughput", threshold) if tb and tn else Comparison.no_samples("throughput")
+            row.append(Cell("", kind="num"))
+            pending.append((row[-1], c, ok[s]["throughput"] / ok[first]["throughput"]))
         if values[:2] != previous:  # a new mode or resolution
             group_starts.add(len(rows))
             previous = values[:2]
         rows.append(row)
-    return Table("comparison", "Runs side by side: throughput", columns, rows, [], group_starts)
+    with_p = [c for _, c, _ in pending if c.verdict != "no samples"]
+    adjusted = iter(adjust(with_p, threshold))
+    for cell, c, plain in pending:
+        if c.verdict == "no samples":
+            cell.text, cell.kind = f"{plain:.2f}× (no samples)", "missing"
+        else:
+            c = next(adjusted)
+            cell.text = f"{c.ratio:.3f}× [{c.ci[0]:.3f}, {c.ci[1]:.3f}], q {c.q:.2g}, {c.verdict}"
+            cell.kind = f"num v-{c.verdict}"
+    notes = [f"Verdicts as `bench compare` gives them: faster/slower when q < 0.05 and the interval lies beyond "
+             f"±{100 * threshold:g}%, same when it lies within, inconclusive otherwise."]
+    return Table("comparison", "Runs side by side: throughput", columns, rows, notes, group_starts)
 
 
-def _comparison_cell(record: pd.Series | None, throughput: Any, best: float | None) -> Cell:
+def _comparison_cell(record: pd.Series | None, throughput: Any) -> Cell:
     if record is None:
         return missing_cell("not run")
     if record["status"] != "ok":
         return status_cell(record["status"], record["error"])
     if throughput is None or pd.isna(throughput):
         return missing_cell()
-    return number_cell(throughput, best is not None and throughput == best)
+    return number_cell(throughput)
