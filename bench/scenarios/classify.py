@@ -17,7 +17,6 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -281,7 +280,7 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
             out["part_latency_ms"] = parts
     if trainer is not None:
         out |= _engine_fields(trainer)
-        out |= replace(memory, breakdown_mb=memory_breakdown(trainer, step)).to_record()
+        out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
     if profile_dir is not None:
         from bench.measure.profile import profile_cell
 
