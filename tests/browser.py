@@ -55,3 +55,23 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 2000) -> 
 def dump_dom(page: Path) -> str:
     """The DOM after the page has loaded (and after any script on it had its chance to run)."""
     return _run(["--dump-dom", Path(page).resolve().as_uri()]).stdout
+
+
+def scroll_widths(page: Path, width: int = 1400) -> tuple[int, int]:
+    """(document.scrollingElement.scrollWidth, the widest table's own scroll width) of the page at a
+    ``width``-px viewport: a copy of the page with a measuring script, its DOM dumped after load.
+    The tables sit in overflow boxes, so the document alone would not show a table that scrolls."""
+    import re
+
+    html = Path(page).read_text()
+    probe = ("<script>window.addEventListener('load', () => { const t = [...document.querySelectorAll('table')]"
+             ".map(e => e.scrollWidth); document.body.setAttribute('data-widths', "
+             "document.scrollingElement.scrollWidth + ',' + Math.max(0, ...t)); });</script>")
+    with tempfile.TemporaryDirectory(prefix="scroll-width-") as tmp:
+        copy = Path(tmp) / "page.html"
+        copy.write_text(html.replace("</body>", probe + "</body>"))
+        dom = _run([f"--window-size={width},1000", "--virtual-time-budget=3000", "--dump-dom",
+                    copy.resolve().as_uri()]).stdout
+    found = re.search(r'data-widths="(\d+),(\d+)"', dom)
+    assert found, "the measuring script did not run"
+    return int(found.group(1)), int(found.group(2))

@@ -83,7 +83,9 @@ def results_intro() -> list[str]:
     """How to read the results tables; the columns and their directions come from the schema."""
     return [
         "Best value per column, among the cells of the same resolution and batch that finished, in "
-        f"bold: {best_value_rule()}. GMACs are multiply-adds (GFLOPs = 2 × GMACs).",
+        f"bold: {best_value_rule()}. Throughput and latency are bold only where the best is faster than "
+        "the runner-up beyond the noise (bench.stats verdict); cells without samples keep the plain rule. "
+        "GMACs are multiply-adds (GFLOPs = 2 × GMACs).",
     ]
 
 
@@ -121,7 +123,7 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
                 tables=matrix_tables(df, runs), plots=[headline]),
         Section("flags", "Flagged cells", "flags", statements=flag_statements(df), warn=True),
         Section("results", "Results", "results", results_intro(),
-                tables=_present(*perf_tables(df), comparison_table(df, runs))),
+                tables=_present(*perf_tables(df, runs), comparison_table(df, runs))),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
         Section("sra", "What spatial-reduction attention buys", "SRA", SRA_INTRO,

@@ -217,7 +217,8 @@ def missing_cell(text: str = "—") -> Cell:
 
 
 def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[str, str]],
-                 metrics: list[Metric], group_by: list[str], notes: list[str] | None = None) -> Table:
+                 metrics: list[Metric], group_by: list[str], notes: list[str] | None = None,
+                 timings: dict | None = None) -> Table:
     """Rows of ``df`` as a table: identity columns, the metrics that have any value, status.
 
     A metric cell of an OOM or failed cell shows that status instead of a gap; an ok cell that
@@ -225,6 +226,8 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
     """
     metrics = [m for m in metrics if m.field in df.columns and df[m.field].map(has_value).any()]
     best = {m.field: _best_in_group(df, m, group_by) for m in metrics}
+    for name in TIMED & best.keys():
+        best[name] = _beyond_noise(df, name, best[name], group_by, timings or {})
 
     rows: list[list[Cell]] = []
     group_starts: set[int] = set()
@@ -264,6 +267,36 @@ def _best_in_group(df: pd.DataFrame, metric: Metric, group_by: list[str]) -> pd.
     return (values == target) & (groups.transform("nunique") >= 2)
 
 
+# The timed columns, and the bench.stats metric each is compared by.
+TIMED_METRIC = {"throughput": "throughput", "latency_ms": "latency"}
+TIMED = set(TIMED_METRIC)
+
+
+def _beyond_noise(df: pd.DataFrame, name: str, best: pd.Series, group_by: list[str], timings: dict) -> pd.Series:
+    """A timed best stays marked only where bench.stats.compare_models finds it faster than the
+    runner-up of its group (a win smaller than the noise is no win). Cells without samples (old
+    records) keep the plain rule: there is nothing to compare them by."""
+    from bench.report.load import timings_key
+    from bench.stats import compare_models, default_threshold
+
+    out = best.copy()
+    values = df[name].where(df["status"] == "ok")
+    for idx in best[best].index:
+        row = df.loc[idx]
+        same = (df[group_by].fillna(-1) == row[group_by].fillna(-1)).all(axis=1) & values.notna()
+        others = values[same].drop(idx)
+        if others.empty:
+            continue
+        runner = others.idxmax() if name == "throughput" else others.idxmin()
+        t_best = timings.get(row["run_id"], {}).get(timings_key(row))
+        t_next = timings.get(df.loc[runner, "run_id"], {}).get(timings_key(df.loc[runner]))
+        if t_best is None or t_next is None:
+            continue
+        c = compare_models(t_next, t_best, TIMED_METRIC[name], default_threshold(str(row.get("device"))))
+        out.loc[idx] = c.verdict == "faster"
+    return out
+
+
 def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
     """Resolution-major (the best marks compare models at one resolution), then task, model,
     batch, run."""
@@ -271,22 +304,25 @@ def sort_cells(df: pd.DataFrame) -> pd.DataFrame:
                           na_position="last", kind="stable")
 
 
-def perf_tables(df: pd.DataFrame) -> list[Table]:
+def perf_tables(df: pd.DataFrame, runs: list | None = None) -> list[Table]:
     """Per mode (infer, train, ...), rows model × resolution × batch × run: the main table, then
-    the details table (the figures whose Display is not ``main``) where any was recorded."""
+    the details table (the figures whose Display is not ``main``) where any was recorded. A run
+    column that holds one value across the whole report is left out: the page's header names it."""
     tables = []
     perf = performance_cells(df)
+    timings = {r.run_id: r.timings for r in (runs or [])}
     settings = [(name, name.replace("_", " ")) for name in varying_settings(perf)]
+    run_columns = [(c, h) for c, h in PERF_ID_COLUMNS[4:] if perf[c].nunique(dropna=False) > 1]
     # A backbone alone and the same backbone inside a detector are different cells: the task is
     # a column (and part of the best-value group) as soon as more than one task ran.
     tasks = [("task", "task")] if perf["task"].nunique() > 1 else []
-    id_columns = PERF_ID_COLUMNS[:2] + tasks + PERF_ID_COLUMNS[2:4] + settings + PERF_ID_COLUMNS[4:]
+    id_columns = PERF_ID_COLUMNS[:2] + tasks + PERF_ID_COLUMNS[2:4] + settings + run_columns
     group_by = ["res", "batch"] + [n for n, _ in tasks] + [n for n, _ in settings]
     main, details = schema_metrics(PERFORMANCE), schema_metrics(PERFORMANCE, main=False)
     for mode in dict.fromkeys(perf["mode"]):
         part = sort_cells(perf[perf["mode"] == mode]).reset_index(drop=True)
         tables.append(metric_table(f"results-{mode}", f"{mode}: model × resolution", part, id_columns, main,
-                                   group_by))
+                                   group_by, timings=timings))
         more = metric_table(f"results-{mode}-details", f"{mode}: timing details and other figures", part,
                             id_columns, details, group_by)
         if len(more.columns) > len(id_columns) + 2:  # more than the status and flags columns

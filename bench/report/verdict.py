@@ -205,7 +205,7 @@ def matrix_tables(df: pd.DataFrame, runs: list[Run]) -> list[Table]:
             if len(entries) < 2:
                 continue
             grid = [[None if a is b else _compare(b, a, threshold) for b in entries] for a in entries]
-            key = "matrix-" + "-".join(str(v) for v in (*group[1:4], res))
+            key = f"matrix-{len(pending) + 1}"  # unique: run ids and model names need no escaping here
             pending.append((key, f"{_group_text(group, several_runs)} · {res}: throughput, row ÷ column",
                             [e.label for e in entries], grid))
     flat = [c for _, _, _, g in pending for row in g for c in row if c is not None and c.verdict != "no samples"]

@@ -99,3 +99,14 @@ def test_runs_side_by_side_use_compare_runs(tmp_path):
     html = render_report([a, b], tmp_path / "report.html").read_text()
     (text,) = re.findall(r"0\.8\d\d× \[0\.8\d\d, 0\.8\d\d\], q [0-9.e-]+, slower", html)
     assert text
+
+
+def test_bold_only_for_a_win_beyond_the_noise(tmp_path):
+    """Two identical models: the larger throughput is not bold; 10% apart: the faster one is."""
+    records = [cell("pvt_small", 224, 10.0, seed=3), cell("vit_s", 224, 10.0, seed=4),
+               cell("pvt_small", 512, 10.0, seed=5), cell("vit_s", 512, 11.0, seed=6)]
+    page = Page(render_report([make_run(tmp_path / "r", records)], tmp_path / "report.html").read_text())
+    column = page.headers["results-infer"].index("throughput (img/s)")
+    marked = {tuple(page.tables["results-infer"][row][:2]) for row, col in page.best["results-infer"] if col == column}
+    assert marked == {("512", "pvt_small")}
+    assert "run id" not in page.headers["results-infer"]  # one run: its id is in the header
