@@ -143,6 +143,8 @@ def paragraph(r: Ranked, several_runs: bool) -> str:
     bases = {c.basis for c in r.against_fastest if c is not None and c.verdict != "no samples"}
     if any("1 repeat" in b for b in bases):
         text += " Intervals are within-run only (1 repeat): they leave out run-to-run noise."
+    elif bases:
+        text += f" Intervals: {'; '.join(sorted(bases))}."
     return text
 
 

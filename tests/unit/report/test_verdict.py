@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from report_page import Page
 
 from bench.record import RunDir, check_record
@@ -110,3 +111,18 @@ def test_bold_only_for_a_win_beyond_the_noise(tmp_path):
     marked = {tuple(page.tables["results-infer"][row][:2]) for row, col in page.best["results-infer"] if col == column}
     assert marked == {("512", "pvt_small")}
     assert "run id" not in page.headers["results-infer"]  # one run: its id is in the header
+
+
+def test_repeats_are_one_row_with_the_estimate_over_repeats(tmp_path):
+    """Three visits per cell: one table row whose latency is the mean of the repeat medians, and
+    the paragraph's intervals are the paired rounds', not within-run."""
+    records = [cell(m, 224, ms * (1 + 0.01 * k), seed=10 * k + i, repeat=k, repeats=3)
+               for k in range(3) for i, (m, ms) in enumerate([("pvt_tiny", 10.0), ("vit_s", 12.0)])]
+    run = make_run(tmp_path / "r", records)
+    runs = load_runs([run])
+    df = records_frame(runs)
+    assert len(df) == 2
+    medians = [np.median(r["latency_samples_ms"]) for r in records if r["model"] == "pvt_tiny"]
+    assert df.loc[df["model"] == "pvt_tiny", "latency_ms"].item() == pytest.approx(np.mean(medians))
+    (text,) = verdict_statements(df, runs)
+    assert "paired ratios over 3 rounds" in text and "within-run only" not in text
