@@ -62,6 +62,9 @@ class Timings:
 
     repeats: tuple[tuple[float, ...], ...]
     images_per_step: int
+    # the repeat index (round) of each entry; empty: 0, 1, ... A failed visit leaves a gap, and two
+    # models of one run are paired by round, not by position
+    rounds: tuple[int, ...] = ()
 
     @classmethod
     def from_records(cls, records: list[dict]) -> "Timings | None":
@@ -79,7 +82,7 @@ class Timings:
         first = latest[min(latest)]
         images = first.get("global_batch") or (first.get("batch") or 1) * (first.get("world_size") or 1)
         return cls(tuple(tuple(float(x) for x in latest[k]["latency_samples_ms"]) for k in sorted(latest)),
-                   int(images))
+                   int(images), tuple(sorted(latest)))
 
     @property
     def n_repeats(self) -> int:
@@ -239,10 +242,13 @@ def compare_models(a: Timings, b: Timings, metric: str = "latency", threshold: f
                    seed: int = 0) -> Comparison:
     """Two models in one run: b/a. With several rounds, paired by round (same repeat index):
     a t interval and t test on the log ratios. With one, as ``compare_runs``."""
-    rounds = min(a.n_repeats, b.n_repeats)
+    ia, ib = a.rounds or tuple(range(a.n_repeats)), b.rounds or tuple(range(b.n_repeats))
+    common = sorted(set(ia) & set(ib))
+    rounds = len(common)
     if rounds < 2:
         return compare_runs(a, b, metric, threshold, seed)
-    fa, fb = a.per_repeat(metric)[:rounds], b.per_repeat(metric)[:rounds]
+    fa = a.per_repeat(metric)[[ia.index(k) for k in common]]
+    fb = b.per_repeat(metric)[[ib.index(k) for k in common]]
     logs = np.log(fb / fa)
     mean, sd = float(np.mean(logs)), float(np.std(logs, ddof=1))
     ratio = b.estimate(metric) / a.estimate(metric)

@@ -169,3 +169,18 @@ def test_one_timed_step_gives_no_interval_and_no_verdict():
     assert c.verdict == "inconclusive" and not any(math.isfinite(x) for x in c.ci) and "2 timed steps" in c.needed
     (d,) = S.adjust([S.compare_runs(one, _timings(10, 20, 14))], 0.03)
     assert d.verdict == "inconclusive" and d.ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_models_are_paired_by_round_index_when_a_visit_failed():
+    # round 1 of model a failed: its rounds are 0 and 2, and pairing by position would set a's
+    # round 2 (slow machine) against b's round 1 (fast machine)
+    rng = np.random.default_rng(15)
+    drift = {0: 1.0, 1: 0.8, 2: 1.25}
+    series = lambda scale, rounds: tuple(tuple(scale * drift[k] * rng.lognormal(0, 0.002, 20)) for k in rounds)  # noqa: E731
+    a = S.Timings(series(100, (0, 2)), 1, (0, 2))
+    b = S.Timings(series(105, (0, 1, 2)), 1, (0, 1, 2))
+    c = S.compare_models(a, b)
+    assert c.basis.startswith("paired ratios over 2 rounds") and c.ci[0] <= 1.05 <= c.ci[1] < 1.10
+    recs = [{"status": "ok", "repeat": k, "latency_samples_ms": [1.0, 2.0], "global_batch": 1, "timestamp": "t"}
+            for k in (0, 2)]
+    assert S.Timings.from_records(recs).rounds == (0, 2)
