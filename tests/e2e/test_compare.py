@@ -14,15 +14,26 @@ from bench.stats import CPU_RSS_TOLERANCE
 pytestmark = pytest.mark.slow
 
 
+DOUBT = {"wide-ci", "drift"}  # bench's own flags for a figure it does not trust
+
+
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cmp") / "base"
-    # one thread: when other processes share the 2 cores, a 2-thread step waits at the OpenMP
-    # barrier for a descheduled thread (steps of 640 ms among 18 ms ones, 10 samples in all);
-    # this test is about the statistics, not the machine
-    proc = run_bench("run", "--models", "resnet18,vit_t", "--res", "64", "--modes", "infer", "--budget", "1",
-                     "--max-time", "10", "--threads", "1", "--out", str(out), "--no-report")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """A real run whose resnet18 figure bench itself calls sound. One thread: when other processes
+    share the 2 cores, a 2-thread step waits at the OpenMP barrier for a descheduled thread (steps
+    of 640 ms among 18 ms ones). And up to three tries: under load the samples can still come out
+    in two clusters (17 and 21 ms) with a drift flag, and then the honest verdict on a planted 10%
+    is "inconclusive" (interval [0.97, 1.26]); this test is about the statistics, not the machine."""
+    root = tmp_path_factory.mktemp("cmp")
+    for attempt in range(3):
+        out = root / f"base{attempt}"
+        proc = run_bench("run", "--models", "resnet18,vit_t", "--res", "64", "--modes", "infer", "--budget", "2",
+                         "--max-time", "10", "--threads", "1", "--out", str(out), "--no-report")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        flags = {f for r in read_records_counted(out / "records.jsonl")[0] if r["model"] == "resnet18"
+                 for f in r.get("flags") or []}
+        if not flags & DOUBT:
+            break
     return out
 
 
@@ -50,7 +61,7 @@ def test_a_ten_percent_slowdown_is_slower_exactly_there_and_exit_1(base_run, tmp
     for row in rows.values():
         assert set(row) >= {"cell_key", "base_ms", "new_ms", "ratio", "ci", "p", "q", "verdict"}
     slow, same = rows["cls|resnet18|64|infer|1"], rows["cls|vit_t|64|infer|1"]
-    assert slow["verdict"] == "slower" and slow["ci"][0] <= 1.10 <= slow["ci"][1] and slow["q"] < 0.05
+    assert slow["verdict"] == "slower" and slow["ci"][0] <= 1.10 <= slow["ci"][1] and slow["q"] < 0.05, slow
     assert slow["ratio"] == pytest.approx(1.10) and slow["new_ms"] == pytest.approx(1.10 * slow["base_ms"])
     # the untouched model: no change (its interval is the run's own spread: "same" on a quiet
     # machine, "inconclusive" when other processes share the 2 cores)
