@@ -161,7 +161,9 @@ def _needed(ratio: float, ci: tuple[float, float], threshold: float, unit: str, 
         return "over 100x the data: the estimate sits too near the threshold to settle"
     if unit == "repeats":
         return f"about {max(have + 1, math.ceil(have * factor))} repeats per cell"
-    return f"about {max(1.1, factor):.1f}x the samples per cell"
+    # One run's samples leave out the run-to-run variance, which on a shared machine is the
+    # larger part: more samples narrow the interval, repeats make it honest.
+    return f"about {max(1.1, factor):.1f}x the samples per cell, and --repeats (one run leaves out run-to-run noise)"
 
 
 # --------------------------------------------------------------------------- two runs of a cell
