@@ -70,17 +70,14 @@ class Timings:
     def from_records(cls, records: list[dict]) -> "Timings | None":
         """The ok records of one cell identity, the latest per repeat; None when there is no ok
         record or one lacks ``latency_samples_ms`` (records from before samples were kept)."""
-        latest: dict[int, dict] = {}
-        for r in records:
-            if r.get("status") != "ok":
-                continue
-            k = r.get("repeat") or 0
-            if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
-                latest[k] = r
-        if not latest or any(not latest[k].get("latency_samples_ms") for k in latest):
+        latest = _latest_per_repeat(r for r in records if r.get("status") == "ok")
+        if not latest or any(not _numbers(latest[k].get("latency_samples_ms")) for k in latest):
             return None
         first = latest[min(latest)]
-        images = first.get("global_batch") or (first.get("batch") or 1) * (first.get("world_size") or 1)
+        images = first.get("global_batch")
+        if not _numbers([images]):
+            batch, world = first.get("batch"), first.get("world_size") or 1
+            images = batch * world if _numbers([batch, world]) else 1
         return cls(tuple(tuple(float(x) for x in latest[k]["latency_samples_ms"]) for k in sorted(latest)),
                    int(images), tuple(sorted(latest)))
 
@@ -351,15 +348,27 @@ class RunComparison:
         return [c for c in self.cells if c.comparison.verdict in REGRESSIONS]
 
 
+def identity_key(record: dict) -> tuple[str, str | None] | None:
+    """(cell_key, settings_id) of a record: the settings without the runtime, so the same cell on
+    another machine matches (the device check is the caller's); old records without settings_id
+    fall back to config_id. None for a record whose identity is not made of strings (a damaged
+    line is left out of every statistic rather than crash it)."""
+    key = record.get("cell_key")
+    if not isinstance(key, str) or not key:
+        return None
+    sid = record.get("settings_id")
+    if not isinstance(sid, str):
+        sid = record.get("config_id")
+    return key, sid if isinstance(sid, str) else None
+
+
 def cell_groups(records: list[dict]) -> dict[tuple[str, str | None], list[dict]]:
-    """Records by cell identity: (cell_key, settings_id), the settings without the runtime, so
-    the same cell on another machine matches (the device check is the caller's). Old records
-    without settings_id fall back to config_id."""
+    """Records by cell identity (``identity_key``)."""
     groups: dict[tuple[str, str | None], list[dict]] = {}
     for r in records:
-        key = r.get("cell_key")
-        if isinstance(key, str) and key:
-            groups.setdefault((key, r.get("settings_id") or r.get("config_id")), []).append(r)
+        ident = identity_key(r)
+        if ident is not None:
+            groups.setdefault(ident, []).append(r)
     return groups
 
 
@@ -392,10 +401,25 @@ def compare_records(base: list[dict], new: list[dict], metric: str = "latency", 
 
 def _peaks(records: list[dict]) -> list[float]:
     """Peak memory of each repeat's latest ok record."""
+    latest = _latest_per_repeat(r for r in records if r.get("status") == "ok" and _numbers([r.get("peak_mem_mb")]))
+    return [float(latest[k]["peak_mem_mb"]) for k in sorted(latest)]
+
+
+def _numbers(values) -> bool:
+    """A non-empty list of real numbers (not bools): what a damaged record may lack."""
+    return isinstance(values, list) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _latest_per_repeat(records) -> dict[int, dict]:
+    """The latest record (by timestamp) per repeat index; a record whose repeat is not an int is
+    left out (absent means 0: written before repeats)."""
     latest: dict[int, dict] = {}
     for r in records:
-        if r.get("status") == "ok" and r.get("peak_mem_mb") is not None:
-            k = r.get("repeat") or 0
-            if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
-                latest[k] = r
-    return [float(latest[k]["peak_mem_mb"]) for k in sorted(latest)]
+        k = r.get("repeat")
+        k = 0 if k is None else k
+        if not isinstance(k, int) or isinstance(k, bool):
+            continue
+        if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
+            latest[k] = r
+    return latest

@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.errors import BadInput
 from bench.record import ENV, RECORDS, RunDir, latest_by_cell, schema
-from bench.stats import Timings, cell_groups
+from bench.stats import Timings, cell_groups, identity_key
 
 # The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
 FINETUNE_MODES = ("det", "seg")
@@ -68,9 +68,9 @@ def load_run(path: Path) -> Run:
     return Run(path=path, env=env, records=records, timings=timings)
 
 
-def timings_key(record: dict[str, Any]) -> tuple[str, str | None]:
-    """The identity bench.stats.cell_groups files a record under."""
-    return record.get("cell_key"), record.get("settings_id") or record.get("config_id")
+def timings_key(record: dict[str, Any]) -> tuple[str, str | None] | None:
+    """The identity bench.stats.cell_groups files a record under (None: a damaged identity)."""
+    return identity_key(record)
 
 
 def _with_estimate(record: dict[str, Any], timings: dict) -> dict[str, Any]:
