@@ -3,6 +3,7 @@ and the Markdown tables; shared by the report's unit and end-to-end tests."""
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 
 
 class Page(HTMLParser):
@@ -68,3 +69,13 @@ def _markdown_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
             tables.append(current)
             current = None
     return tables
+
+
+def make_run(path: Path, records: list[dict]) -> Path:
+    """A run directory holding ``records`` (appended as bench run appends them)."""
+    from bench.record import RunDir
+
+    run = RunDir(path).create()
+    for rec in records:
+        run.append(rec)
+    return path

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_page import Page
+from report_page import Page, make_run
 
-from bench.record import RunDir, check_record
+from bench.record import check_record
 from bench.report import render_report
 from bench.report.finetune import EMA_SMOOTHING, ema, plot_finetune_metrics
 from bench.report.load import load_runs, records_frame
@@ -48,13 +48,6 @@ def cell(model: str, res: int | tuple[int, int], mode: str = "infer", **fields) 
     }
     rec.update(fields)
     return check_record(rec)
-
-
-def make_run(path: Path, records: list[dict]) -> Path:
-    run = RunDir(path).create()
-    for rec in records:
-        run.append(rec)
-    return path
 
 
 def page_of(tmp_path: Path, *runs: Path) -> tuple[Page, str]:

@@ -3,13 +3,12 @@ with its interval, ties called ties, the order on the page, and the runs-side-by
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from report_page import Page
+from report_page import Page, make_run
 
-from bench.record import RunDir, check_record
+from bench.record import check_record
 from bench.report import render_report
 from bench.report.load import load_runs, records_frame
 from bench.report.verdict import rankings, verdict_statements
@@ -32,13 +31,6 @@ def cell(model: str, res: int, ms: float, n: int = 200, seed: int = 0, jitter: f
     }
     rec.update(fields)
     return check_record(rec)
-
-
-def make_run(path: Path, records: list[dict]) -> Path:
-    run = RunDir(path).create()
-    for rec in records:
-        run.append(rec)
-    return path
 
 
 def test_a_model_10_percent_slower_ranks_second_with_its_ratio(tmp_path):
