@@ -68,15 +68,10 @@ def load_run(path: Path) -> Run:
     return Run(path=path, env=env, records=records, timings=timings)
 
 
-def timings_key(record: dict[str, Any]) -> tuple[str, str | None] | None:
-    """The identity bench.stats.cell_groups files a record under (None: a damaged identity)."""
-    return identity_key(record)
-
-
 def _with_estimate(record: dict[str, Any], timings: dict) -> dict[str, Any]:
     """The cell's row: its latest record, with latency and throughput over every repeat where
     there are several (the estimate bench.stats compares)."""
-    t = timings.get(timings_key(record))
+    t = timings.get(identity_key(record))
     if t is None or t.n_repeats < 2 or record.get("status") != "ok":
         return record
     return {**record, "latency_ms": t.estimate("latency"), "throughput": t.estimate("throughput")}

@@ -276,8 +276,7 @@ def _beyond_noise(df: pd.DataFrame, name: str, best: pd.Series, group_by: list[s
     """A timed best stays marked only where bench.stats.compare_models finds it faster than the
     runner-up of its group (a win smaller than the noise is no win). Cells without samples (old
     records) keep the plain rule: there is nothing to compare them by."""
-    from bench.report.load import timings_key
-    from bench.stats import compare_models, default_threshold
+    from bench.stats import compare_models, default_threshold, identity_key
 
     out = best.copy()
     values = df[name].where(df["status"] == "ok")
@@ -288,8 +287,8 @@ def _beyond_noise(df: pd.DataFrame, name: str, best: pd.Series, group_by: list[s
         if others.empty:
             continue
         runner = others.idxmax() if name == "throughput" else others.idxmin()
-        t_best = timings.get(row["run_id"], {}).get(timings_key(row))
-        t_next = timings.get(df.loc[runner, "run_id"], {}).get(timings_key(df.loc[runner]))
+        t_best = timings.get(row["run_id"], {}).get(identity_key(row))
+        t_next = timings.get(df.loc[runner, "run_id"], {}).get(identity_key(df.loc[runner]))
         if t_best is None or t_next is None:
             continue
         c = compare_models(t_next, t_best, TIMED_METRIC[name], default_threshold(str(row.get("device"))))
@@ -362,8 +361,7 @@ def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None
     says it (bench.stats.compare_runs, q-values over every pair of the table): ratio, 95% interval,
     q and verdict, for every model × resolution × mode × batch × dtype; only when there is more
     than one run or set-up. ``runs`` brings the samples (without them: no interval, no verdict)."""
-    from bench.report.load import timings_key
-    from bench.stats import Comparison, adjust, compare_runs, default_threshold
+    from bench.stats import Comparison, adjust, compare_runs, default_threshold, identity_key
 
     perf = performance_cells(df)
     series = list(dict.fromkeys(perf.sort_values("series_order", kind="stable")["series"]))
@@ -390,8 +388,8 @@ def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None
             if first not in ok or s not in ok:
                 row.append(missing_cell())
                 continue
-            tb = timings.get(ok[first]["run_id"], {}).get(timings_key(ok[first]))
-            tn = timings.get(ok[s]["run_id"], {}).get(timings_key(ok[s]))
+            tb = timings.get(ok[first]["run_id"], {}).get(identity_key(ok[first]))
+            tn = timings.get(ok[s]["run_id"], {}).get(identity_key(ok[s]))
             c = compare_runs(tb, tn, "throughput", threshold) if tb and tn else Comparison.no_samples("throughput")
             row.append(Cell("", kind="num"))
             pending.append((row[-1], c, ok[s]["throughput"] / ok[first]["throughput"]))

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from bench.report.load import Run, is_missing, performance_cells, timings_key
+from bench.report.load import Run, is_missing, performance_cells
 from bench.report.scaling import crossovers, scaling_fits, side_text
 from bench.report.tables import Cell, Table, fmt_number, missing_cell
-from bench.stats import Comparison, Timings, adjust, compare_models, default_threshold
+from bench.stats import Comparison, Timings, adjust, compare_models, default_threshold, identity_key
 
 SEED = 0
 CI_RESAMPLES = 500  # per cell, for the figure's error bars only
@@ -64,7 +64,7 @@ def _entries(df: pd.DataFrame, runs: list[Run]) -> dict[tuple, dict[str, list[En
     for values, part in ok.groupby(GROUP, sort=False, dropna=False):
         by_res: dict[str, list[Entry]] = {}
         for r in part.to_dict("records"):
-            t = timings.get(r["run_id"], {}).get(timings_key(r))
+            t = timings.get(r["run_id"], {}).get(identity_key(r))
             by_res.setdefault(r["res"], []).append(Entry(
                 r["label"], r["res"], r["pixels"], float(r["throughput"]),
                 None if is_missing(r.get("peak_mem_mb")) else float(r["peak_mem_mb"]),
