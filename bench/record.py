@@ -143,7 +143,13 @@ class Record:
     attention_gmacs_per_stage: dict | None = _f(MEASURE, "GMACs")
     part_gmacs: dict | None = _f(MEASURE, "GMACs")
     part_params: dict | None = _f(MEASURE, "parameters")
-    part_latency_ms: dict | None = _f(MEASURE, "ms")
+    part_latency_ms: dict | None = _f(MEASURE, "ms", "median per part, each timed apart by the timing protocol")
+    part_latency_ci95_ms: dict | None = _f(MEASURE, "ms", "95% CI of each part's median (None: < 6 samples)")
+    part_latency_iters: dict | None = _f(MEASURE, "iterations", "timed iterations per part")
+    part_latency_setup: str | None = _f(MEASURE, doc="autocast, weights, layout, compilation of the parts")
+    det_load: str | None = _f(MEASURE, doc="det: the NMS load timed (score_thresh and why)")
+    nms_candidates: float | None = _f(MEASURE, "boxes per image", "det: boxes that entered NMS (mean over the batch)",
+                                      Display("NMS candidates", "boxes/image", main=False, fmt=".0f"))
     # --- time
     latency_ms: float | None = _f(MEASURE, "ms", "median per iteration", Display("latency", "ms, median", "min"))
     latency_p10_ms: float | None = _f(MEASURE, "ms", show=Display("latency p10", main=False))

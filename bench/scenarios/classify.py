@@ -46,6 +46,7 @@ from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
 from bench.tasks import Task, task_for
+from bench.tasks.dense import PartsSetup
 
 
 class _Skip(Exception):
@@ -275,9 +276,10 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     out |= _throughput(latency, own_median_ms, batch, ctx)
     if not cell.train:  # the parts of a dense model, in a pass of their own
         x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
-        parts = task.part_latency_ms(model, x)
+        setup = PartsSetup(autocast_dtype(cfg.dtype), cfg.budget, cfg.max_time, cfg.channels_last, cfg.compile)
+        parts = task.part_latency_ms(model, x, setup)
         if parts is not None:
-            out["part_latency_ms"] = parts
+            out |= parts.to_record()
     if trainer is not None:
         out |= _engine_fields(trainer)
         out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)

@@ -66,8 +66,9 @@ class Task:
     def loss(self, forward: nn.Module, x: torch.Tensor, targets: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def part_latency_ms(self, model: nn.Module, x: torch.Tensor) -> dict[str, float] | None:
-        """Inference latency per part, timed in a pass of its own (None: the model has no parts)."""
+    def part_latency_ms(self, model: nn.Module, x: torch.Tensor, setup: Any = None) -> Any:
+        """Inference latency per part, timed in a pass of its own under ``setup`` (a
+        bench.tasks.dense.PartsSetup), as a result with ``to_record()`` (None: the model has no parts)."""
         return None
 
 

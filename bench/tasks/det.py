@@ -1,9 +1,20 @@
 """``det``: RetinaNet (FPN P3-P5 + P6/P7 from C5, torchvision's head and NMS) on the backbone; the
 step is the detector's whole forward including NMS (inference), or forward with loss + backward
-+ optimizer step (training)."""
++ optimizer step (training).
+
+The NMS load. An untrained torchvision head scores every anchor about 0.01 (prior bias 0.01,
+convs of std 0.01), under the trained head's score threshold of 0.05: no box would reach NMS and
+the timed post-processing would be a sigmoid, a threshold and a top-k. ``bench run`` loads no
+weights at all (it has no ``--checkpoint``), so its det cells are built with ``score_thresh=0``:
+every level's ``topk_candidates`` (1000) best boxes enter NMS, the worst case. A trained head keeps
+its own 0.05 (``det_load(head_trained=True)``; the fine-tune builds its detector apart and keeps
+torchvision's thresholds, as its mAP needs). The record says which (``det_load``) and how many
+boxes entered NMS per image (``nms_candidates``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -13,6 +24,46 @@ from bench.tasks.dense import DenseTask
 from models.heads.retinanet import FPN_LEVELS
 
 SCORES = ("map", "ap50", "ap75")
+TRAINED_SCORE_THRESH = 0.05  # torchvision's (and mmdet's) RetinaNet test threshold
+
+
+@dataclass(frozen=True)
+class DetLoad:
+    """The score threshold a timed detector runs with, and why, in the record's words."""
+
+    score_thresh: float
+    label: str
+
+
+def det_load(head_trained: bool) -> DetLoad:
+    """A trained head keeps its threshold; a random one gets 0 so that NMS sees its full load."""
+    if head_trained:
+        return DetLoad(TRAINED_SCORE_THRESH, f"trained head, score_thresh={TRAINED_SCORE_THRESH:g}")
+    return DetLoad(0.0, "score_thresh=0 (random head, worst case)")
+
+
+def count_nms_candidates(model: nn.Module, images: list[torch.Tensor], amp: torch.dtype | None = None) -> list[int]:
+    """Boxes that entered NMS, per image, in one inference of ``model`` (a torchvision RetinaNet)
+    on ``images``: counted by wrapping ``torchvision.ops.boxes.batched_nms``, which torchvision's
+    ``postprocess_detections`` calls once per image on every candidate that passed the model's own
+    ``score_thresh`` and ``topk_candidates``; so the count is what NMS received, not a re-derivation."""
+    import torchvision.ops.boxes as box_ops
+
+    counts: list[int] = []
+    real_nms = box_ops.batched_nms
+
+    def counting_nms(boxes, scores, idxs, iou_threshold):
+        counts.append(int(boxes.shape[0]))
+        return real_nms(boxes, scores, idxs, iou_threshold)
+
+    model.eval()
+    with torch.inference_mode(), mock.patch.object(box_ops, "batched_nms", counting_nms):
+        if amp is None:
+            model(images)
+        else:
+            with torch.autocast(images[0].device.type, dtype=amp):
+                model(images)
+    return counts
 
 
 def synthetic_targets(batch: int, height: int, width: int, device: torch.device) -> list[dict]:
@@ -71,6 +122,16 @@ class Detect(DenseTask):
         """Images in [0, 1]: the detector's transform normalises them itself."""
         return torch.rand(*shape, device=device, dtype=dtype)
 
+    def build(self, cell: Cell) -> nn.Module:
+        """The detector with the NMS load of ``det_load``: ``bench run`` gives no head weights,
+        so the head is random and the threshold 0 (the worst case); the load rides on the model."""
+        from models.heads import build_dense
+
+        load = det_load(head_trained=False)
+        model = build_dense(self.name, cell.model, self.input_hw(cell), score_thresh=load.score_thresh)
+        model.det_load = load
+        return model
+
     def feed(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(x)
 
@@ -87,6 +148,15 @@ class Detect(DenseTask):
         features = list(pyramid.values())
         head_out = timed("head", model.head, features)
         timed("postprocess", _postprocess, model, images, features, head_out)
+
+    def _pass_facts(self, model, x, amp) -> dict:
+        """The NMS load of the timed inference: which threshold, and the boxes NMS got per image
+        (the mean over the batch) in one untimed forward of the same model, input and autocast."""
+        counts = count_nms_candidates(model, self.feed(x), amp)
+        load = getattr(model, "det_load", None)
+        matches = load is not None and load.score_thresh == model.score_thresh
+        label = load.label if matches else f"score_thresh={model.score_thresh:g}"  # never a stale label
+        return {"det_load": label, "nms_candidates": sum(counts) / len(counts) if counts else 0}
 
     # ---- bench finetune
     def finetune_model(self, backbone, num_classes, image_size, fpn_channels, head_norm) -> nn.Module:

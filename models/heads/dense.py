@@ -67,11 +67,13 @@ def apply_bn_mode(backbone: nn.Module, bn_mode: str) -> nn.Module:
 
 
 def build_dense(task: str, backbone_name: str, image_size: tuple[int, int], fpn_channels: int = 256,
-                bn_mode: str = "frozen") -> nn.Module:
+                bn_mode: str = "frozen", score_thresh: float | None = None) -> nn.Module:
+    """``score_thresh`` (det only): RetinaNet's score threshold before NMS; None keeps torchvision's 0.05."""
     backbone = apply_bn_mode(create_model(backbone_name, features_only=True), bn_mode)
     if task == "det":
         # RetinaNet's own transform neither resizes nor pads further: images arrive at image_size.
-        return build_retinanet(backbone, DENSE_CLASSES["det"], image_size, fpn_channels=fpn_channels)
+        thresh = {} if score_thresh is None else {"score_thresh": score_thresh}
+        return build_retinanet(backbone, DENSE_CLASSES["det"], image_size, fpn_channels=fpn_channels, **thresh)
     if task == "seg":
         return SemanticFPN(backbone, DENSE_CLASSES["seg"], fpn_channels=fpn_channels,
                            head_channels=fpn_channels // 2)

@@ -23,6 +23,7 @@ from bench.scenarios import classify, dense
 from bench.scenarios.common import base_record, train_spec
 from bench.scenarios.finetune import step_time_fields
 from bench.tasks import TASKS, task_for
+from bench.tasks.dense import PartsSetup
 
 CPU = torch.device("cpu")
 ONE = DistContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=CPU, backend=None)
@@ -83,8 +84,9 @@ def test_dense_part_latency_times_each_part(name, parts):
     task = task_for(name)
     cell = Cell("resnet18", 64, 64, "infer", 1, name)
     model = task.build(cell)
-    latency = task.part_latency_ms(model, task.input(cell, 1, CPU, torch.float32, False), iters=2)
-    assert list(latency) == parts and all(v > 0 for v in latency.values())
+    setup = PartsSetup(budget_s=0.1, max_time_s=400.0)
+    latency = task.part_latency_ms(model, task.input(cell, 1, CPU, torch.float32, False), setup).to_record()
+    assert list(latency["part_latency_ms"]) == parts and all(v > 0 for v in latency["part_latency_ms"].values())
     assert task_for("cls").part_latency_ms(model, torch.zeros(1)) is None
 
 
