@@ -277,6 +277,19 @@ def _checkpoints(raw: Any, flag: str, parsed: dict[str, Any]) -> dict[str, str]:
     return parse_checkpoints(raw or (), parsed.get("models", []))
 
 
+def _run_data(raw: Any, flag: str, parsed: dict[str, Any]) -> str:
+    """``bench run --data``: synthetic, or coco:DIR for det cells (the real-image FPS protocol)."""
+    from bench.data import parse_data_spec
+
+    raw = raw or "synthetic"
+    kind, where = parse_data_spec(raw, parsed.get("task") or "cls")
+    if kind != "synthetic" and (kind != "coco" or parsed.get("task") != "det"):
+        raise BadInput(f"{flag} {raw}: bench run reads real images only for --task det, from coco:DIR")
+    if kind != "synthetic" and not Path(where).is_dir():
+        raise BadInput(f"{flag} {raw}: {where} is not a directory; give the data set's root")
+    return raw
+
+
 @dataclass(frozen=True)
 class Option:
     """How one config field is given on the command line, and whether it is part of resume identity.
@@ -427,6 +440,9 @@ class RunConfig:
     time_auto_batch: bool = option("--time-auto-batch", is_flag=True,
                                    help="Also time the batch --batch auto finds (default: record the frontier only, "
                                         "one step per trial).")
+    data: str = option("--data", default="synthetic", parse=_run_data, identity=False,  # adds fields, changes none
+                       help="det: coco:DIR also times the mmdet / PVT-paper FPS protocol on its val images (own "
+                            "aspect ratio, batch 1, padded to 32) beside the fixed-size latency.")
     timeout: float = option("--timeout", default="300", parse=Float(0, min_open=True, maximum=7 * 86400),
                             identity=False, unit="s", help="Seconds before a stuck collective ends the job.")
     out: str | None = option("--out", identity=False, help="Run directory (default results/<run-id>).")

@@ -150,6 +150,11 @@ class Record:
     det_load: str | None = _f(MEASURE, doc="det: the NMS load timed (score_thresh and why)")
     nms_candidates: float | None = _f(MEASURE, "boxes per image", "det: boxes that entered NMS (mean over the batch)",
                                       Display("NMS candidates", "boxes/image", main=False, fmt=".0f"))
+    fps_real_images: float | None = _f(MEASURE, "images/s", "det --data coco:DIR: the mmdet / PVT-paper protocol, "
+                                       "batch 1, val images at own aspect ratio: images / summed time",
+                                       Display("FPS (real images)", "img/s", "max"))
+    fps_images: int | None = _f(MEASURE, "images", "images timed for fps_real_images")
+    fps_protocol: str | None = _f(MEASURE, doc="how fps_real_images was measured, in words")
     # --- time
     latency_ms: float | None = _f(MEASURE, "ms", "median per iteration", Display("latency", "ms, median", "min"))
     latency_p10_ms: float | None = _f(MEASURE, "ms", show=Display("latency p10", main=False))

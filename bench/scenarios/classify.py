@@ -276,7 +276,8 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     out |= _throughput(latency, own_median_ms, batch, ctx)
     if not cell.train:  # the parts of a dense model, in a pass of their own
         x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
-        setup = PartsSetup(autocast_dtype(cfg.dtype), cfg.budget, cfg.max_time, cfg.channels_last, cfg.compile)
+        setup = PartsSetup(amp=autocast_dtype(cfg.dtype), budget_s=cfg.budget, max_time_s=cfg.max_time,
+                           channels_last=cfg.channels_last, compiled=cfg.compile, data=cfg.data)
         parts = task.part_latency_ms(model, x, setup)
         if parts is not None:
             out |= parts.to_record()

@@ -33,13 +33,15 @@ class PartsSetup:
     """The cell's set-up the parts are timed under. The weight dtype and memory format come with
     the model and the input the cell built; ``amp`` is its autocast dtype (None: none);
     ``budget_s`` / ``max_time_s`` are the cell's own (the pass takes ``PARTS_BUDGET_SHARE`` of them);
-    ``channels_last`` as the cell; ``compiled``: the whole step was compiled (the parts are not)."""
+    ``channels_last`` as the cell; ``compiled``: the whole step was compiled (the parts are not);
+    ``data``: ``--data`` as given."""
 
     amp: torch.dtype | None = None
     budget_s: float = 2.0
     max_time_s: float = 90.0
     channels_last: bool = False
     compiled: bool = False
+    data: str = "synthetic"  # bench run --data: coco:DIR adds det's real-image FPS pass
 
     def label(self, model: nn.Module) -> str:
         """What the parts ran under, in words, for the record."""
@@ -94,8 +96,8 @@ class DenseTask(Task):
         """One forward through the parts, each call wrapped by ``timed(name, fn, *args)``."""
         raise NotImplementedError
 
-    def _pass_facts(self, model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> dict:
-        """Record fields the task reads off one untimed inference of ``x`` (none by default)."""
+    def _pass_facts(self, model: nn.Module, x: torch.Tensor, setup: PartsSetup) -> dict:
+        """Record fields of the task's own passes after the main timing (none by default)."""
         return {}
 
     @torch.inference_mode()
@@ -123,7 +125,7 @@ class DenseTask(Task):
                                max_time_s=setup.max_time_s * share, min_iters=PARTS_MIN_ITERS, min_time_s=0.0,
                                min_warmup=1, warmup_block=1)
                  for name, fn, args in calls}
-        return PartLatency(parts, setup.label(model), self._pass_facts(model, x, setup.amp))
+        return PartLatency(parts, setup.label(model), self._pass_facts(model, x, setup))
 
     # ---- bench finetune
     def finetune_model(self, backbone: nn.Module, num_classes: int, image_size: tuple[int, int],

@@ -12,6 +12,7 @@ torchvision's thresholds, as its mAP needs). The record says which (``det_load``
 boxes entered NMS per image (``nms_candidates``)."""
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from unittest import mock
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from bench.plan import Cell
+from bench.tasks.base import sync
 from bench.tasks.dense import DenseTask
 from models.heads.retinanet import FPN_LEVELS
 
@@ -82,6 +84,91 @@ def _postprocess(model, images, features, head_out):
     split = {k: list(v.split(per_level, dim=1)) for k, v in head_out.items()}
     split_anchors = [list(anchor.split(per_level)) for anchor in anchors]
     return model.postprocess_detections(split, split_anchors, images.image_sizes)
+
+
+# ---- the mmdet / PVT-paper FPS protocol (bench run --task det --data coco:DIR)
+MMDET_TEST_SCALE = (1333, 800)  # mmdet's test img_scale (long, short): the PVT paper's detection set-up
+FPS_WARMUP_IMAGES = 5  # mmdet's benchmark.py: num_warmup
+FPS_MAX_IMAGES = 2000  # mmdet's benchmark.py: max_iter
+
+
+def keep_ratio_size(height: int, width: int, short: int, long_cap: int) -> tuple[int, int]:
+    """mmdet's test ``Resize(keep_ratio=True)`` (and torchvision's detection transform): one scale
+    for both sides, the short side brought to ``short`` unless the long side would pass ``long_cap``."""
+    scale = min(short / min(height, width), long_cap / max(height, width))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+@dataclass
+class RealImageFps:
+    """The FPS protocol's result: images timed, their summed inference time, and how."""
+
+    images: int
+    total_s: float
+    protocol: str
+    data: str
+
+    def to_record(self) -> dict:
+        fps = self.images / self.total_s if self.total_s > 0 else None
+        return {"fps_real_images": None if fps is None else round(fps, 4), "fps_images": self.images,
+                "fps_protocol": self.protocol, "data": self.data}
+
+
+def _keep_ratio_val(root: str, short: int, long_cap: int):
+    """The COCO val split read by the loader (bench.data.coco: its checks, its decoding, its
+    bilinear resize), each image at its own aspect ratio by ``keep_ratio_size``."""
+    from bench.data import CocoDataset, image_header
+
+    class KeepRatio(CocoDataset):
+        def __getitem__(self, index):
+            image_id = self.image_ids[index]
+            info = self.coco.imgs[image_id]
+            h, w = (info["height"], info["width"]) if "width" in info else image_header(self.paths[image_id])[0][::-1]
+            self.height, self.width = keep_ratio_size(h, w, short, long_cap)  # what the base resizes to
+            return super().__getitem__(index)
+
+    return KeepRatio(root, "val", short, short)
+
+
+def real_image_fps(model: nn.Module, data: str, short: int, device: torch.device, dtype: torch.dtype,
+                   amp: torch.dtype | None, budget_s: float) -> RealImageFps:
+    """mmdet's ``tools/analysis_tools/benchmark.py`` protocol, as the PVT paper's FPS: batch 1, val
+    images in order at their own aspect ratio (short side ``short``, long side at most
+    ``short * 1333 / 800``), padded to 32 by the detector's transform; loading and resizing happen
+    outside the clock, the whole forward (NMS included) inside, one synchronised host-clock
+    bracket per image. The first ``FPS_WARMUP_IMAGES`` images are run once untimed, then every
+    image is timed once until ``FPS_MAX_IMAGES`` or ``budget_s`` of timed inference (at least one).
+    FPS = images / summed time. ``short`` is the detector's own short side (the cell's, padded to 32)."""
+    long_cap = int(short * MMDET_TEST_SCALE[0] / MMDET_TEST_SCALE[1] + 0.5)
+    val = _keep_ratio_val(data.partition(":")[2], short, long_cap)
+    transform = model.transform
+    saved = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (short,), long_cap  # the transform pads; its resize is ~identity
+
+    def infer(index: int) -> float:
+        image = val[index]["image"].to(device, dtype)
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model([image])
+        sync(device)
+        return time.perf_counter() - t0
+
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for index in range(min(FPS_WARMUP_IMAGES, len(val))):
+                infer(index)
+            total, images = 0.0, 0
+            while images < min(len(val), FPS_MAX_IMAGES) and (images == 0 or total < budget_s):
+                total += infer(images)
+                images += 1
+    finally:
+        transform.min_size, transform.max_size = saved
+    protocol = (f"mmdet benchmark: batch 1, COCO val at own aspect ratio (short side {short}, long <= {long_cap}), "
+                f"padded to 32, {FPS_WARMUP_IMAGES} warm-up images untimed, FPS = images / summed inference time "
+                "(loading and resizing excluded)")
+    return RealImageFps(images, total, protocol, data)
 
 
 class _DetScore:
@@ -149,14 +236,19 @@ class Detect(DenseTask):
         head_out = timed("head", model.head, features)
         timed("postprocess", _postprocess, model, images, features, head_out)
 
-    def _pass_facts(self, model, x, amp) -> dict:
+    def _pass_facts(self, model, x, setup) -> dict:
         """The NMS load of the timed inference: which threshold, and the boxes NMS got per image
-        (the mean over the batch) in one untimed forward of the same model, input and autocast."""
-        counts = count_nms_candidates(model, self.feed(x), amp)
+        (the mean over the batch) in one untimed forward of the same model, input and autocast;
+        with ``--data coco:DIR``, the FPS of the mmdet protocol on its val images too."""
+        counts = count_nms_candidates(model, self.feed(x), setup.amp)
         load = getattr(model, "det_load", None)
         matches = load is not None and load.score_thresh == model.score_thresh
         label = load.label if matches else f"score_thresh={model.score_thresh:g}"  # never a stale label
-        return {"det_load": label, "nms_candidates": sum(counts) / len(counts) if counts else 0}
+        out = {"det_load": label, "nms_candidates": sum(counts) / len(counts) if counts else 0}
+        if setup.data.startswith("coco:"):
+            short = min(model.transform.min_size[-1], model.transform.max_size)
+            out |= real_image_fps(model, setup.data, short, x.device, x.dtype, setup.amp, setup.budget_s).to_record()
+        return out
 
     # ---- bench finetune
     def finetune_model(self, backbone, num_classes, image_size, fpn_channels, head_norm) -> nn.Module:

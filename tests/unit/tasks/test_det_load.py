@@ -111,3 +111,50 @@ def _scripted():
 
     return Latency(times_ms=[20.0 + i / 10 for i in range(10)], warmup_iters=6, warmup_ms=120.0,
                    stop_reason="converged")
+
+
+# --------------------------------------------------------------------------- the real-image FPS protocol
+def test_keep_ratio_size_is_mmdets_test_resize_by_hand():
+    from bench.tasks.det import keep_ratio_size
+
+    assert keep_ratio_size(480, 640, 800, 1333) == (800, 1067)  # short side to 800
+    assert keep_ratio_size(400, 1200, 800, 1333) == (444, 1333)  # the long side caps it
+    assert keep_ratio_size(64, 64, 64, 107) == (64, 64)
+
+
+def test_run_data_option_takes_coco_for_det_only(tmp_path):
+    from bench.config import build_config
+    from bench.errors import BadInput
+
+    assert build_config(RunConfig, {"models": "resnet18", "task": "det", "data": f"coco:{tmp_path}"}).data \
+        == f"coco:{tmp_path}"
+    assert build_config(RunConfig, {"models": "resnet18"}).data == "synthetic"
+    with pytest.raises(BadInput, match="only for --task det"):
+        build_config(RunConfig, {"models": "resnet18", "task": "cls", "data": f"coco:{tmp_path}"})
+    with pytest.raises(BadInput, match="not a directory"):
+        build_config(RunConfig, {"models": "resnet18", "task": "det", "data": f"coco:{tmp_path / 'none'}"})
+    with pytest.raises(BadInput, match="bad --data"):
+        build_config(RunConfig, {"models": "resnet18", "task": "det", "data": "coco"})
+
+
+def test_det_cell_with_coco_data_times_val_images_at_their_own_aspect_ratio(tmp_path):
+    """Val images of 48x80 under a 64 px det cell: short side 64, long side 107 (<= 64 * 1333 / 800),
+    padded to 64x128 for the backbone; every image timed once, FPS = images / summed time."""
+    from bench.data import write_coco_fixture
+    from bench.tasks.det import real_image_fps
+
+    root = write_coco_fixture(tmp_path / "coco", train_images=1, val_images=3, height=48, width=80)
+    model = _detector()
+    seen: list[tuple[int, ...]] = []
+    model.backbone.body.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    got = real_image_fps(model, f"coco:{root}", 64, CPU, torch.float32, None, budget_s=60.0)
+    assert got.images == 3 and seen == [(1, 3, 64, 128)] * 6  # 3 warm-up images (all there are), then 3 timed
+    rec = got.to_record()
+    assert rec["fps_real_images"] == pytest.approx(3 / got.total_s, rel=1e-3) and rec["fps_images"] == 3
+    assert "batch 1" in rec["fps_protocol"] and rec["data"] == f"coco:{root}"
+    assert model.transform.min_size == (64,) and model.transform.max_size == 64  # the cell's transform restored
+
+    cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], budget=0.1, max_time=400, data=f"coco:{root}")
+    out = classify.measure_cell(CELL, ONE, cfg)
+    assert out["status"] == "ok", out["error"]
+    assert out["fps_images"] >= 1 and out["fps_real_images"] > 0 and out["latency_ms"] > 0
