@@ -11,6 +11,7 @@ compiling backbone, neck and head apart would cost a second compile per cell (``
 says so in the record)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,12 +21,15 @@ import torch.nn as nn
 from bench.measure.flops import Flops, count_flops
 from bench.measure.timing import Latency, measure
 from bench.plan import Cell
-from bench.tasks.base import Task
+from bench.tasks.base import Task, sync
 
 #: share of the cell's --budget (and of its --max-time, as the cap) that the parts pass may use, all parts together
 PARTS_BUDGET_SHARE = 0.25
 #: timed iterations per part: the smallest n with a 95% CI of the median (the budget may not stretch it)
 PARTS_MIN_ITERS = 6
+#: a part's cap is at least this many times its first (untimed) call, so that a short --max-time still leaves
+#: it room for samples (the protocol may spend half a cap warming up): as long as the old pass's 6 passes
+PARTS_CAP_FLOOR = 6
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class DenseTask(Task):
         forward: the previous part's output, in its dtype)."""
         setup = setup or PartsSetup()
         model.eval()
-        calls: list[tuple[str, Callable, tuple]] = []
+        calls: list[tuple[str, Callable, tuple, float]] = []  # (part, fn, its inputs, its first call in s)
 
         def under_amp(fn, *args):
             if setup.amp is None:
@@ -116,15 +120,19 @@ class DenseTask(Task):
                 return fn(*args)
 
         def collect(name, fn, *args):
-            calls.append((name, fn, args))
-            return under_amp(fn, *args)
+            sync(x.device)
+            t0 = time.perf_counter()
+            out = under_amp(fn, *args)
+            sync(x.device)
+            calls.append((name, fn, args, time.perf_counter() - t0))
+            return out
 
         under_amp(self._parts_pass, model, x, collect)
         share = PARTS_BUDGET_SHARE / max(1, len(calls))
         parts = {name: measure(lambda fn=fn, args=args: under_amp(fn, *args), x.device, budget_s=setup.budget_s * share,
-                               max_time_s=setup.max_time_s * share, min_iters=PARTS_MIN_ITERS, min_time_s=0.0,
-                               min_warmup=1, warmup_block=1)
-                 for name, fn, args in calls}
+                               max_time_s=max(setup.max_time_s * share, PARTS_CAP_FLOOR * first_s),
+                               min_iters=PARTS_MIN_ITERS, min_time_s=0.0, min_warmup=1, warmup_block=1)
+                 for name, fn, args, first_s in calls}
         return PartLatency(parts, setup.label(model), self._pass_facts(model, x, setup))
 
     # ---- bench finetune

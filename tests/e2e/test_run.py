@@ -118,4 +118,7 @@ def test_run_task_det_measures_the_whole_detector(tmp_path):
         assert sum(rec["part_gmacs"].values()) == pytest.approx(rec["gmacs"], rel=1e-9)
     assert set(infer["part_latency_ms"]) == {"backbone", "neck", "head", "postprocess"}
     assert all(v > 0 for v in infer["part_latency_ms"].values())
+    assert set(infer["part_latency_ci95_ms"]) == set(infer["part_latency_iters"]) == set(infer["part_latency_ms"])
+    # the random head runs at score_thresh=0, so NMS gets each level's top 1000 (at 0.05 it got none)
+    assert infer["det_load"] == "score_thresh=0 (random head, worst case)" and infer["nms_candidates"] > 0
     assert train["latency_ms"] > 0 and train["mem_breakdown_mb"]["optimizer"] > 0

@@ -158,3 +158,30 @@ def test_det_cell_with_coco_data_times_val_images_at_their_own_aspect_ratio(tmp_
     out = classify.measure_cell(CELL, ONE, cfg)
     assert out["status"] == "ok", out["error"]
     assert out["fps_images"] >= 1 and out["fps_real_images"] > 0 and out["latency_ms"] > 0
+
+
+def test_a_tiny_cap_is_raised_to_a_floor_of_first_calls(monkeypatch):
+    """The cap share of a short --max-time would end a part in warm-up with no sample: each part's
+    cap is at least PARTS_CAP_FLOOR times its first call, and its budget is its share."""
+    from bench.measure.timing import Latency
+    from bench.tasks import dense as dense_task
+
+    asked: list[dict] = []
+
+    def fake_measure(step, device, budget_s, max_time_s, **options):
+        asked.append({"budget_s": budget_s, "max_time_s": max_time_s, **options})
+        return Latency(times_ms=[1.0] * 6, warmup_iters=1, warmup_ms=1.0, stop_reason="budget")
+
+    task = task_for("seg")
+    cell = Cell("resnet18", 64, 64, "infer", 1, "seg")
+    model, x = task.build(cell), task.input(cell, 1, CPU, torch.float32, False)
+    monkeypatch.setattr(dense_task, "measure", fake_measure)
+    ticks = iter(range(10_000))  # clock reads 1 s apart: each part's first call "takes" 1 s
+    monkeypatch.setattr(dense_task.time, "perf_counter", lambda: float(next(ticks)))
+    rec = task.part_latency_ms(model, x, PartsSetup(budget_s=0.3, max_time_s=0.3)).to_record()
+    monkeypatch.undo()
+    assert len(asked) == 3 and rec["part_latency_iters"] == {"backbone": 6, "neck": 6, "head": 6}
+    share = dense_task.PARTS_BUDGET_SHARE / 3
+    for a in asked:
+        assert a["max_time_s"] == dense_task.PARTS_CAP_FLOOR * 1.0 > 0.3 * share
+        assert a["budget_s"] == pytest.approx(0.3 * share) and a["min_iters"] == dense_task.PARTS_MIN_ITERS
