@@ -412,6 +412,10 @@ class RunConfig:
     channels_last: bool = option("--channels-last", is_flag=True, help="NHWC memory format for models and inputs.")
     compile: bool = option("--compile", is_flag=True,
                            help="torch.compile the model (compile time recorded apart).")
+    numerics: bool = option("--numerics", default="on", choices=("on", "off"), parse=_on_off, identity=False,
+                            help="Check every cell whose math differs from fp32 eager (--dtype, --compile, "
+                                 "--channels-last, TF32 on CUDA) against that reference on the same weights and "
+                                 "input, outside the timing; recorded as agreement, flagged numerics-drift.")
     engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
     zero: int = option("--zero", default="0", parse=Int(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
     ds_config: str | None = option("--ds-config", scope="train", by_content=True,

@@ -87,6 +87,11 @@ def _f(kind: str, unit: str = "", doc: str = "", show: Display | None = None) ->
     return field(default=None, metadata={"kind": kind, "unit": unit, "doc": doc, "display": show})
 
 
+def _worst_cosine(agreement: Any) -> float | None:
+    """The one number of an agreement: its worst cosine against the reference."""
+    return agreement.get("worst_cosine") if isinstance(agreement, dict) else None
+
+
 _COUNT = {"unit": "", "fmt": ".0f"}  # an iteration or event count: a whole number, no unit
 _PERCENT = {"unit": "%", "scale": 100.0}  # a fraction shown in percent
 _TUNE = {"sections": (FINETUNE,)}
@@ -128,6 +133,7 @@ class Record:
     world_size: int | None = _f(SETTING)
     threads: int | None = _f(SETTING, "threads per rank")
     channels_last: bool | None = _f(SETTING)
+    numerics: bool | None = _f(SETTING, doc="--numerics: cells whose math differs from fp32 eager were checked")
     compile: bool | None = _f(SETTING)
     grad_clip: float | None = _f(SETTING)
     budget_s: float | None = _f(SETTING, "s")
@@ -164,6 +170,12 @@ class Record:
     timing_stop: str | None = _f(MEASURE)
     timing_flags: list | None = _f(MEASURE)
     compile_s: float | None = _f(MEASURE, "s", "the first call, timed apart", Display("compile time", better="min"))
+    agreement: dict | None = _f(MEASURE, doc="the cell against the fp32 eager reference on the same weights and input "
+                                "(bench.measure.agreement): per_output cosine / rel_l2 / max_abs, worst_cosine, "
+                                "training loss_rel_err and grad_cosine, det/seg task_agreement, tolerance, failures",
+                                show=Display("agreement (worst cosine)", better="max", fmt=".6f", scalar=_worst_cosine))
+    agreement_s: float | None = _f(PROVENANCE, "s", "what the numerics check took, outside the timing")
+    agreement_error: str | None = _f(MEASURE, doc="why the numerics check could not run (flag numerics-unchecked)")
     compile_graph_breaks: int | None = _f(MEASURE, show=Display("graph breaks", main=False, **_COUNT))
     compile_recompiles: int | None = _f(MEASURE, show=Display("recompiles", main=False, **_COUNT))
     per_rank_step_ms: list | None = _f(MEASURE, "ms", show=Display("step per rank", better="min", scalar=slowest))

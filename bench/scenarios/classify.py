@@ -14,6 +14,7 @@ peak memory are kept beside it, peak memory is the largest rank's and a flag of 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -45,6 +46,7 @@ from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
+from bench.scenarios.numerics import cell_math_mode, check_agreement
 from bench.tasks import Task, task_for
 
 
@@ -98,7 +100,7 @@ class ClassifyScenario:
         cfg = self.config
         return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
             "tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
-            "compile": cfg.compile, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
+            "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
         """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
@@ -263,6 +265,8 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     fails half-way keeps what it measured)."""
     task = task_for(cell.task)
     model = task.build(cell)
+    checking = cfg.numerics and ctx.is_main and cell_math_mode(cfg, ctx.device) is not None
+    pristine = copy.deepcopy(model) if checking else None  # the weights before any step moves them
     step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, t0)
     own_median_ms = latency.median_ms
     latency = latency.over_ranks(elementwise_max(latency.times_ms, ctx))  # one series: the slowest rank's
@@ -281,6 +285,10 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     if trainer is not None:
         out |= _engine_fields(trainer)
         out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
+    numerics = _numerics(task, cell, pristine, batch, ctx, cfg) if cfg.numerics else {}
+    out |= broadcast_object(numerics, ctx)
+    flags += out.get("agreement_flags") or []
+    out.pop("agreement_flags", None)
     if profile_dir is not None:
         from bench.measure.profile import profile_cell
 
@@ -288,6 +296,24 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
         engine = cfg.engine if cell.train else "none"
         cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
         out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
+
+
+def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ctx: DistContext,
+              cfg: RunConfig) -> dict:
+    """The cell's ``agreement`` with the fp32 eager reference, checked on rank 0 after the timing
+    and outside the memory window; how long it took (``agreement_s``). A check that fails is
+    recorded and flagged, never the cell's failure: the timing stands."""
+    if pristine is None:
+        return {"agreement": None}
+    t0 = time.perf_counter()
+    try:
+        agreement = check_agreement(task, cell, pristine, batch, ctx.device, cfg)
+        fields = agreement.to_record() | {"agreement_flags": agreement.flags}
+    except Exception as exc:  # noqa: BLE001 - the timing stands; the check's failure is said
+        fields = {"agreement": None, "agreement_error": first_line(exc, with_type=True),
+                  "agreement_flags": ["numerics-unchecked"]}
+    free_memory(ctx.device)
+    return fields | {"agreement_s": round(time.perf_counter() - t0, 3)}
 
 
 def _throughput(latency: Latency, own_median_ms: float, batch: int, ctx: DistContext) -> dict:
