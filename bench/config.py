@@ -269,6 +269,20 @@ def _res(raw: Any, flag: str, parsed: dict[str, Any]) -> list[tuple[int, int]]:
     return parse_resolutions(raw)
 
 
+def _accuracy_data(raw: Any, flag: str, parsed: dict[str, Any]) -> str | None:
+    """coco:DIR or ade20k:DIR for a det / seg run; its validation split is opened here, so a wrong
+    directory stops the run before anything is created."""
+    if raw in (None, ""):
+        return None
+    from bench.data import open_validation
+
+    task = parsed.get("task", "cls")
+    if task == "cls":
+        raise BadInput(f"{flag} scores detections or label maps: use it with --task det or --task seg")
+    open_validation(str(raw), task, 64, 64)
+    return str(raw)
+
+
 def _on_off(raw: Any, flag: str, parsed: dict[str, Any]) -> bool:
     return raw == "on"
 
@@ -416,6 +430,12 @@ class RunConfig:
                             help="Check every cell whose math differs from fp32 eager (--dtype, --compile, "
                                  "--channels-last, TF32 on CUDA) against that reference on the same weights and "
                                  "input, outside the timing; recorded as agreement, flagged numerics-drift.")
+    accuracy_data: str | None = option(
+        "--accuracy-data", parse=_accuracy_data, identity=False,
+        help="det / seg: also score --accuracy-images validation images of coco:DIR or ade20k:DIR against their "
+             "labels, in the fp32 eager reference and in the cell's math mode (MLPerf's >= 99% of fp32 gate).")
+    accuracy_images: int = option("--accuracy-images", default="16", parse=Int(1, 100000), identity=False,
+                                  help="Validation images --accuracy-data scores (the first N).")
     engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
     zero: int = option("--zero", default="0", parse=Int(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
     ds_config: str | None = option("--ds-config", scope="train", by_content=True,

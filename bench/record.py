@@ -175,6 +175,8 @@ class Record:
                                 "training loss_rel_err and grad_cosine, det/seg task_agreement, tolerance, failures",
                                 show=Display("agreement (worst cosine)", better="max", fmt=".6f", scalar=_worst_cosine))
     agreement_s: float | None = _f(PROVENANCE, "s", "what the numerics check took, outside the timing")
+    accuracy_vs_labels: dict | None = _f(MEASURE, doc="--accuracy-data: mAP / mIoU of the reference and of the cell on "
+                                         "real validation labels, their ratio and MLPerf's 0.99 gate")
     agreement_error: str | None = _f(MEASURE, doc="why the numerics check could not run (flag numerics-unchecked)")
     compile_graph_breaks: int | None = _f(MEASURE, show=Display("graph breaks", main=False, **_COUNT))
     compile_recompiles: int | None = _f(MEASURE, show=Display("recompiles", main=False, **_COUNT))

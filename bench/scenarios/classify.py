@@ -46,7 +46,7 @@ from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
-from bench.scenarios.numerics import cell_math_mode, check_agreement
+from bench.scenarios.numerics import GATE_FLAG, accuracy_against_labels, cell_math_mode, check_agreement
 from bench.tasks import Task, task_for
 
 
@@ -309,6 +309,10 @@ def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ct
     try:
         agreement = check_agreement(task, cell, pristine, batch, ctx.device, cfg)
         fields = agreement.to_record() | {"agreement_flags": agreement.flags}
+        if cfg.accuracy_data and not cell.train:
+            fields |= accuracy_against_labels(task, cell, pristine, ctx.device, cfg)
+            if fields["accuracy_vs_labels"]["passed"] is False:
+                fields["agreement_flags"].append(GATE_FLAG)
     except Exception as exc:  # noqa: BLE001 - the timing stands; the check's failure is said
         fields = {"agreement": None, "agreement_error": first_line(exc, with_type=True),
                   "agreement_flags": ["numerics-unchecked"]}

@@ -153,3 +153,59 @@ def _run(task: Task, model: nn.Module, x: torch.Tensor, targets: Any, train: boo
     if isinstance(logits, torch.Tensor):
         result.tapped.insert(0, ("logits", None, logits.detach()))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Against real labels (--accuracy-data)
+
+#: MLPerf's gate: a faster mode must keep at least this share of the fp32 reference's quality
+QUALITY_GATE = 0.99
+GATE_FLAG = "accuracy-gate-missed"
+
+
+def accuracy_against_labels(task: Task, cell: Cell, pristine: nn.Module, device: torch.device,
+                            cfg: RunConfig) -> dict:
+    """The first ``--accuracy-images`` validation images of ``--accuracy-data`` scored against
+    their labels (mAP for det, mIoU for seg) by the reference and by the cell's math mode, with the
+    task's own scorer (bench finetune's); their ratio is MLPerf's ">= 99% of fp32" gate."""
+    from torch.utils.data import DataLoader, Subset
+
+    from bench.data import collate, open_validation
+    from bench.launch.context import DistContext
+
+    height, width = task.input_hw(cell)
+    dataset = open_validation(cfg.accuracy_data, cell.task, height, width)
+    shard = Subset(dataset, range(min(cfg.accuracy_images, len(dataset))))
+    num_classes = max(dataset.num_classes + 1, getattr(pristine, "num_classes", 0) or 0, _classes_of(pristine))
+    alone = DistContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=device, backend=None)
+
+    def score(model: nn.Module, dtype: torch.dtype, amp: torch.dtype | None, channels_last: bool, compile: bool):
+        forward = torch.compile(model.eval()) if compile else model.eval()
+        scorer = task.scorer(num_classes)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            for data in DataLoader(shard, batch_size=1, collate_fn=collate):
+                scorer.add(forward, data["images"].to(device, dtype).contiguous(memory_format=memory_format), data)
+        return scorer.result(alone)
+
+    metric = "map" if cell.task == "det" else "miou"
+    with _reference_math():
+        reference = score(place_model(_copy(pristine), device), torch.float32, None, False, False)[metric]
+    own_model = place_model(_copy(pristine), device, cfg.channels_last).to(weight_dtype(cfg.dtype))
+    own = score(own_model, weight_dtype(cfg.dtype), autocast_dtype(cfg.dtype), cfg.channels_last, cfg.compile)[metric]
+    ratio = own / reference if reference > 0 else None
+    return {"accuracy_vs_labels": {
+        "data": cfg.accuracy_data, "images": len(shard), "metric": metric, "reference": round(reference, 6),
+        "cell": round(own, 6), "ratio": None if ratio is None else round(ratio, 6), "gate": QUALITY_GATE,
+        "passed": None if ratio is None else ratio >= QUALITY_GATE, "weights": "random",
+        "note": "random weights score near 0 on real labels: the ratio is meaningful with trained weights"}}
+
+
+def _classes_of(model: nn.Module) -> int:
+    """A dense model's class count (RetinaNet's head, Semantic FPN's classifier)."""
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    if head is not None:
+        return int(head.num_classes) + 1
+    classifier = getattr(model, "classifier", None)
+    return int(classifier.out_channels) if isinstance(classifier, nn.Conv2d) else 0
