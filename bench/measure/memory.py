@@ -169,22 +169,92 @@ def _tensor_bytes(tensors) -> int:
     return total
 
 
-def memory_breakdown(trainer, step) -> dict[str, float]:
+def resident_bytes(tensors) -> int:
+    """Bytes of storage the tensors cover, each byte once: views of one buffer (DeepSpeed's
+    gradients are views of its partition) count once, and the part of a buffer no tensor covers
+    (a reduce bucket sized for the largest layer group) does not count."""
+    spans: dict[tuple, list[tuple[int, int]]] = {}
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+            continue
+        t = local(t)
+        size = t.element_size()
+        start = t.storage_offset() * size
+        extent = (1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) * size
+        spans.setdefault((t.untyped_storage().data_ptr(), t.device), []).append((start, start + extent))
+    total = 0
+    for ranges in spans.values():
+        end = -1
+        for lo, hi in sorted(ranges):
+            if hi > end:
+                total += hi - max(lo, end)
+                end = hi
+    return total
+
+
+def _weight_cast(t: torch.Tensor) -> bool:
+    """Whether ``t`` (or the tensor it is a view of) is a cast of a parameter: autocast's cached
+    copy of a weight (``ToCopyBackward0`` straight from the parameter's AccumulateGrad)."""
+    base = t._base if t._is_view() and t._base is not None else t
+    fn = base.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    return any(isinstance(getattr(nxt, "variable", None), nn.Parameter) for nxt, _ in fn.next_functions)
+
+
+def _param_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """What this rank holds of the parameters at rest: the DTensor shard under FSDP2, the
+    partition (``ds_tensor``) under ZeRO-3, whose ``p`` itself is empty between gathers."""
+    return [p.ds_tensor if isinstance(getattr(p, "ds_tensor", None), torch.Tensor) else p
+            for p in module.parameters()]
+
+
+@dataclass
+class _Saved:
+    """Tensors autograd saved for backward during one step, sorted by what they are."""
+
+    activations: list[torch.Tensor]
+    weight_casts: list[torch.Tensor]
+    gathered: list[torch.Tensor]
+
+
+def _saving_hooks(module: nn.Module, own: set[int], saved: _Saved):
+    def pack(t):
+        if t.data_ptr() in own:  # a resident weight: counted in params
+            return t
+        if t.data_ptr() in _param_ptrs(module):  # FSDP2/ZeRO-3: a block's gathered weight, registered only now
+            saved.gathered.append(t)
+        elif _weight_cast(t):
+            saved.weight_casts.append(t)
+        else:
+            saved.activations.append(t)
+        return t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+def memory_breakdown(trainer, step) -> dict[str, float | None]:
     """Where a training step's memory goes, each part from the engine's real tensors (MB):
 
-    - ``params``: the model's parameters and buffers;
+    - ``params``: what this rank holds of the parameters at rest and the buffers;
+    - ``gathered_params``: weights gathered from other ranks that autograd keeps for backward
+      (FSDP2, ZeRO-3), 0 where every rank holds whole weights;
+    - ``autocast_weight_copies``: the low-precision copies of the weights autocast makes (its cast
+      cache) and autograd keeps for backward; not activations, they do not grow with the batch;
     - ``optimizer``: every tensor in the optimizer's state (AdamW: exp_avg, exp_avg_sq; under
       ZeRO-1/2 the inner optimizer holds only this rank's partition);
     - ``master_weights``: parameters the optimizer steps that are not the model's (DeepSpeed's
       fp32 partitions), 0 where it steps the model's own;
-    - ``grads``: gradients as they exist after backward, caught by post-accumulate hooks during
-      one extra step;
-    - ``activations``: tensors saved for backward during one forward, caught by saved-tensor hooks.
+    - ``grads``: the gradients held once backward is done, read when the engine calls
+      ``trainer.after_backward`` (``p.grad`` and the engine's own buffers, each byte once): under
+      ZeRO-2 this rank's partition, not every gradient backward produced on the way; None where
+      the engine never calls it;
+    - ``activations``: the rest of what autograd saves for backward in one forward.
     Each is measured on its own; none is defined as the peak minus the rest. Sharded tensors
     (FSDP2's DTensors) count this rank's shard only, so every part is per rank.
     """
     module = trainer.module
-    model_params = list(module.parameters()) + list(module.buffers())
+    model_params = _param_tensors(module) + list(module.buffers())
     own = _param_ptrs(module)
     optimizer = getattr(trainer, "optimizer", None)
     state_tensors, stepped = [], []
@@ -193,32 +263,27 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
             state_tensors += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
         for group in optimizer.param_groups:
             stepped += [p for p in group["params"] if local(p).data_ptr() not in own]
-    grads: list[torch.Tensor] = []
-    hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad))
-             for p in module.parameters() if p.requires_grad]
-    saved: list[torch.Tensor] = []
+    held: list[list[torch.Tensor]] = []
 
-    def pack(t):
-        # A weight saved for backward is a parameter, not an activation. Under FSDP2 it is the
-        # block's all-gathered parameter, registered only while the block runs: ask now.
-        if t.data_ptr() not in own and t.data_ptr() not in _param_ptrs(module):
-            saved.append(t)
-        return t
+    def read_grads():
+        held.append(trainer.held_grads())
 
+    saved = _Saved([], [], [])
+    trainer.after_backward.append(read_grads)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _saving_hooks(module, own, saved):
             step()
     finally:
-        for h in hooks:
-            h.remove()
+        trainer.after_backward.remove(read_grads)
     mb = 2**20
     return {
         "params": round(_tensor_bytes(model_params) / mb, 3),
-        "grads": round(_tensor_bytes([g for g in grads if g is not None]) / mb, 3),
+        "gathered_params": round(resident_bytes(saved.gathered) / mb, 3),
+        "grads": round(resident_bytes(held[-1]) / mb, 3) if held else None,
         "optimizer": round(_tensor_bytes(state_tensors) / mb, 3),
         "master_weights": round(_tensor_bytes(stepped) / mb, 3),
-        # Autograd also saves weights for backward: those are parameters, not activations.
-        "activations": round(_tensor_bytes(saved) / mb, 3),
+        "autocast_weight_copies": round(resident_bytes(saved.weight_casts) / mb, 3),
+        "activations": round(_tensor_bytes(saved.activations) / mb, 3),
     }
 
 

@@ -1,0 +1,71 @@
+"""Memory figures: what each part of the breakdown holds, the peak window, the GPU NVML maps."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from bench.engines import TrainSpec, build_trainer
+from bench.launch.context import DistContext
+from bench.measure.memory import memory_breakdown, resident_bytes
+
+CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), None)
+
+
+def _breakdown(model_name: str, batch: int, dtype: str) -> dict:
+    torch.manual_seed(0)
+    model = models.create_model(model_name)
+    trainer = build_trainer(model, CPU, TrainSpec(engine="none", dtype=dtype))
+    x, y = torch.randn(batch, 3, 64, 64), torch.randint(0, 1000, (batch,))
+
+    def step():
+        with trainer.autocast():
+            loss = nn.functional.cross_entropy(trainer.model(x), y)
+        trainer.step(loss)
+
+    step()  # AdamW creates its state on the first step
+    return memory_breakdown(trainer, step)
+
+
+def test_autocast_weight_copies_are_not_activations():
+    """Under bf16 autocast every conv/linear weight is cast once (autocast's cache) and kept for
+    backward: that copy is its own part, and activations grow with the batch alone."""
+    model = models.create_model("resnet18")
+    cast_bytes = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    one, two = _breakdown("resnet18", 4, "bf16"), _breakdown("resnet18", 8, "bf16")
+    assert one["autocast_weight_copies"] == pytest.approx(cast_bytes / 2**20, rel=0.01)
+    assert two["autocast_weight_copies"] == one["autocast_weight_copies"]
+    # With the casts inside (the old figure) doubling the batch would not double the activations.
+    assert two["activations"] == pytest.approx(2 * one["activations"], rel=0.02), (one, two)
+    fp32 = _breakdown("resnet18", 2, "fp32")
+    assert fp32["autocast_weight_copies"] == 0
+
+
+def test_resident_bytes_counts_each_byte_of_a_buffer_once():
+    buf = torch.zeros(100)
+    assert resident_bytes([buf, buf[:50], buf[10:20]]) == 400  # views of one buffer: once
+    assert resident_bytes([buf[:30], buf[20:40]]) == 160  # overlapping views: their union
+    assert resident_bytes([buf[:10], torch.zeros(5)]) == 60
+    assert resident_bytes([buf.view(10, 10).t()]) == 400
+
+
+def test_grads_are_those_held_after_backward_not_every_one_produced():
+    """An engine that drops each gradient once it has used it (as ZeRO-2 does with each bucket)
+    holds none at the end of backward: the figure is what is held, not what was produced."""
+    model = nn.Linear(256, 256)
+    trainer = build_trainer(model, CPU, TrainSpec(engine="none"))
+    x = torch.randn(4, 256)
+
+    def step():
+        trainer.step(trainer.model(x).sum())
+
+    step()
+    full = memory_breakdown(trainer, step)["grads"]
+    assert full == pytest.approx((256 * 256 + 256) * 4 / 2**20, rel=1e-3)
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None)) for p in model.parameters()]
+    try:
+        assert memory_breakdown(trainer, step)["grads"] == 0
+    finally:
+        for h in hooks:
+            h.remove()
