@@ -186,6 +186,8 @@ class Record:
     energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images",
                                          Display("energy per image", better="min"))
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
+    compile_peak_mem_mb: float | None = _f(MEASURE, "MB", "--compile: the peak up to the end of the compile, "
+                                           "kept out of peak_mem_mb", Display("compile peak memory", main=False))
     batch_search: list | None = _f(MEASURE)
     # --- profile
     op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")

@@ -52,10 +52,13 @@ class Memory:
     reserved_mb: float | None = None
     device_used_mb: float | None = None
     breakdown_mb: dict[str, float] | None = None
+    compile_peak_mb: float | None = None  # the peak up to the end of the compile (``--compile``), kept apart
 
     def to_record(self) -> dict:
         rec = {"peak_mem_mb": round(self.peak_mb, 1), "peak_mem_method": self.method,
                "mem_reserved_mb": self.reserved_mb, "device_mem_used_mb": self.device_used_mb}
+        if self.compile_peak_mb is not None:
+            rec["compile_peak_mem_mb"] = round(self.compile_peak_mb, 1)
         if self.breakdown_mb is not None:  # training cells only
             rec["mem_breakdown_mb"] = self.breakdown_mb
         return rec
@@ -83,35 +86,51 @@ class PeakMemory:
         self.model = model
         self.peak_mb: float | None = None
         self.reserved_mb: float | None = None
+        self.compile_peak_mb: float | None = None
         self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
 
     def __enter__(self) -> "PeakMemory":
         free_memory(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                _CLEAR_REFS.write_text("5")
-            except OSError:
-                self.method = "rss_growth+weights (VmHWM not resettable: includes earlier peaks)"
+        self._reset_peak()
+        if self.device.type != "cuda":
             self._rss_start_kb = _status_kb("VmRSS")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def _reset_peak(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            self.method = "rss_growth+weights (VmHWM not resettable: includes earlier peaks)"
+
+    def _peak_so_far(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
+        return growth_kb / 1024 + model_bytes(self.model) / 2**20
+
+    def after_compile(self) -> None:
+        """The compile ends here: its peak (graph capture, autotuning) is kept apart as
+        ``compile_peak_mb`` and the window's peak starts again from what is resident now (the
+        weights, the engine's state, the compiled code), still measured from the window's start."""
+        self.compile_peak_mb = self._peak_so_far()
+        self._reset_peak()
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mb = self._peak_so_far()
+        if self.device.type == "cuda":
             self.reserved_mb = torch.cuda.max_memory_reserved(self.device) / 2**20
-        else:
-            growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
-            self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
 
     def result(self, counters: "DeviceCounters | None" = None,
                breakdown_mb: dict[str, float] | None = None) -> Memory:
         """The closed window as a ``Memory`` (with the device-level use ``counters`` read)."""
         return Memory(peak_mb=self.peak_mb, method=self.method, reserved_mb=self.reserved_mb,
-                      device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb)
+                      device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb,
+                      compile_peak_mb=self.compile_peak_mb)
 
 
 def _malloc_trim():

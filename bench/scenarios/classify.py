@@ -245,6 +245,8 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
         step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
         # The first call of a compiled step is the compile: timed apart, never in warm-up.
         watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
+        if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
+            peak.after_compile()
         time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
         counters = trackers.enter_context(DeviceCounters(ctx.device))
         latency = _timed(step, ctx, cfg, time_left)
