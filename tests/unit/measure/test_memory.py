@@ -100,3 +100,71 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     rec = memory.to_record()
     assert rec["compile_peak_mem_mb"] >= 380
     assert 35 <= rec["peak_mem_mb"] < 200, rec
+
+
+def _two_rank_deepspeed(tmp_path, zero: int) -> dict:
+    from conftest import run_bench
+
+    from bench.record import RunDir
+
+    out = tmp_path / f"zero{zero}"
+    proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--engine", "deepspeed",
+                     "--zero", str(zero), "--nproc", "2", "--budget", "0.1", "--max-time", "60", "--no-report",
+                     "--out", str(out), timeout=600, env={"DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rec,) = RunDir(out).records()
+    assert rec["status"] == "ok" and rec["zero"] == zero and rec["world_size"] == 2, rec.get("error")
+    return rec["mem_breakdown_mb"]
+
+
+@pytest.mark.slow
+def test_zero2_and_zero3_hold_one_rank_s_share(tmp_path):
+    """ZeRO-2 keeps this rank's gradient partition once backward is done: 1/2 of the gradients
+    with 2 ranks (the old figure summed every gradient produced: 2x the whole). ZeRO-3 holds its
+    partition of the weights at rest, and the weights it gathers for backward are their own part,
+    not activations."""
+    params_mb = sum(p.numel() * 4 for p in models.create_model("resnet18").parameters()) / 2**20
+    two = _two_rank_deepspeed(tmp_path, 2)
+    assert two["grads"] == pytest.approx(params_mb / 2, rel=0.02), two
+    three = _two_rank_deepspeed(tmp_path, 3)
+    assert three["params"] == pytest.approx(params_mb / 2, rel=0.02), three
+    assert three["gathered_params"] > 0.5 * params_mb, three
+    assert three["activations"] == pytest.approx(two["activations"], rel=0.02), (two, three)
+
+
+def test_nvml_reads_the_gpu_cuda_means_by_uuid(monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=1 CUDA's device 0 is the machine's GPU 1: NVML's index 0 is
+    another GPU, so the counters are found by the device's UUID."""
+    import sys
+    import types
+
+    from bench.measure.memory import DeviceCounters
+
+    gpus = {"handle-0": ("GPU-aaaa", 111 * 2**20), "handle-1": ("GPU-bbbb", 222 * 2**20)}
+    energy = {"handle-0": [0, 0], "handle-1": [1000, 6000]}  # mJ at enter, at exit
+    by_uuid = {uuid: h for h, (uuid, _) in gpus.items()}
+
+    def get_by_uuid(uuid):
+        if uuid not in by_uuid:
+            raise RuntimeError("NVMLError_NotFound")
+        return by_uuid[uuid]
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: f"handle-{i}",
+        nvmlDeviceGetHandleByUUID=get_by_uuid,
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: energy[h].pop(0),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=gpus[h][1]),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    visible = {0: "bbbb"}  # torch's uuid has no "GPU-" prefix
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid=visible[i]))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    with DeviceCounters(torch.device("cuda", 0)) as counters:
+        pass
+    assert counters.handle == "handle-1"
+    assert counters.used_mb == 222 and counters.energy(5).joules == pytest.approx(5.0)
+    visible[0] = "cccc"  # a GPU NVML does not know: no figures rather than another GPU's
+    with DeviceCounters(torch.device("cuda", 0)) as counters:
+        pass
+    assert counters.handle is None and counters.used_mb is None
