@@ -242,7 +242,9 @@ def _saving_hooks(module: nn.Module, own: set[int], saved: _Saved):
         if t.data_ptr() in own:  # a resident weight: counted in params
             return t
         if t.data_ptr() in _param_ptrs(module):  # FSDP2/ZeRO-3: a block's gathered weight, registered only now
-            saved.gathered.append(t)
+            # detached: ZeRO-3 saves the parameter itself, whose data is swapped for an empty
+            # tensor when it is released; the alias keeps the gathered storage to be counted.
+            saved.gathered.append(t.detach())
         elif _weight_cast(t):
             saved.weight_casts.append(t)
         else:
@@ -310,6 +312,21 @@ def _param_ptrs(module: nn.Module) -> set[int]:
     return {local(p).data_ptr() for p in module.parameters()}
 
 
+def nvml_handle(pynvml, device: torch.device):
+    """NVML's handle of the GPU torch calls ``device``, found by its UUID. NVML numbers every GPU
+    of the machine, CUDA only the visible ones (CUDA_VISIBLE_DEVICES: SLURM, masked torchrun
+    jobs), so the same index can name two different GPUs. Raises where NVML knows no such GPU."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+    for name in names[:-1]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(name)
+        except Exception:  # noqa: BLE001 - NVMLError_NotFound: try the MIG form
+            pass
+    return pynvml.nvmlDeviceGetHandleByUUID(names[-1])
+
+
 class DeviceCounters:
     """GPU only, through NVML (nvidia-ml-py): the device-level memory in use at the end of the
     window (everything on the GPU, the CUDA context and other processes included, unlike the
@@ -329,7 +346,7 @@ class DeviceCounters:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+            self.handle = nvml_handle(pynvml, self.device)
             self._energy0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
         except Exception:  # noqa: BLE001 - no NVML, no counter: the fields stay None
             self.handle = None
