@@ -115,6 +115,8 @@ class Record:
     order_seed: int | None = _f(SETTING, doc="seed of the cell order shuffled in each round (--repeats >= 2)")
     config_id: str | None = _f(CELL, doc="hash of the measuring configuration (resume identity)")
     settings_id: str | None = _f(CELL, doc="hash of the command's settings without the runtime (slurm status)")
+    cell_index: int | None = _f(PROVENANCE, doc="position of the cell in this process's visit order (0: first); "
+                                "what ran before it in the process can change its CPU memory")
     # --- measuring settings
     device: str | None = _f(SETTING)
     device_name: str | None = _f(SETTING)

@@ -13,6 +13,7 @@ import ctypes.util
 import gc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -131,6 +132,30 @@ class PeakMemory:
         return Memory(peak_mb=self.peak_mb, method=self.method, reserved_mb=self.reserved_mb,
                       device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb,
                       compile_peak_mb=self.compile_peak_mb)
+
+
+def warm_up(model: nn.Module, run: Callable[[], torch.Tensor | None], train: bool) -> None:
+    """CPU: run the cell's own computation once before its window opens (``run``: the forward,
+    returning the loss when ``train``; backward is run here). The first run of an op kind at a
+    size allocates process-wide caches that stay resident (oneDNN primitives and scratchpads, MKL
+    and OpenMP buffers); without this they land in whichever cell first needs them and the RSS
+    growth depends on the cell order. Leaves the model as it was: gradients dropped, buffers
+    (BatchNorm's running statistics) restored."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        if train:
+            run().float().sum().backward()
+        else:
+            with torch.inference_mode():
+                run()
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for prm in model.parameters():
+            prm.grad = None
+        del buffers
+        free_memory(torch.device("cpu"))
 
 
 def _malloc_trim():

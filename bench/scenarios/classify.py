@@ -40,7 +40,7 @@ from bench.launch.context import (
 from bench.measure import derived
 from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
-from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown
+from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
 from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul_tflops
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
@@ -240,6 +240,18 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
     """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
     compile or None). The memory window opens before the engine is built, on every device: DDP
     buckets, ZeRO partitions, optimizer state and the input all count."""
+    if ctx.device.type == "cpu":  # first-use caches land before the window, in every cell alike
+        model = place_model(model, ctx.device, cfg.channels_last)
+        # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
+        amp = autocast_dtype(cfg.dtype) or (None if weight_dtype(cfg.dtype) == torch.float32 else torch.bfloat16)
+        if cell.train:
+            x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True)
+        else:
+            x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
+            warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)
+        del x
     with contextlib.ExitStack() as trackers:
         peak = trackers.enter_context(PeakMemory(ctx.device, model))
         step, trainer = _make_step(task, cell, batch, model, ctx, cfg)

@@ -81,7 +81,7 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     calls = []
 
     def step():
-        mb = 400 if not calls else 40  # the first call stands in for the compile
+        mb = 400 if calls == ["warm-up"] else 40  # the first call stands in for the compile
         calls.append(mb)
         block = torch.ones(mb * 2**18)  # touched: resident
         del block
@@ -93,10 +93,13 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
 
     monkeypatch.setattr(classify, "_make_step", lambda *a: (step, None))
     monkeypatch.setattr(classify, "_timed", timed)
-    cfg = types.SimpleNamespace(compile=True, max_time=60.0, budget=0.1)
+    cfg = types.SimpleNamespace(compile=True, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False)
+    warm = lambda m, x, amp: lambda: calls.append("warm-up")  # noqa: E731 - the CPU warm-up, before the window
+    task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm)
     model = nn.Linear(4, 4)
-    _, _, _, memory, _, compiled = classify._track(None, None, 1, model, CPU, cfg, 0.0)
-    assert calls == [400, 40, 40] and compiled is not None
+    cell = types.SimpleNamespace(train=False)
+    _, _, _, memory, _, compiled = classify._track(task, cell, 1, model, CPU, cfg, 0.0)
+    assert calls == ["warm-up", 400, 40, 40] and compiled is not None
     rec = memory.to_record()
     assert rec["compile_peak_mem_mb"] >= 380
     assert 35 <= rec["peak_mem_mb"] < 200, rec
@@ -168,3 +171,45 @@ def test_nvml_reads_the_gpu_cuda_means_by_uuid(monkeypatch):
     with DeviceCounters(torch.device("cuda", 0)) as counters:
         pass
     assert counters.handle is None and counters.used_mb is None
+
+
+def test_each_record_says_its_place_in_the_process_visit_order(tmp_path):
+    """What ran before a cell in the process can change its CPU memory: the order is recorded."""
+    import io
+
+    from rich.console import Console
+
+    from bench.config import parse_command
+    from bench.record import RunDir
+    from bench.scenarios.classify import ClassifyScenario
+    from bench.sweep import run_sweep
+
+    _, cfg, _ = parse_command(["run", "--models", "resnet18,pvt_tiny", "--res", "64", "--modes", "infer",
+                               "--out", str(tmp_path / "run"), "--no-report"])
+    scenario = ClassifyScenario(cfg)
+    scenario.prepare = lambda *a: None
+    scenario.summarize = lambda *a: None
+    scenario.run = lambda cell, ctx, history: scenario._base(cell, ctx) | {"status": "ok", "error": None}
+    run_sweep(scenario, CPU, Console(file=io.StringIO()))
+    records = RunDir(tmp_path / "run").records()
+    assert [(r["model"], r["cell_index"]) for r in records] == [("resnet18", 0), ("pvt_tiny", 1)]
+
+
+def test_warm_up_runs_the_step_and_leaves_the_model_as_it_was():
+    """The CPU warm-up runs forward and backward once, then drops the gradients and puts back
+    BatchNorm's running statistics (the cell's figures must not see it)."""
+    from bench.measure.memory import warm_up
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ran = []
+
+    def run():
+        ran.append(True)
+        return model(torch.randn(2, 3, 8, 8) + 5)
+
+    warm_up(model, run, train=True)
+    assert ran == [True]
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
