@@ -134,15 +134,21 @@ class PeakMemory:
                       compile_peak_mb=self.compile_peak_mb)
 
 
-def warm_up(model: nn.Module, run: Callable[[], torch.Tensor | None], train: bool) -> None:
+def warm_up(model: nn.Module, run: Callable[[], torch.Tensor | None], train: bool,
+            make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None) -> None:
     """CPU: run the cell's own computation once before its window opens (``run``: the forward,
-    returning the loss when ``train``; backward is run here). The first run of an op kind at a
-    size allocates process-wide caches that stay resident (oneDNN primitives and scratchpads, MKL
-    and OpenMP buffers); without this they land in whichever cell first needs them and the RSS
-    growth depends on the cell order. Leaves the model as it was: gradients dropped, buffers
-    (BatchNorm's running statistics) restored."""
+    returning the loss when ``train``; backward is run here) and, given ``make_optimizer`` (the
+    engine's), one step of that optimizer on a throwaway layer. The first run of an op kind
+    allocates process-wide state that stays resident (oneDNN primitives and scratchpads, MKL and
+    OpenMP buffers, the optimizer's lazily imported code: ~4 MB for a first AdamW step); without
+    this it lands in whichever cell first needs it and the RSS growth depends on the cell order.
+    Leaves the model as it was: gradients dropped, buffers (BatchNorm's statistics) restored."""
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
+        if make_optimizer is not None:
+            throwaway = nn.Linear(2, 2)
+            throwaway(torch.ones(1, 2)).sum().backward()
+            make_optimizer(throwaway).step()
         if train:
             run().float().sum().backward()
         else:

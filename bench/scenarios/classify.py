@@ -27,7 +27,7 @@ import torch.nn as nn
 from bench.build import place_model
 from bench.config import RunConfig
 from bench.engines import build_trainer, trainer_record_fields
-from bench.engines.base import autocast_dtype, weight_dtype
+from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import (
     DistContext,
@@ -247,7 +247,8 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
         if cell.train:
             x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
             with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True)
+                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True,
+                        make_optimizer=lambda m: make_optimizer(m, train_spec(cfg, batch), ctx.device)[0])
         else:
             x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
             warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)

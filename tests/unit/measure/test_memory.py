@@ -196,8 +196,9 @@ def test_each_record_says_its_place_in_the_process_visit_order(tmp_path):
 
 
 def test_warm_up_runs_the_step_and_leaves_the_model_as_it_was():
-    """The CPU warm-up runs forward and backward once, then drops the gradients and puts back
-    BatchNorm's running statistics (the cell's figures must not see it)."""
+    """The CPU warm-up runs forward and backward once and an optimizer step on a throwaway layer,
+    then drops the gradients and puts back BatchNorm's running statistics: the model's weights
+    and buffers are as they were (the cell's figures must not see it)."""
     from bench.measure.memory import warm_up
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
@@ -208,8 +209,15 @@ def test_warm_up_runs_the_step_and_leaves_the_model_as_it_was():
         ran.append(True)
         return model(torch.randn(2, 3, 8, 8) + 5)
 
-    warm_up(model, run, train=True)
+    made = []
+
+    def make_optimizer(layer):
+        made.append(layer)
+        return torch.optim.AdamW(layer.parameters(), foreach=True)
+
+    warm_up(model, run, train=True, make_optimizer=make_optimizer)
     assert ran == [True]
+    assert len(made) == 1 and made[0] is not model  # the optimizer's first step, on a throwaway layer
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
