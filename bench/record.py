@@ -120,6 +120,8 @@ class Record:
     order_seed: int | None = _f(SETTING, doc="seed of the cell order shuffled in each round (--repeats >= 2)")
     config_id: str | None = _f(CELL, doc="hash of the measuring configuration (resume identity)")
     settings_id: str | None = _f(CELL, doc="hash of the command's settings without the runtime (slurm status)")
+    cell_index: int | None = _f(PROVENANCE, doc="position of the cell in this process's visit order (0: first); "
+                                "what ran before it in the process can change its CPU memory")
     # --- measuring settings
     device: str | None = _f(SETTING)
     device_name: str | None = _f(SETTING)
@@ -200,6 +202,8 @@ class Record:
     energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images",
                                          Display("energy per image", better="min"))
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
+    compile_peak_mem_mb: float | None = _f(MEASURE, "MB", "--compile: the peak up to the end of the compile, "
+                                           "kept out of peak_mem_mb", Display("compile peak memory", main=False))
     batch_search: list | None = _f(MEASURE)
     # --- profile
     op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")

@@ -28,7 +28,7 @@ import torch.nn as nn
 from bench.build import place_model
 from bench.config import RunConfig
 from bench.engines import build_trainer, trainer_record_fields
-from bench.engines.base import autocast_dtype, weight_dtype
+from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import (
     DistContext,
@@ -41,7 +41,7 @@ from bench.launch.context import (
 from bench.measure import derived
 from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
-from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown
+from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
 from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul_tflops
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
@@ -242,11 +242,26 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
     """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
     compile or None). The memory window opens before the engine is built, on every device: DDP
     buckets, ZeRO partitions, optimizer state and the input all count."""
+    if ctx.device.type == "cpu":  # first-use caches land before the window, in every cell alike
+        model = place_model(model, ctx.device, cfg.channels_last)
+        # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
+        amp = autocast_dtype(cfg.dtype) or (None if weight_dtype(cfg.dtype) == torch.float32 else torch.bfloat16)
+        if cell.train:
+            x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True,
+                        make_optimizer=lambda m: make_optimizer(m, train_spec(cfg, batch), ctx.device)[0])
+        else:
+            x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
+            warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)
+        del x
     with contextlib.ExitStack() as trackers:
         peak = trackers.enter_context(PeakMemory(ctx.device, model))
         step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
         # The first call of a compiled step is the compile: timed apart, never in warm-up.
         watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
+        if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
+            peak.after_compile()
         time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
         counters = trackers.enter_context(DeviceCounters(ctx.device))
         latency = _timed(step, ctx, cfg, time_left)
