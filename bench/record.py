@@ -152,6 +152,13 @@ class Record:
     part_gmacs: dict | None = _f(MEASURE, "GMACs")
     part_params: dict | None = _f(MEASURE, "parameters")
     part_latency_ms: dict | None = _f(MEASURE, "ms")
+    flops_skipped_ops: dict | None = _f(MEASURE, "calls", "ops the FLOP counter could not count, op -> calls; "
+                                        "a non-trivial one (bench.measure.flops.TRIVIAL_OPS) flags flops-incomplete")
+    flops_trainable_fraction: float | None = _f(MEASURE, doc="MAC share of modules whose parameters train (the "
+                                                "weight-gradient share of the training FLOPs)")
+    flops_crosscheck_gmacs: float | None = _f(MEASURE, "GMACs", "torch.utils.flop_counter on the explicit "
+                                              "attention path: matmul, conv and attention")
+    flops_crosscheck_rel_diff: float | None = _f(MEASURE, doc="|cross-check - fvcore| / fvcore on those ops")
     # --- time
     latency_ms: float | None = _f(MEASURE, "ms", "median per iteration", Display("latency", "ms, median", "min"))
     latency_p10_ms: float | None = _f(MEASURE, "ms", show=Display("latency p10", main=False))
@@ -191,6 +198,13 @@ class Record:
     achieved_tflops: float | None = _f(MEASURE, "TFLOP/s", show=Display("achieved TFLOP/s", "", "max"))
     peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "a large matmul, same dtype", Display("matmul peak", main=False))
     mfu: float | None = _f(MEASURE, show=Display("MFU", better="max", **_PERCENT))
+    peak_tflops_ci95: list | None = _f(MEASURE, "TFLOP/s", "95% CI of the measured peak's median [low, high]")
+    peak_method: str | None = _f(MEASURE, doc="how the MFU peak was measured (GEMM sizes, when, statistic)")
+    peak_tflops_datasheet: float | None = _f(MEASURE, "TFLOP/s", "the vendor's dense peak for this device and "
+                                             "math (bench.measure.peak.DATASHEET), x ranks")
+    mfu_datasheet: float | None = _f(MEASURE, doc="achieved over the datasheet peak",
+                                     show=Display("MFU (datasheet)", better="max", main=False, **_PERCENT))
+    scaling_efficiency_ci95: list | None = _f(MEASURE, doc="95% CI of scaling_efficiency [low, high]")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)

@@ -118,13 +118,15 @@ class ClassifyScenario:
         return rec
 
     def _derive(self, rec: dict, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> list[str]:
-        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise."""
+        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise
+        (and the FLOP count's own: an uncounted non-trivial op, a cross-check that disagrees)."""
+        count_flags = counted.flags
         if rec["status"] != "ok" or not rec.get("throughput"):  # frontier-only cells have no time
-            return []
+            return count_flags
         rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size))
         flags = derived.mfu_flags(rec.get("mfu"))
         rec.update(derived.scaling(history, rec))
-        return flags
+        return count_flags + flags
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
         """The summary table on the sweep's console; the command renders the report afterwards."""
