@@ -1,8 +1,12 @@
 """Figures derived from measured ones: achieved TFLOP/s and MFU, scaling efficiency.
 
-MFU = achieved model FLOP/s (training counts 3 x forward) over a peak measured in the same run
-(a large matmul in the same dtype and math mode, bench.measure.timing.peak_matmul_tflops), both
-recorded. Scaling efficiency compares a cell with the latest record (by timestamp) of the same
+MFU = achieved model FLOP/s over a peak measured in the same run (a GEMM sweep in the same dtype
+and math mode, re-measured after each cell: bench.measure.peak), both recorded; ``mfu_datasheet``
+uses the vendor's peak instead where the device is known. Training counts (2 + f) x forward:
+forward, the activation gradients, and the weight gradients of the trainable share f of the
+parametrised MACs (``Flops.trainable_fraction``; f = 1, the usual 3x, when nothing is frozen).
+
+Scaling efficiency compares a cell with the latest record (by timestamp) of the same
 cell at world size 1 that is comparable: the same model, resolution, batch per rank, precision,
 device name, and either the same total threads (``same-total-threads``: efficiency = speed-up,
 since both used the same cores) or the same threads per rank (``same-threads-per-rank``:
@@ -14,13 +18,28 @@ from __future__ import annotations
 from typing import Any
 
 
+def train_factor(trainable_fraction: float = 1.0) -> float:
+    """Training FLOPs per forward FLOP: 1 (forward) + 1 (activation gradients) + the trainable
+    share of the weight gradients."""
+    if not 0.0 <= trainable_fraction <= 1.0:
+        raise ValueError(f"trainable_fraction must lie in [0, 1], got {trainable_fraction!r}")
+    return 2.0 + trainable_fraction
+
+
 def utilisation(gmacs: float, train: bool, throughput: float, peak_tflops_per_rank: float | None,
-                world_size: int) -> dict[str, Any]:
-    """Achieved TFLOP/s at the sustained global ``throughput`` (images/s; a training image costs 3x
-    its forward), and MFU against the per-rank peak times the ranks."""
-    achieved = 2 * gmacs * 1e9 * (3 if train else 1) * throughput / 1e12
+                world_size: int, trainable_fraction: float = 1.0) -> dict[str, Any]:
+    """Achieved TFLOP/s at the sustained global ``throughput`` (images/s; a training image costs
+    ``train_factor`` x its forward), and MFU against the per-rank peak times the ranks."""
+    achieved = 2 * gmacs * 1e9 * (train_factor(trainable_fraction) if train else 1) * throughput / 1e12
     peak = peak_tflops_per_rank * world_size if peak_tflops_per_rank else None
     return {"achieved_tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None}
+
+
+def datasheet_utilisation(achieved_tflops: float, datasheet_per_rank: float | None,
+                          world_size: int) -> dict[str, Any]:
+    """MFU against the vendor's peak times the ranks (None where the device is not in the table)."""
+    peak = datasheet_per_rank * world_size if datasheet_per_rank else None
+    return {"peak_tflops_datasheet": peak, "mfu_datasheet": achieved_tflops / peak if peak else None}
 
 
 def mfu_flags(mfu: float | None) -> list[str]:

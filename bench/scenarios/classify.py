@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import time
 from pathlib import Path
@@ -42,7 +41,8 @@ from bench.measure import derived
 from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
 from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
-from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul_tflops
+from bench.measure.peak import Peak, datasheet_tflops, measure_peak, remeasure
+from bench.measure.timing import Latency, measure, measure_lockstep
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
@@ -75,10 +75,13 @@ class ClassifyScenario:
         return make_cells(c.models, c.res, c.modes, c.batches, c.task)
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
-        dtype = autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
-        peak = peak_matmul_tflops(ctx.device, dtype, budget_s=min(1.0, self.config.budget))
-        self.peak_tflops = peak if math.isfinite(peak) and peak > 0 else None
+        # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
+        self.peak: Peak | None = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
+        self.peak_tflops = self.peak.tflops if self.peak else None
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
+
+    def _peak_dtype(self) -> torch.dtype:
+        return autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
 
     def _count(self, cell: Cell, ctx: DistContext) -> Flops | BaseException:
         """FLOPs of (model, resolution), counted once on rank 0 and broadcast; an exception
@@ -123,7 +126,17 @@ class ClassifyScenario:
         count_flags = counted.flags
         if rec["status"] != "ok" or not rec.get("throughput"):  # frontier-only cells have no time
             return count_flags
-        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size))
+        peak = getattr(self, "peak", None)
+        if peak is not None:  # the measurement nearest this cell: right after its timing
+            self.peak = peak = remeasure(peak, ctx.device, self._peak_dtype(), min(0.25, self.config.budget / 4))
+            self.peak_tflops = peak.tflops
+            rec["peak_tflops_ci95"] = [v * ctx.world_size for v in peak.ci95] if peak.ci95 else None
+            rec["peak_method"] = peak.method + (f"; x {ctx.world_size} ranks" if ctx.world_size > 1 else "")
+        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size,
+                                       counted.trainable_fraction))
+        rec.update(derived.datasheet_utilisation(
+            rec["achieved_tflops"], datasheet_tflops(rec.get("device_name"), self.config.dtype, self.config.tf32),
+            ctx.world_size))
         flags = derived.mfu_flags(rec.get("mfu"))
         rec.update(derived.scaling(history, rec))
         return count_flags + flags
