@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from bench.build import place_model
-from bench.config import RunConfig
+from bench.config import RunConfig, cudnn_benchmark_on
 from bench.engines import build_trainer, trainer_record_fields
 from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
@@ -60,7 +60,7 @@ def apply_math_mode(cfg: RunConfig) -> None:
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark_on(cfg)  # --cudnn-benchmark auto: on for CUDA
 
 
 class ClassifyScenario:
@@ -79,6 +79,7 @@ class ClassifyScenario:
         self.peak: Peak | None = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
         self.peak_tflops = self.peak.tflops if self.peak else None
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
+        self.run_id = run_dir.path.name  # as the sweep stamps each record (scaling compares within it)
 
     def _peak_dtype(self) -> torch.dtype:
         return autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
@@ -102,7 +103,7 @@ class ClassifyScenario:
     def _base(self, cell: Cell, ctx: DistContext) -> dict:
         cfg = self.config
         return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
-            "tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
+            "tf32": cfg.tf32, "cudnn_benchmark": cudnn_benchmark_on(cfg), "channels_last": cfg.channels_last,
             "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
@@ -138,7 +139,7 @@ class ClassifyScenario:
             rec["achieved_tflops"], datasheet_tflops(rec.get("device_name"), self.config.dtype, self.config.tf32),
             ctx.world_size))
         flags = derived.mfu_flags(rec.get("mfu"))
-        rec.update(derived.scaling(history, rec))
+        rec.update(derived.scaling(history, rec, getattr(self, "run_id", None)))  # a baseline of this run only
         return count_flags + flags
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
