@@ -196,7 +196,8 @@ class Record:
     scaling_efficiency: float | None = _f(MEASURE, show=Display("scaling efficiency", better="max", **_PERCENT))
     scaling_basis: str | None = _f(MEASURE)
     achieved_tflops: float | None = _f(MEASURE, "TFLOP/s", show=Display("achieved TFLOP/s", "", "max"))
-    peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "a large matmul, same dtype", Display("matmul peak", main=False))
+    peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "GEMM sweep, best median, same dtype (bench.measure.peak)",
+                                   Display("matmul peak", main=False))
     mfu: float | None = _f(MEASURE, show=Display("MFU", better="max", **_PERCENT))
     peak_tflops_ci95: list | None = _f(MEASURE, "TFLOP/s", "95% CI of the measured peak's median [low, high]")
     peak_method: str | None = _f(MEASURE, doc="how the MFU peak was measured (GEMM sizes, when, statistic)")
