@@ -269,8 +269,33 @@ def _res(raw: Any, flag: str, parsed: dict[str, Any]) -> list[tuple[int, int]]:
     return parse_resolutions(raw)
 
 
+def _accuracy_data(raw: Any, flag: str, parsed: dict[str, Any]) -> str | None:
+    """coco:DIR or ade20k:DIR for a det / seg run; its validation split is opened here, so a wrong
+    directory stops the run before anything is created."""
+    if raw in (None, ""):
+        return None
+    from bench.data import open_validation
+
+    task = parsed.get("task", "cls")
+    if task == "cls":
+        raise BadInput(f"{flag} scores detections or label maps: use it with --task det or --task seg")
+    open_validation(str(raw), task, 64, 64)
+    return str(raw)
+
+
 def _on_off(raw: Any, flag: str, parsed: dict[str, Any]) -> bool:
     return raw == "on"
+
+
+def _auto_on_off(raw: Any, flag: str, parsed: dict[str, Any]) -> bool | None:
+    """auto (None: decided per device) | on | off; a --config file's true / false too (hence no click choice)."""
+    if raw in (None, "auto"):
+        return None
+    if raw in (True, "on", "true", "True"):
+        return True
+    if raw in (False, "off", "false", "False"):
+        return False
+    raise BadInput(f"bad {flag} '{_shown(raw)}'; choose from auto, on, off")
 
 
 def _checkpoints(raw: Any, flag: str, parsed: dict[str, Any]) -> dict[str, str]:
@@ -311,6 +336,7 @@ class Option:
     scope: str = "all"
     by_content: bool = False  # a file path: identity holds the file's content hash, not the path
     unit: str = ""
+    flag_value: str | None = None  # the value of the bare flag, for an option whose value is optional
 
     def to_click(self, name: str, default: Any = MISSING) -> click.Option:
         """The click option; ``default`` replaces the declared one (``bench profile``'s --modes)."""
@@ -323,6 +349,8 @@ class Option:
         if metavar is None and isinstance(self.parse, Int) and self.parse.maximum is not None:
             metavar = f"[{self.parse.minimum}-{self.parse.maximum}]"  # a short range, shown like a choice
         given = {} if default is None else {"default": default}  # click takes an explicit None as a value
+        if self.flag_value is not None:
+            given |= {"is_flag": False, "flag_value": self.flag_value}
         return click.Option([*self.flags, name], type=kind, show_default=default is not None and not self.multiple,
                             help=self.help, required=self.required, multiple=self.multiple, metavar=metavar,
                             **given)
@@ -420,11 +448,23 @@ class RunConfig:
     tf32: bool = option("--tf32", default="on", choices=("on", "off"), parse=_on_off,
                         help="TF32 for fp32 convs and matmuls alike on CUDA (what people train with; timm's "
                              "benchmark too).")
-    cudnn_benchmark: bool = option("--cudnn-benchmark", is_flag=True,
-                                   help="Let cuDNN pick conv algorithms by timing them (CUDA).")
+    cudnn_benchmark: bool | None = option(
+        "--cudnn-benchmark", default="auto", metavar="[auto|on|off]", flag_value="on", parse=_auto_on_off,
+        help="Let cuDNN pick conv algorithms by timing them; auto = on for CUDA (as timm's benchmark), off elsewhere; "
+             "the bare flag = on. Recorded resolved.")
     channels_last: bool = option("--channels-last", is_flag=True, help="NHWC memory format for models and inputs.")
     compile: bool = option("--compile", is_flag=True,
                            help="torch.compile the model (compile time recorded apart).")
+    numerics: bool = option("--numerics", default="on", choices=("on", "off"), parse=_on_off, identity=False,
+                            help="Check every cell whose math differs from fp32 eager (--dtype, --compile, "
+                                 "--channels-last, TF32 on CUDA) against that reference on the same weights and "
+                                 "input, outside the timing; recorded as agreement, flagged numerics-drift.")
+    accuracy_data: str | None = option(
+        "--accuracy-data", parse=_accuracy_data, identity=False,
+        help="det / seg: also score --accuracy-images validation images of coco:DIR or ade20k:DIR against their "
+             "labels, in the fp32 eager reference and in the cell's math mode (MLPerf's >= 99% of fp32 gate).")
+    accuracy_images: int = option("--accuracy-images", default="16", parse=Int(1, 100000), identity=False,
+                                  help="Validation images --accuracy-data scores (the first N).")
     engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
     zero: int = option("--zero", default="0", parse=Int(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
     ds_config: str | None = option("--ds-config", scope="train", by_content=True,
@@ -536,9 +576,23 @@ def identity(cfg: RunConfig | FinetuneConfig, train: bool, runtime: dict[str, An
             continue
         value = getattr(cfg, f.name)
         out[f.name] = file_digest(value) if f.metadata.get("by_content") else value
+    if out.get("cudnn_benchmark", False) is None:  # auto: what this process runs with; "auto" without a runtime
+        out["cudnn_benchmark"] = cudnn_benchmark_on(cfg) if runtime else "auto"
     if not train and "engine" in {f.name for f in fields(cfg)}:
         out["engine"] = "none"
     return {**out, **runtime}
+
+
+def cudnn_benchmark_on(cfg: RunConfig) -> bool:
+    """``--cudnn-benchmark`` resolved: auto is on where the run's device is CUDA (``--device``, or
+    auto = CUDA when available, as bench.launch.context decides), off elsewhere."""
+    if cfg.cudnn_benchmark is not None:
+        return cfg.cudnn_benchmark
+    if cfg.device != "auto":
+        return cfg.device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def identity_id(ident: dict[str, Any]) -> str:

@@ -87,6 +87,11 @@ def _f(kind: str, unit: str = "", doc: str = "", show: Display | None = None) ->
     return field(default=None, metadata={"kind": kind, "unit": unit, "doc": doc, "display": show})
 
 
+def _worst_cosine(agreement: Any) -> float | None:
+    """The one number of an agreement: its worst cosine against the reference."""
+    return agreement.get("worst_cosine") if isinstance(agreement, dict) else None
+
+
 _COUNT = {"unit": "", "fmt": ".0f"}  # an iteration or event count: a whole number, no unit
 _PERCENT = {"unit": "%", "scale": 100.0}  # a fraction shown in percent
 _TUNE = {"sections": (FINETUNE,)}
@@ -115,6 +120,8 @@ class Record:
     order_seed: int | None = _f(SETTING, doc="seed of the cell order shuffled in each round (--repeats >= 2)")
     config_id: str | None = _f(CELL, doc="hash of the measuring configuration (resume identity)")
     settings_id: str | None = _f(CELL, doc="hash of the command's settings without the runtime (slurm status)")
+    cell_index: int | None = _f(PROVENANCE, doc="position of the cell in this process's visit order (0: first); "
+                                "what ran before it in the process can change its CPU memory")
     # --- measuring settings
     device: str | None = _f(SETTING)
     device_name: str | None = _f(SETTING)
@@ -128,6 +135,7 @@ class Record:
     world_size: int | None = _f(SETTING)
     threads: int | None = _f(SETTING, "threads per rank")
     channels_last: bool | None = _f(SETTING)
+    numerics: bool | None = _f(SETTING, doc="--numerics: cells whose math differs from fp32 eager were checked")
     compile: bool | None = _f(SETTING)
     grad_clip: float | None = _f(SETTING)
     budget_s: float | None = _f(SETTING, "s")
@@ -144,6 +152,13 @@ class Record:
     part_gmacs: dict | None = _f(MEASURE, "GMACs")
     part_params: dict | None = _f(MEASURE, "parameters")
     part_latency_ms: dict | None = _f(MEASURE, "ms", "median per part, each timed apart by the timing protocol")
+    flops_skipped_ops: dict | None = _f(MEASURE, "calls", "ops the FLOP counter could not count, op -> calls; "
+                                        "a non-trivial one (bench.measure.flops.TRIVIAL_OPS) flags flops-incomplete")
+    flops_trainable_fraction: float | None = _f(MEASURE, doc="MAC share of modules whose parameters train (the "
+                                                "weight-gradient share of the training FLOPs)")
+    flops_crosscheck_gmacs: float | None = _f(MEASURE, "GMACs", "torch.utils.flop_counter on the explicit "
+                                              "attention path: matmul, conv and attention")
+    flops_crosscheck_rel_diff: float | None = _f(MEASURE, doc="|cross-check - fvcore| / fvcore on those ops")
     part_latency_ci95_ms: dict | None = _f(MEASURE, "ms", "95% CI of each part's median (None: < 6 samples)")
     part_latency_iters: dict | None = _f(MEASURE, "iterations", "timed iterations per part")
     part_latency_setup: str | None = _f(MEASURE, doc="autocast, weights, layout, compilation of the parts")
@@ -175,6 +190,14 @@ class Record:
     timing_stop: str | None = _f(MEASURE)
     timing_flags: list | None = _f(MEASURE)
     compile_s: float | None = _f(MEASURE, "s", "the first call, timed apart", Display("compile time", better="min"))
+    agreement: dict | None = _f(MEASURE, doc="the cell against the fp32 eager reference on the same weights and input "
+                                "(bench.measure.agreement): per_output cosine / rel_l2 / max_abs, worst_cosine, "
+                                "training loss_rel_err and grad_cosine, det/seg task_agreement, tolerance, failures",
+                                show=Display("agreement (worst cosine)", better="max", fmt=".6f", scalar=_worst_cosine))
+    agreement_s: float | None = _f(PROVENANCE, "s", "what the numerics check took, outside the timing")
+    accuracy_vs_labels: dict | None = _f(MEASURE, doc="--accuracy-data: mAP / mIoU of the reference and of the cell on "
+                                         "real validation labels, their ratio and MLPerf's 0.99 gate")
+    agreement_error: str | None = _f(MEASURE, doc="why the numerics check could not run (flag numerics-unchecked)")
     compile_graph_breaks: int | None = _f(MEASURE, show=Display("graph breaks", main=False, **_COUNT))
     compile_recompiles: int | None = _f(MEASURE, show=Display("recompiles", main=False, **_COUNT))
     per_rank_step_ms: list | None = _f(MEASURE, "ms", show=Display("step per rank", better="min", scalar=slowest))
@@ -184,8 +207,16 @@ class Record:
     scaling_efficiency: float | None = _f(MEASURE, show=Display("scaling efficiency", better="max", **_PERCENT))
     scaling_basis: str | None = _f(MEASURE)
     achieved_tflops: float | None = _f(MEASURE, "TFLOP/s", show=Display("achieved TFLOP/s", "", "max"))
-    peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "a large matmul, same dtype", Display("matmul peak", main=False))
+    peak_tflops: float | None = _f(MEASURE, "TFLOP/s", "GEMM sweep, best median, same dtype (bench.measure.peak)",
+                                   Display("matmul peak", main=False))
     mfu: float | None = _f(MEASURE, show=Display("MFU", better="max", **_PERCENT))
+    peak_tflops_ci95: list | None = _f(MEASURE, "TFLOP/s", "95% CI of the measured peak's median [low, high]")
+    peak_method: str | None = _f(MEASURE, doc="how the MFU peak was measured (GEMM sizes, when, statistic)")
+    peak_tflops_datasheet: float | None = _f(MEASURE, "TFLOP/s", "the vendor's dense peak for this device and "
+                                             "math (bench.measure.peak.DATASHEET), x ranks")
+    mfu_datasheet: float | None = _f(MEASURE, doc="achieved over the datasheet peak",
+                                     show=Display("MFU (datasheet)", better="max", main=False, **_PERCENT))
+    scaling_efficiency_ci95: list | None = _f(MEASURE, doc="95% CI of scaling_efficiency [low, high]")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
@@ -197,6 +228,8 @@ class Record:
     energy_j_per_image: float | None = _f(MEASURE, "J", "GPU: NVML energy over warm-up + timed steps / images",
                                          Display("energy per image", better="min"))
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
+    compile_peak_mem_mb: float | None = _f(MEASURE, "MB", "--compile: the peak up to the end of the compile, "
+                                           "kept out of peak_mem_mb", Display("compile peak memory", main=False))
     batch_search: list | None = _f(MEASURE)
     # --- profile
     op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")

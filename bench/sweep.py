@@ -306,7 +306,7 @@ class _Sweep:
         try:
             with _progress(self.console) as progress:
                 bar = progress.add_task("cells", total=len(self.todo.visits))
-                for visit in self.todo.visits:
+                for index, visit in enumerate(self.todo.visits):
                     cell = visit.cell
                     if self._stop_agreed(stop):
                         self.console.print(f"[red]preempted[/] (signal {stop.signal}): stopped at a cell boundary; "
@@ -314,7 +314,7 @@ class _Sweep:
                         return new_records, PREEMPTED_EXIT
                     again = f" repeat {visit.repeat}" if visit.repeat else ""
                     progress.update(bar, description=f"{cell.model} {cell.res} {cell.mode} b{cell.batch}{again}")
-                    rec = self._measure(visit, claims)
+                    rec = self._measure(visit, claims, index)
                     progress.advance(bar)
                     if rec is None:
                         continue
@@ -337,7 +337,7 @@ class _Sweep:
         """A collective: every rank stops at the same boundary if any rank got the signal."""
         return bool(all_reduce_max(1.0 if stop.signal else 0.0, self.ctx))
 
-    def _measure(self, visit: Visit, claims: Claims) -> dict | None:
+    def _measure(self, visit: Visit, claims: Claims, index: int) -> dict | None:
         """Claim ``visit``, measure it and append its record; None when another writer has it.
         Each visit measures from scratch: the model is built again, since the variance between
         builds and processes is part of what repeats are for."""
@@ -357,7 +357,7 @@ class _Sweep:
                        repeat=visit.repeat, repeats=getattr(self.scenario.config, "repeats", 1),
                        order_seed=getattr(self.scenario.config, "order_seed", None),
                        invocation=self.invocation, run_id=self.run_dir.path.name, timestamp=timestamp(),
-                       hostname=socket.gethostname())
+                       hostname=socket.gethostname(), cell_index=index)
             rec = check_record(rec)
             if ctx.is_main:
                 _append_or_die(self.run_dir, rec)

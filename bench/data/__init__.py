@@ -89,11 +89,20 @@ def open_data(spec: str, task: str, height: int, width: int, *, seed: int = 0, s
     return DataSplits(train, val, train.num_classes, train.class_names, spec)
 
 
+def open_validation(spec: str, task: str, height: int, width: int) -> CocoDataset | Ade20kDataset:
+    """The validation split alone of coco:DIR or ade20k:DIR (``bench run --accuracy-data``)."""
+    kind, where = parse_data_spec(spec, task)
+    if kind == "synthetic":
+        raise BadInput(f"--accuracy-data scores real labels: give coco:DIR or ade20k:DIR, not '{spec}'")
+    return CocoDataset(where, "val", height, width) if kind == "coco" else Ade20kDataset(where, "val", height, width)
+
+
 
 __all__ = [
     "ADE20K_NUM_CLASSES", "IGNORE_INDEX", "MAX_IMAGE_PIXELS", "SYNTHETIC_CLASSES", "Ade20kDataset", "CocoDataset",
     "DataSplits", "Sample", "SyntheticScenes", "check_bbox", "check_coco_annotation", "check_coco_category",
     "check_coco_image", "check_segmentation", "collate", "data_error", "image_header", "load_coco_json", "open_data",
+    "open_validation",
     "parse_data_spec", "read_ade_class_names", "render_scene", "resolve_inside", "sample_from_arrays",
     "validate_coco", "write_ade20k_fixture", "write_coco_fixture",
 ]

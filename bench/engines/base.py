@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -83,9 +83,19 @@ class Trainer:
     # so ranks may run different numbers of forwards (a validation split that does not divide
     # evenly). Only a sharding engine (FSDP2) has anything to do.
     whole_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # Called by the engine's step between backward and the optimizer step: the moment the
+    # gradients it holds are what the optimizer will read (memory_breakdown reads them there).
+    after_backward: list[Callable[[], None]] = field(default_factory=list)
+    # Gradient buffers an engine keeps off ``p.grad`` (DeepSpeed's partitions), for held_grads.
+    grad_buffers: Callable[[], list[torch.Tensor]] = list
 
     def step(self, loss: torch.Tensor) -> None:
         self._step(loss)
+
+    def held_grads(self) -> list[torch.Tensor]:
+        """The gradient tensors this rank holds now: the model's ``p.grad`` and the engine's own
+        buffers (views of one buffer overlap; bench.measure.memory counts each byte once)."""
+        return [p.grad for p in self.module.parameters() if p.grad is not None] + list(self.grad_buffers())
 
     def autocast(self):
         """Mixed precision for engines that don't autocast themselves (DeepSpeed does)."""
@@ -234,9 +244,11 @@ def make_optimizer(model: nn.Module, spec: TrainSpec, device: torch.device) -> t
 
 
 def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSpec, device: torch.device,
-               scaler_class: type = torch.amp.GradScaler):
+               scaler_class: type = torch.amp.GradScaler, after_backward: list[Callable[[], None]] | None = None):
     """backward + (unscale, clip) + step + zero-grad, with a GradScaler for fp16 autocast on CUDA
-    (``scaler_class``: FSDP2 needs its sharded one, whose inf check spans the ranks)."""
+    (``scaler_class``: FSDP2 needs its sharded one, whose inf check spans the ranks). Each of
+    ``after_backward`` (the Trainer's list) is called once backward is done."""
+    hooks = after_backward if after_backward is not None else []
     scaler = scaler_class(device.type) if spec.dtype == "fp16" and device.type == "cuda" else None
 
     def step(loss: torch.Tensor) -> None:
@@ -245,6 +257,8 @@ def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSp
             scaler.unscale_(optimizer)
         else:
             loss.backward()
+        for hook in hooks:
+            hook()
         if spec.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         if scaler is not None:

@@ -33,6 +33,8 @@ class DDP(Engine):
             find_unused_parameters=spec.find_unused_parameters,
         )
         optimizer, impl = make_optimizer(model, spec, ctx.device)
+        hooks: list = []
         return Trainer(wrapped, model, self.name, spec.dtype, ctx.device,
-                       torch_step(model, optimizer, spec, ctx.device),
-                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)
+                       torch_step(model, optimizer, spec, ctx.device, after_backward=hooks),
+                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
+                       after_backward=hooks)

@@ -158,8 +158,12 @@ class DeepSpeed(Engine):
         except (ValueError, AssertionError, KeyError, TypeError) as exc:
             raise BadInput(f"DeepSpeed rejected the config: {first_line(exc)}") from None
 
+        hooks: list = []
+
         def step(loss: torch.Tensor) -> None:
             engine.backward(loss)
+            for hook in hooks:
+                hook()
             engine.step()
 
         # Inputs must match the weights: bf16 when the config's bf16 (or fp16) section casts the model.
@@ -168,4 +172,22 @@ class DeepSpeed(Engine):
             if (cfg.get(name) or {}).get("enabled"):
                 input_dtype = dt
         return Trainer(engine, model, self.name, spec.dtype, ctx.device, step, input_dtype=input_dtype,
-                       optimizer=optimizer, optimizer_impl=impl, engine_config=cfg)
+                       optimizer=optimizer, optimizer_impl=impl, engine_config=cfg, after_backward=hooks,
+                       grad_buffers=lambda: _zero_grad_buffers(engine.optimizer))
+
+
+def _zero_grad_buffers(zero_optimizer: Any) -> list[torch.Tensor]:
+    """The gradient tensors a ZeRO optimizer holds off ``p.grad``: ZeRO-1/2's partition
+    (``grads_in_partition``, ``averaged_gradients``) and the params' ``grad_accum``, ZeRO-3's
+    flat partition buffer. Communication staging (the reduce buckets) is not a gradient."""
+    out: list[torch.Tensor] = []
+    for name in ("grads_in_partition", "grad_partitions_flat_buffer"):
+        t = getattr(zero_optimizer, name, None)
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+    averaged = getattr(zero_optimizer, "averaged_gradients", None)
+    for group in (averaged.values() if isinstance(averaged, dict) else averaged or []):
+        out += [t for t in group or [] if isinstance(t, torch.Tensor)]
+    for group in getattr(zero_optimizer, "bit16_groups", None) or []:
+        out += [p.grad_accum for p in group if isinstance(getattr(p, "grad_accum", None), torch.Tensor)]
+    return out

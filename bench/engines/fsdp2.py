@@ -109,7 +109,9 @@ class FSDP2(Engine):
                     unit.set_reshard_after_forward(after_forward, recurse=False)
                     unit.reshard()
 
+        hooks: list = []
         return Trainer(model, model, self.name, spec.dtype, ctx.device,
-                       torch_step(model, optimizer, spec, ctx.device, scaler_class=ShardedGradScaler),
+                       torch_step(model, optimizer, spec, ctx.device, scaler_class=ShardedGradScaler,
+                                  after_backward=hooks),
                        input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
-                       whole_weights=whole_weights)
+                       whole_weights=whole_weights, after_backward=hooks)

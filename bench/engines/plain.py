@@ -14,5 +14,8 @@ class Plain(Engine):
     def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
         model = model.to(weight_dtype(spec.dtype))
         optimizer, impl = make_optimizer(model, spec, ctx.device)
-        return Trainer(model, model, self.name, spec.dtype, ctx.device, torch_step(model, optimizer, spec, ctx.device),
-                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl)
+        hooks: list = []
+        return Trainer(model, model, self.name, spec.dtype, ctx.device,
+                       torch_step(model, optimizer, spec, ctx.device, after_backward=hooks),
+                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
+                       after_backward=hooks)

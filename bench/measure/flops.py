@@ -17,6 +17,17 @@ of ours, on a copy of the model whose attention runs as explicit matmuls (every 
 ``fused_attn`` set False: timm's attention layers and our PVT have that switch). It is compared
 with fvcore's matmul/conv/attention total; a model whose attention cannot be switched shows up as
 a disagreement rather than hiding behind our own formula on both sides.
+
+Ops fvcore does not know are kept with their counts (``skipped_ops``). Most are the element-wise,
+shape, pooling and resampling ops whose cost fvcore leaves out by convention (O(elements), no
+contraction); those are ``trivial`` (one list: ``TRIVIAL_OPS``). Any other skipped op may hide
+real multiply-adds (a conv or matmul variant, a custom kernel): the cell is ``incomplete`` and
+``bench run`` flags it ``flops-incomplete``.
+
+Frozen parameters (``requires_grad=False``, e.g. the backbone branches a dense head does not
+read) need no weight gradient: ``trainable_fraction`` is the share of the MACs of parametrised
+modules whose own parameters are trainable, which the 3x training rule of bench.measure.derived
+scales the weight-gradient third by.
 """
 from __future__ import annotations
 
@@ -38,6 +49,30 @@ _SHARED_OPS = {"conv", "addmm", "linear", "matmul", "bmm", "einsum", "scaled_dot
 # aten::linear / addmm, so in these backbones a bare matmul is an attention product.
 _ATTENTION_OPS = ("scaled_dot_product_attention", "matmul", "bmm", "einsum", "baddbmm")
 CROSS_CHECK_TOLERANCE = 0.01
+# Ops whose cost is left out of a MAC count by convention: element-wise arithmetic and
+# activations, shape / view / padding / fill, reductions, pooling and resampling: O(elements), no
+# contraction. Names without the "aten::" prefix or an in-place "_" suffix.
+TRIVIAL_OPS = frozenset({
+    "add", "sub", "rsub", "mul", "div", "neg", "pow", "sqrt", "rsqrt", "exp", "log", "abs", "clamp", "where",
+    "eq", "ne", "lt", "le", "gt", "ge", "fill", "zero", "copy", "clone", "contiguous", "to", "type_as",
+    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "softmax",
+    "log_softmax", "dropout", "feature_dropout", "dropout2d", "alpha_dropout", "erf", "mean", "sum", "amax",
+    "max", "min", "cumsum", "max_pool2d", "avg_pool2d",
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "pad", "constant_pad_nd", "reflection_pad2d", "roll", "flip",
+    "cat", "stack", "split", "chunk", "view", "reshape", "flatten", "permute", "transpose", "expand", "repeat",
+    "unsqueeze", "squeeze", "slice", "select", "index", "gather", "narrow", "unbind", "zeros", "ones", "full",
+    "zeros_like", "ones_like", "full_like", "arange", "linspace", "meshgrid", "masked_fill", "topk", "sort",
+    "argmax", "floor", "ceil", "round", "floor_divide", "remainder", "mish",
+})
+TRIVIAL_OP_PREFIXES = ("upsample_", "_upsample_", "grid_sampler")
+
+
+def is_trivial_op(op: str) -> bool:
+    """Whether a skipped op costs O(elements) with no contraction (see ``TRIVIAL_OPS``)."""
+    name = op.removeprefix("aten::")
+    if name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]
+    return name in TRIVIAL_OPS or name.startswith(TRIVIAL_OP_PREFIXES)
 
 
 @dataclass
@@ -57,18 +92,35 @@ class Flops:
     part_gmacs: dict[str, float] = field(default_factory=dict)
     part_params: dict[str, int] = field(default_factory=dict)
     op_gmacs: dict[str, float] = field(default_factory=dict)
-    skipped_ops: list[str] = field(default_factory=list)
+    skipped_ops: dict[str, int] = field(default_factory=dict)  # op -> calls fvcore could not count
+    trainable_fraction: float = 1.0  # MAC share of parametrised modules whose own parameters train
     crosscheck_gmacs: float | None = None  # torch.utils.flop_counter, explicit attention path
     crosscheck_rel_diff: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def nontrivial_skipped(self) -> dict[str, int]:
+        """Skipped ops that may hide multiply-adds (not in ``TRIVIAL_OPS``)."""
+        return {op: n for op, n in self.skipped_ops.items() if not is_trivial_op(op)}
+
+    @property
+    def flags(self) -> list[str]:
+        """``flops-incomplete``: a non-trivial op went uncounted; ``flops-crosscheck-disagree``: the
+        independent count differs by more than ``CROSS_CHECK_TOLERANCE``."""
+        out = ["flops-incomplete"] if self.nontrivial_skipped else []
+        if self.crosscheck_rel_diff is not None and self.crosscheck_rel_diff > CROSS_CHECK_TOLERANCE:
+            out.append("flops-crosscheck-disagree")
+        return out
+
     def to_record(self) -> dict:
         """The record fields of a counted cell (empty per-stage / per-part counts are None)."""
         return {"params": self.params, "gmacs": self.gmacs, "gflops": self.gflops, "stage_gmacs": self.stage_gmacs,
                 "attention_gmacs_per_stage": self.attention_gmacs_per_stage or None,
-                "part_gmacs": self.part_gmacs or None, "part_params": self.part_params or None}
+                "part_gmacs": self.part_gmacs or None, "part_params": self.part_params or None,
+                "flops_skipped_ops": dict(self.skipped_ops), "flops_trainable_fraction": self.trainable_fraction,
+                "flops_crosscheck_gmacs": self.crosscheck_gmacs, "flops_crosscheck_rel_diff": self.crosscheck_rel_diff}
 
 
 def _sdpa_macs(q_shape, k_shape, v_shape) -> int:
@@ -120,7 +172,7 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
         by_module = analysis.by_module()
         by_module_op = analysis.by_module_and_operator()
         by_op = analysis.by_operator()
-        skipped = sorted(analysis.unsupported_ops())
+        skipped = {op: int(n) for op, n in sorted(analysis.unsupported_ops().items())}
     attention = {m: sum(ops.get(op, 0) for op in _ATTENTION_OPS) for m, ops in by_module_op.items()}
     stages: dict[str, float] = {}
     stage_attention: dict[str, float] = {}
@@ -155,6 +207,7 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
         part_params=part_params,
         op_gmacs={op: v / 1e9 for op, v in sorted(by_op.items())},
         skipped_ops=skipped,
+        trainable_fraction=trainable_fraction(model, by_module),
     )
     if cross_check:
         shared = sum(v for op, v in by_op.items() if op in _SHARED_OPS)
@@ -162,6 +215,23 @@ def count_flops(model: nn.Module, name: str, height: int, width: int, batch: int
         report.crosscheck_rel_diff = abs(report.crosscheck_gmacs * 1e9 - shared) / max(shared, 1)
     model.train(was_training)
     return report
+
+
+def trainable_fraction(model: nn.Module, by_module: dict[str, float]) -> float:
+    """The MAC share of modules with parameters of their own whose parameters all train: the
+    weight-gradient share of the backward pass (1.0 when nothing is frozen or nothing has MACs)."""
+    total = trained = 0.0
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        macs = float(by_module.get(name, 0))
+        # a module's count includes its children's: take only modules whose children hold no parameters
+        if any(True for child in module.children() for _ in child.parameters()):
+            continue
+        total += macs
+        trained += macs if all(p.requires_grad for p in own) else 0.0
+    return trained / total if total > 0 else 1.0
 
 
 def explicit_path_gmacs(model: nn.Module, x: torch.Tensor) -> float:

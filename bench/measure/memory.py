@@ -13,6 +13,7 @@ import ctypes.util
 import gc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -52,10 +53,13 @@ class Memory:
     reserved_mb: float | None = None
     device_used_mb: float | None = None
     breakdown_mb: dict[str, float] | None = None
+    compile_peak_mb: float | None = None  # the peak up to the end of the compile (``--compile``), kept apart
 
     def to_record(self) -> dict:
         rec = {"peak_mem_mb": round(self.peak_mb, 1), "peak_mem_method": self.method,
                "mem_reserved_mb": self.reserved_mb, "device_mem_used_mb": self.device_used_mb}
+        if self.compile_peak_mb is not None:
+            rec["compile_peak_mem_mb"] = round(self.compile_peak_mb, 1)
         if self.breakdown_mb is not None:  # training cells only
             rec["mem_breakdown_mb"] = self.breakdown_mb
         return rec
@@ -83,35 +87,81 @@ class PeakMemory:
         self.model = model
         self.peak_mb: float | None = None
         self.reserved_mb: float | None = None
+        self.compile_peak_mb: float | None = None
         self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
 
     def __enter__(self) -> "PeakMemory":
         free_memory(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                _CLEAR_REFS.write_text("5")
-            except OSError:
-                self.method = "rss_growth+weights (VmHWM not resettable: includes earlier peaks)"
+        self._reset_peak()
+        if self.device.type != "cuda":
             self._rss_start_kb = _status_kb("VmRSS")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def _reset_peak(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            self.method = "rss_growth+weights (VmHWM not resettable: includes earlier peaks)"
+
+    def _peak_so_far(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
+        return growth_kb / 1024 + model_bytes(self.model) / 2**20
+
+    def after_compile(self) -> None:
+        """The compile ends here: its peak (graph capture, autotuning) is kept apart as
+        ``compile_peak_mb`` and the window's peak starts again from what is resident now (the
+        weights, the engine's state, the compiled code), still measured from the window's start."""
+        self.compile_peak_mb = self._peak_so_far()
+        self._reset_peak()
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mb = self._peak_so_far()
+        if self.device.type == "cuda":
             self.reserved_mb = torch.cuda.max_memory_reserved(self.device) / 2**20
-        else:
-            growth_kb = max(0, _status_kb("VmHWM") - self._rss_start_kb)
-            self.peak_mb = growth_kb / 1024 + model_bytes(self.model) / 2**20
 
     def result(self, counters: "DeviceCounters | None" = None,
                breakdown_mb: dict[str, float] | None = None) -> Memory:
         """The closed window as a ``Memory`` (with the device-level use ``counters`` read)."""
         return Memory(peak_mb=self.peak_mb, method=self.method, reserved_mb=self.reserved_mb,
-                      device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb)
+                      device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb,
+                      compile_peak_mb=self.compile_peak_mb)
+
+
+def warm_up(model: nn.Module, run: Callable[[], torch.Tensor | None], train: bool,
+            make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None) -> None:
+    """CPU: run the cell's own computation once before its window opens (``run``: the forward,
+    returning the loss when ``train``; backward is run here) and, given ``make_optimizer`` (the
+    engine's), one step of that optimizer on a throwaway layer. The first run of an op kind
+    allocates process-wide state that stays resident (oneDNN primitives and scratchpads, MKL and
+    OpenMP buffers, the optimizer's lazily imported code: ~4 MB for a first AdamW step); without
+    this it lands in whichever cell first needs it and the RSS growth depends on the cell order.
+    Leaves the model as it was: gradients dropped, buffers (BatchNorm's statistics) restored."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        if make_optimizer is not None:
+            throwaway = nn.Linear(2, 2)
+            throwaway(torch.ones(1, 2)).sum().backward()
+            make_optimizer(throwaway).step()
+        if train:
+            run().float().sum().backward()
+        else:
+            with torch.inference_mode():
+                run()
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for prm in model.parameters():
+            prm.grad = None
+        del buffers
+        free_memory(torch.device("cpu"))
 
 
 def _malloc_trim():
@@ -169,22 +219,94 @@ def _tensor_bytes(tensors) -> int:
     return total
 
 
-def memory_breakdown(trainer, step) -> dict[str, float]:
+def resident_bytes(tensors) -> int:
+    """Bytes of storage the tensors cover, each byte once: views of one buffer (DeepSpeed's
+    gradients are views of its partition) count once, and the part of a buffer no tensor covers
+    (a reduce bucket sized for the largest layer group) does not count."""
+    spans: dict[tuple, list[tuple[int, int]]] = {}
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+            continue
+        t = local(t)
+        size = t.element_size()
+        start = t.storage_offset() * size
+        extent = (1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) * size
+        spans.setdefault((t.untyped_storage().data_ptr(), t.device), []).append((start, start + extent))
+    total = 0
+    for ranges in spans.values():
+        end = -1
+        for lo, hi in sorted(ranges):
+            if hi > end:
+                total += hi - max(lo, end)
+                end = hi
+    return total
+
+
+def _weight_cast(t: torch.Tensor) -> bool:
+    """Whether ``t`` (or the tensor it is a view of) is a cast of a parameter: autocast's cached
+    copy of a weight (``ToCopyBackward0`` straight from the parameter's AccumulateGrad)."""
+    base = t._base if t._is_view() and t._base is not None else t
+    fn = base.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    return any(isinstance(getattr(nxt, "variable", None), nn.Parameter) for nxt, _ in fn.next_functions)
+
+
+def _param_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """What this rank holds of the parameters at rest: the DTensor shard under FSDP2, the
+    partition (``ds_tensor``) under ZeRO-3, whose ``p`` itself is empty between gathers."""
+    return [p.ds_tensor if isinstance(getattr(p, "ds_tensor", None), torch.Tensor) else p
+            for p in module.parameters()]
+
+
+@dataclass
+class _Saved:
+    """Tensors autograd saved for backward during one step, sorted by what they are."""
+
+    activations: list[torch.Tensor]
+    weight_casts: list[torch.Tensor]
+    gathered: list[torch.Tensor]
+
+
+def _saving_hooks(module: nn.Module, own: set[int], saved: _Saved):
+    def pack(t):
+        if t.data_ptr() in own:  # a resident weight: counted in params
+            return t
+        if t.data_ptr() in _param_ptrs(module):  # FSDP2/ZeRO-3: a block's gathered weight, registered only now
+            # detached: ZeRO-3 saves the parameter itself, whose data is swapped for an empty
+            # tensor when it is released; the alias keeps the gathered storage to be counted.
+            saved.gathered.append(t.detach())
+        elif _weight_cast(t):
+            saved.weight_casts.append(t)
+        else:
+            saved.activations.append(t)
+        return t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+def memory_breakdown(trainer, step) -> dict[str, float | None]:
     """Where a training step's memory goes, each part from the engine's real tensors (MB):
 
-    - ``params``: the model's parameters and buffers;
+    - ``params``: what this rank holds of the parameters at rest and the buffers;
+    - ``gathered_params``: weights gathered from other ranks that autograd keeps for backward
+      (FSDP2, ZeRO-3), 0 where every rank holds whole weights;
+    - ``autocast_weight_copies``: the low-precision copies of the weights autocast makes (its cast
+      cache) and autograd keeps for backward; not activations, they do not grow with the batch;
     - ``optimizer``: every tensor in the optimizer's state (AdamW: exp_avg, exp_avg_sq; under
       ZeRO-1/2 the inner optimizer holds only this rank's partition);
     - ``master_weights``: parameters the optimizer steps that are not the model's (DeepSpeed's
       fp32 partitions), 0 where it steps the model's own;
-    - ``grads``: gradients as they exist after backward, caught by post-accumulate hooks during
-      one extra step;
-    - ``activations``: tensors saved for backward during one forward, caught by saved-tensor hooks.
+    - ``grads``: the gradients held once backward is done, read when the engine calls
+      ``trainer.after_backward`` (``p.grad`` and the engine's own buffers, each byte once): under
+      ZeRO-2 this rank's partition, not every gradient backward produced on the way; None where
+      the engine never calls it;
+    - ``activations``: the rest of what autograd saves for backward in one forward.
     Each is measured on its own; none is defined as the peak minus the rest. Sharded tensors
     (FSDP2's DTensors) count this rank's shard only, so every part is per rank.
     """
     module = trainer.module
-    model_params = list(module.parameters()) + list(module.buffers())
+    model_params = _param_tensors(module) + list(module.buffers())
     own = _param_ptrs(module)
     optimizer = getattr(trainer, "optimizer", None)
     state_tensors, stepped = [], []
@@ -193,37 +315,47 @@ def memory_breakdown(trainer, step) -> dict[str, float]:
             state_tensors += [v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
         for group in optimizer.param_groups:
             stepped += [p for p in group["params"] if local(p).data_ptr() not in own]
-    grads: list[torch.Tensor] = []
-    hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad))
-             for p in module.parameters() if p.requires_grad]
-    saved: list[torch.Tensor] = []
+    held: list[list[torch.Tensor]] = []
 
-    def pack(t):
-        # A weight saved for backward is a parameter, not an activation. Under FSDP2 it is the
-        # block's all-gathered parameter, registered only while the block runs: ask now.
-        if t.data_ptr() not in own and t.data_ptr() not in _param_ptrs(module):
-            saved.append(t)
-        return t
+    def read_grads():
+        held.append(trainer.held_grads())
 
+    saved = _Saved([], [], [])
+    trainer.after_backward.append(read_grads)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _saving_hooks(module, own, saved):
             step()
     finally:
-        for h in hooks:
-            h.remove()
+        trainer.after_backward.remove(read_grads)
     mb = 2**20
     return {
         "params": round(_tensor_bytes(model_params) / mb, 3),
-        "grads": round(_tensor_bytes([g for g in grads if g is not None]) / mb, 3),
+        "gathered_params": round(resident_bytes(saved.gathered) / mb, 3),
+        "grads": round(resident_bytes(held[-1]) / mb, 3) if held else None,
         "optimizer": round(_tensor_bytes(state_tensors) / mb, 3),
         "master_weights": round(_tensor_bytes(stepped) / mb, 3),
-        # Autograd also saves weights for backward: those are parameters, not activations.
-        "activations": round(_tensor_bytes(saved) / mb, 3),
+        "autocast_weight_copies": round(resident_bytes(saved.weight_casts) / mb, 3),
+        "activations": round(_tensor_bytes(saved.activations) / mb, 3),
     }
 
 
 def _param_ptrs(module: nn.Module) -> set[int]:
     return {local(p).data_ptr() for p in module.parameters()}
+
+
+def nvml_handle(pynvml, device: torch.device):
+    """NVML's handle of the GPU torch calls ``device``, found by its UUID. NVML numbers every GPU
+    of the machine, CUDA only the visible ones (CUDA_VISIBLE_DEVICES: SLURM, masked torchrun
+    jobs), so the same index can name two different GPUs. Raises where NVML knows no such GPU."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+    for name in names[:-1]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(name)
+        except Exception:  # noqa: BLE001 - NVMLError_NotFound: try the MIG form
+            pass
+    return pynvml.nvmlDeviceGetHandleByUUID(names[-1])
 
 
 class DeviceCounters:
@@ -245,7 +377,7 @@ class DeviceCounters:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+            self.handle = nvml_handle(pynvml, self.device)
             self._energy0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
         except Exception:  # noqa: BLE001 - no NVML, no counter: the fields stay None
             self.handle = None

@@ -512,19 +512,3 @@ def measure_lockstep(step: Callable[[], object], device: torch.device | str, bud
     exactly the same number of warm-up and timed iterations and no rank stops while another
     still waits in a collective. With one rank (``agree=lambda v: v``) it is ``measure``."""
     return _run(step, device, budget_s, max_time_s, agree, **options)
-
-
-def peak_matmul_tflops(device: torch.device | str, dtype: torch.dtype, budget_s: float = 1.0) -> float:
-    """Peak achievable TFLOP/s measured by a large square matmul in ``dtype`` on ``device``:
-    the denominator of MFU, measured in the same run rather than read off a datasheet. Takes the
-    best (minimum) time of a short run (a peak, not a typical figure); NaN if the cap left no
-    timed iteration."""
-    device = torch.device(device)
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    timing = measure(lambda: torch.mm(a, b), device, budget_s=budget_s, max_time_s=10 * budget_s + 10,
-                     min_iters=3, min_time_s=0.0, max_iters=50)
-    if not timing.times_ms:
-        return math.nan
-    return 2 * n**3 / (min(timing.times_ms) / 1e3) / 1e12

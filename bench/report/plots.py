@@ -249,7 +249,7 @@ def plot_scaling(df: pd.DataFrame):
     """Scaling efficiency against world size, when more than one engine or world size ran.
 
     Uses the recorded efficiency; where it is missing, per-rank throughput relative to the
-    smallest world size of the same model, resolution, mode and device.
+    smallest world size of the same model, resolution, mode and device in the same run.
     """
     import seaborn as sns
 
@@ -257,7 +257,7 @@ def plot_scaling(df: pd.DataFrame):
     data = perf[perf["status"] == "ok"].copy()
     if data[["engine", "world_size"]].drop_duplicates().shape[0] < 2:
         return None
-    key = ["model", "res", "mode", "device_name"]
+    key = ["model", "res", "mode", "device_name"] + (["run_id"] if "run_id" in data else [])  # within one run
     per_rank = data["throughput"] / data["world_size"]
     smallest = data.groupby(key, dropna=False)["world_size"].transform("min")
     base = per_rank.where(data["world_size"] == smallest).groupby([data[k] for k in key], dropna=False).transform("max")

@@ -15,6 +15,7 @@ from bench.errors import BadInput
 from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
 from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
 from bench.report.load import Run, load_runs, records_frame
+from bench.report.numerics import NUMERICS_INTRO, numerics_section
 from bench.report.plots import PERF_PLOTS, SCALING_PLOTS, Plot, PlotSpec, make_plots
 from bench.report.references import (
     dense_reference_table,
@@ -116,6 +117,7 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
     for HTML only. ``runs`` brings the samples of every repeat (without them: no intervals)."""
     runs = runs or []
     sra_statements, sra_tables = sra_section(df)
+    numerics_statements, numerics_tables = numerics_section(runs)
     headline: PlotSpec = ("Throughput and peak memory against resolution", headline_caption,
                           lambda d: headline_figure(d, runs))
     return [
@@ -124,6 +126,8 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
         Section("flags", "Flagged cells", "flags", statements=flag_statements(df), warn=True),
         Section("results", "Results", "results", results_intro(),
                 tables=_present(*perf_tables(df, runs), comparison_table(df, runs))),
+        Section("numerics", "Numerics", "numerics", NUMERICS_INTRO, statements=numerics_statements,
+                tables=numerics_tables),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
         Section("sra", "What spatial-reduction attention buys", "SRA", SRA_INTRO,

@@ -127,10 +127,14 @@ FLAG_TEXT = {
     "mfu-over-1": "reported an MFU above 100% (a wrong peak or FLOP count)",
     "mfu-not-positive": "reported an MFU of zero or less",
     "batch-1-oom": "ran out of memory at batch 1",
+    "numerics-drift": "computed a different answer from the fp32 eager reference (agreement outside its tolerance)",
+    "accuracy-gate-missed": "scored under 99% of the fp32 reference's mAP / mIoU on real labels (--accuracy-data)",
+    "numerics-unchecked": "could not be checked against the fp32 eager reference (agreement_error says why)",
 }
 # The flags that say a cell's figure itself may be wrong (the others say how it was obtained).
 FIGURE_MAY_BE_WRONG = ("wide-ci", "drift", "few-samples", "time-cap", "warmup-unsteady", "unstable-timing",
-                       "mfu-over-1", "mfu-not-positive", "flops-failed")
+                       "mfu-over-1", "mfu-not-positive", "flops-failed", "numerics-drift",
+                       "accuracy-gate-missed")
 FLAGGED_CELLS_LISTED = 12  # cells named per flag; the rest are counted
 
 

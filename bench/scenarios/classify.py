@@ -14,7 +14,7 @@ peak memory are kept beside it, peak memory is the largest rank's and a flag of 
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 import os
 import time
 from pathlib import Path
@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from bench.build import place_model
-from bench.config import RunConfig
+from bench.config import RunConfig, cudnn_benchmark_on
 from bench.engines import build_trainer, trainer_record_fields
-from bench.engines.base import autocast_dtype, weight_dtype
+from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import (
     DistContext,
@@ -40,11 +40,13 @@ from bench.launch.context import (
 from bench.measure import derived
 from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
-from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown
-from bench.measure.timing import Latency, measure, measure_lockstep, peak_matmul_tflops
+from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
+from bench.measure.peak import Peak, datasheet_tflops, measure_peak, remeasure
+from bench.measure.timing import Latency, measure, measure_lockstep
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
+from bench.scenarios.numerics import GATE_FLAG, accuracy_against_labels, cell_math_mode, check_agreement
 from bench.tasks import Task, task_for
 from bench.tasks.dense import PartsSetup
 
@@ -59,7 +61,7 @@ def apply_math_mode(cfg: RunConfig) -> None:
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark_on(cfg)  # --cudnn-benchmark auto: on for CUDA
 
 
 class ClassifyScenario:
@@ -74,10 +76,14 @@ class ClassifyScenario:
         return make_cells(c.models, c.res, c.modes, c.batches, c.task)
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
-        dtype = autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
-        peak = peak_matmul_tflops(ctx.device, dtype, budget_s=min(1.0, self.config.budget))
-        self.peak_tflops = peak if math.isfinite(peak) and peak > 0 else None
+        # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
+        self.peak: Peak | None = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
+        self.peak_tflops = self.peak.tflops if self.peak else None
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
+        self.run_id = run_dir.path.name  # as the sweep stamps each record (scaling compares within it)
+
+    def _peak_dtype(self) -> torch.dtype:
+        return autocast_dtype(self.config.dtype) or weight_dtype(self.config.dtype)
 
     def _count(self, cell: Cell, ctx: DistContext) -> Flops | BaseException:
         """FLOPs of (model, resolution), counted once on rank 0 and broadcast; an exception
@@ -98,8 +104,8 @@ class ClassifyScenario:
     def _base(self, cell: Cell, ctx: DistContext) -> dict:
         cfg = self.config
         return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
-            "tf32": cfg.tf32, "cudnn_benchmark": cfg.cudnn_benchmark, "channels_last": cfg.channels_last,
-            "compile": cfg.compile, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
+            "tf32": cfg.tf32, "cudnn_benchmark": cudnn_benchmark_on(cfg), "channels_last": cfg.channels_last,
+            "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
         """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
@@ -117,13 +123,25 @@ class ClassifyScenario:
         return rec
 
     def _derive(self, rec: dict, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> list[str]:
-        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise."""
+        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise
+        (and the FLOP count's own: an uncounted non-trivial op, a cross-check that disagrees)."""
+        count_flags = counted.flags
         if rec["status"] != "ok" or not rec.get("throughput"):  # frontier-only cells have no time
-            return []
-        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size))
+            return count_flags
+        peak = getattr(self, "peak", None)
+        if peak is not None:  # the measurement nearest this cell: right after its timing
+            self.peak = peak = remeasure(peak, ctx.device, self._peak_dtype(), min(0.25, self.config.budget / 4))
+            self.peak_tflops = peak.tflops
+            rec["peak_tflops_ci95"] = [v * ctx.world_size for v in peak.ci95] if peak.ci95 else None
+            rec["peak_method"] = peak.method + (f"; x {ctx.world_size} ranks" if ctx.world_size > 1 else "")
+        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size,
+                                       counted.trainable_fraction))
+        rec.update(derived.datasheet_utilisation(
+            rec["achieved_tflops"], datasheet_tflops(rec.get("device_name"), self.config.dtype, self.config.tf32),
+            ctx.world_size))
         flags = derived.mfu_flags(rec.get("mfu"))
-        rec.update(derived.scaling(history, rec))
-        return flags
+        rec.update(derived.scaling(history, rec, getattr(self, "run_id", None)))  # a baseline of this run only
+        return count_flags + flags
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
         """The summary table on the sweep's console; the command renders the report afterwards."""
@@ -241,11 +259,26 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
     """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
     compile or None). The memory window opens before the engine is built, on every device: DDP
     buckets, ZeRO partitions, optimizer state and the input all count."""
+    if ctx.device.type == "cpu":  # first-use caches land before the window, in every cell alike
+        model = place_model(model, ctx.device, cfg.channels_last)
+        # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
+        amp = autocast_dtype(cfg.dtype) or (None if weight_dtype(cfg.dtype) == torch.float32 else torch.bfloat16)
+        if cell.train:
+            x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True,
+                        make_optimizer=lambda m: make_optimizer(m, train_spec(cfg, batch), ctx.device)[0])
+        else:
+            x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
+            warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)
+        del x
     with contextlib.ExitStack() as trackers:
         peak = trackers.enter_context(PeakMemory(ctx.device, model))
         step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
         # The first call of a compiled step is the compile: timed apart, never in warm-up.
         watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
+        if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
+            peak.after_compile()
         time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
         counters = trackers.enter_context(DeviceCounters(ctx.device))
         latency = _timed(step, ctx, cfg, time_left)
@@ -264,6 +297,8 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     fails half-way keeps what it measured)."""
     task = task_for(cell.task)
     model = task.build(cell)
+    checking = cfg.numerics and ctx.is_main and cell_math_mode(cfg, ctx.device) is not None
+    pristine = copy.deepcopy(model) if checking else None  # the weights before any step moves them
     step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, t0)
     own_median_ms = latency.median_ms
     latency = latency.over_ranks(elementwise_max(latency.times_ms, ctx))  # one series: the slowest rank's
@@ -284,6 +319,10 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     if trainer is not None:
         out |= _engine_fields(trainer)
         out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
+    numerics = _numerics(task, cell, pristine, batch, ctx, cfg) if cfg.numerics else {}
+    out |= broadcast_object(numerics, ctx)
+    flags += out.get("agreement_flags") or []
+    out.pop("agreement_flags", None)
     if profile_dir is not None:
         from bench.measure.profile import profile_cell
 
@@ -291,6 +330,28 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
         engine = cfg.engine if cell.train else "none"
         cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
         out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
+
+
+def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ctx: DistContext,
+              cfg: RunConfig) -> dict:
+    """The cell's ``agreement`` with the fp32 eager reference, checked on rank 0 after the timing
+    and outside the memory window; how long it took (``agreement_s``). A check that fails is
+    recorded and flagged, never the cell's failure: the timing stands."""
+    if pristine is None:
+        return {"agreement": None}
+    t0 = time.perf_counter()
+    try:
+        agreement = check_agreement(task, cell, pristine, batch, ctx.device, cfg)
+        fields = agreement.to_record() | {"agreement_flags": agreement.flags}
+        if cfg.accuracy_data and not cell.train:
+            fields |= accuracy_against_labels(task, cell, pristine, ctx.device, cfg)
+            if fields["accuracy_vs_labels"]["passed"] is False:
+                fields["agreement_flags"].append(GATE_FLAG)
+    except Exception as exc:  # noqa: BLE001 - the timing stands; the check's failure is said
+        fields = {"agreement": None, "agreement_error": first_line(exc, with_type=True),
+                  "agreement_flags": ["numerics-unchecked"]}
+    free_memory(ctx.device)
+    return fields | {"agreement_s": round(time.perf_counter() - t0, 3)}
 
 
 def _throughput(latency: Latency, own_median_ms: float, batch: int, ctx: DistContext) -> dict:

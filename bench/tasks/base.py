@@ -1,6 +1,7 @@
 """The interface every task adapter implements (bench.tasks.cls, det, seg)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -70,6 +71,41 @@ class Task:
         """Inference latency per part, timed in a pass of its own under ``setup`` (a
         bench.tasks.dense.PartsSetup), as a result with ``to_record()`` (None: the model has no parts)."""
         return None
+
+    # ---- the numerics check (bench.scenarios.numerics)
+    def agreement_taps(self, model: nn.Module) -> list[Tap]:
+        """The modules whose outputs are compared with the reference's: the four stages (strides
+        4-32), each at the last module its stage description names."""
+        from models.features import STRIDES, stage_prefixes
+
+        modules = dict(model.named_modules())
+        taps = []
+        for i, (stage, prefixes) in enumerate(list(stage_prefixes(model).items())[:len(STRIDES)]):
+            module = modules[[p for p in prefixes if p in modules][-1]]
+            while isinstance(module, nn.ModuleList):  # a ModuleList is never called: its last block is
+                module = module[-1]
+            taps.append(Tap(stage, module, STRIDES[i]))
+        return taps
+
+    def logits(self, output: Any) -> torch.Tensor | None:
+        """The model's final output as one tensor (None: it has none, e.g. a detector's boxes)."""
+        return output
+
+    def task_agreement(self, cell_output: Any, reference_output: Any) -> dict | None:
+        """The task's own decisions scored against the reference's taken as ground truth, with the
+        one figure the tolerance bounds as ``score`` (None: the logits say it all)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A module whose output the numerics check compares. A module that returns a list of four
+    maps (a features-only backbone) counts as the four levels; one that returns a dict, as its
+    entries."""
+
+    name: str
+    module: nn.Module
+    stride: int | None = None
 
 
 def sync(device: torch.device) -> None:

@@ -91,7 +91,8 @@ class DenseTask(Task):
         from models.heads import BACKBONE_ROOT, DENSE_PARTS, cost_view
 
         h, w = self.input_hw(cell)
-        report = count_flops(cost_view(self.name, self.build(cell)), cell.model, h, w, cross_check=False,
+        # cross-checked: the scenario counts once per model and size, outside timing
+        report = count_flops(cost_view(self.name, self.build(cell)), cell.model, h, w, cross_check=True,
                              parts=DENSE_PARTS[self.name], task=self.name, stage_root=BACKBONE_ROOT[self.name])
         report.res = cell.res
         return report

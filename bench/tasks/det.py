@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from bench.plan import Cell
-from bench.tasks.base import sync
+from bench.tasks.base import Tap, sync
 from bench.tasks.dense import DenseTask
 from models.heads.retinanet import FPN_LEVELS
 
@@ -196,6 +196,40 @@ class _DetScore:
         return coco_box_metrics(targets, predictions, self.num_classes)
 
 
+MATCH_IOU = 0.5
+COCO_MAX_DETS = 100
+
+
+def detection_agreement(cell: list[dict], reference: list[dict]) -> dict | None:
+    """The cell's detections scored against the reference's, taken as ground truth: pycocotools
+    mAP@[.5:.95] and AP50, and ``matched``, the share of reference boxes that a cell box of the same
+    class overlaps at IoU >= 0.5 (the tolerance's ``score``). None when the reference found nothing."""
+    from torchvision.ops import box_iou
+
+    from bench.measure.accuracy import coco_box_metrics
+
+    top = [{k: v[:COCO_MAX_DETS] for k, v in _by_score(r).items()} for r in reference]
+    if not sum(len(r["boxes"]) for r in top):
+        return None
+    matched = 0
+    for ref, own in zip(top, cell):
+        same_class = ref["labels"][:, None] == own["labels"].cpu()[None, :]
+        iou = box_iou(ref["boxes"].float(), own["boxes"].float().cpu())
+        matched += int(((iou >= MATCH_IOU) & same_class).any(1).sum())
+    shift = lambda d: {**d, "labels": d["labels"] + 1}  # noqa: E731 - COCO ids start at 1
+    classes = 1 + max(int(d["labels"].max()) for d in top + cell if len(d["labels"]))
+    scores = coco_box_metrics([shift(r) for r in top], [shift(c) for c in cell], classes + 1)
+    reference_boxes = sum(len(r["boxes"]) for r in top)
+    return {"score": round(matched / reference_boxes, 4), "matched": round(matched / reference_boxes, 4),
+            "map": round(scores["map"], 4), "ap50": round(scores["ap50"], 4), "reference_boxes": reference_boxes,
+            "basis": "reference detections after NMS as ground truth (top 100 per image)"}
+
+
+def _by_score(detections: dict) -> dict:
+    order = detections["scores"].argsort(descending=True)
+    return {k: v[order].detach().float().cpu() if k != "labels" else v[order].cpu() for k, v in detections.items()}
+
+
 class Detect(DenseTask):
     name = "det"
 
@@ -250,6 +284,18 @@ class Detect(DenseTask):
             fps = real_image_fps(model, setup.data, short, x.device, x.dtype, setup.amp, setup.budget_s).to_record()
             out |= fps | {"fps_protocol": f"{fps['fps_protocol']}; {label}"}  # the paper's is a trained head
         return out
+
+    # ---- the numerics check
+    def agreement_taps(self, model: nn.Module) -> list[Tap]:
+        """The backbone's four levels and the head's class logits and box regressions."""
+        return [Tap("backbone", model.backbone.body), Tap("head", model.head)]
+
+    def logits(self, output) -> None:
+        return None  # the head's cls_logits tap stands for them
+
+    def task_agreement(self, cell_output: list[dict], reference_output: list[dict]) -> dict | None:
+        """The reference's detections after NMS as the ground truth (its COCO top 100 per image)."""
+        return detection_agreement(cell_output, reference_output)
 
     # ---- bench finetune
     def finetune_model(self, backbone, num_classes, image_size, fpn_channels, head_norm) -> nn.Module:

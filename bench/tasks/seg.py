@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.tasks.base import Tap
 from bench.tasks.dense import DenseTask
 
 NUM_CLASSES = 150  # ADE20K, as the paper's Semantic FPN
@@ -66,6 +67,22 @@ class Segment(DenseTask):
         maps = timed("backbone", model.backbone, (x - model.mean) / model.std)
         pyramid = timed("neck", model.fpn, OrderedDict((str(j), m) for j, m in enumerate(maps)))
         timed("head", _seg_head, model, list(pyramid.values()), x.shape[-2:])
+
+    # ---- the numerics check
+    def agreement_taps(self, model: nn.Module) -> list[Tap]:
+        """The backbone's four levels; the logits are the model's output."""
+        return [Tap("backbone", model.backbone)]
+
+    def task_agreement(self, cell_output: torch.Tensor, reference_output: torch.Tensor) -> dict:
+        """The cell's argmax map scored against the reference's argmax as ground truth: mIoU (the
+        tolerance's ``score``) and the share of pixels with the same class."""
+        from bench.measure.accuracy import confusion_matrix, segmentation_metrics
+
+        own, ref = cell_output.argmax(1).cpu(), reference_output.argmax(1).cpu()
+        scores = segmentation_metrics(confusion_matrix(own, ref, NUM_CLASSES))
+        return {"score": round(scores["miou"], 4), "miou": round(scores["miou"], 4),
+                "pixel_agreement": round(float((own == ref).double().mean()), 4),
+                "basis": "reference argmax map as ground truth"}
 
     # ---- bench finetune
     def finetune_model(self, backbone, num_classes, image_size, fpn_channels, head_norm) -> nn.Module:

@@ -68,31 +68,62 @@ def test_identity_pinned_for_a_run_with_every_option(tmp_path):
     assert _ident([*RUN_FULL, "--out", str(tmp_path / "o")], True, {})[1] == "c06003e56457b686"
 
 
-def test_identity_pinned_for_defaults():
+def test_identity_pinned_for_defaults(monkeypatch):
     # issue 16 raised the default --max-time from 20 s to 90 s: runs with the old cap keep their
     # hashes (so they resume), the new default is a new measuring configuration
+    # issue 17: --cudnn-benchmark defaults to auto (on for CUDA). With a runtime, identity holds the
+    # resolved value: on a CPU that is False, as before, so config ids (resume) keep their pins. The
+    # settings id (no runtime, so no device) holds "auto": it changed (was e57faee113edc884 and
+    # 276ca41a235f0077), since the same settings now measure with cuDNN autotuning on a GPU.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # --device auto resolves to the CPU
     old_cap = ["--max-time", "20"]
     assert _ident(["run", "--models", "resnet18", *old_cap], True, RUNTIME)[1] == "0fc54c6370a224e7"
     assert _ident(["run", "--models", "resnet18", *old_cap], False, RUNTIME)[1] == "976e627289f9062f"
-    assert _ident(["run", "--models", "resnet18", *old_cap], True, {})[1] == "e57faee113edc884"
+    assert _ident(["run", "--models", "resnet18", *old_cap], True, {})[1] == "5902a66cb39821ca"
     assert _ident(["run", "--models", "resnet18"], True, RUNTIME)[1] == "be4489d91c64f3e1"
     assert _ident(["run", "--models", "resnet18"], False, RUNTIME)[1] == "ad3d70aab6558a0d"
-    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "276ca41a235f0077"
+    assert _ident(["run", "--models", "resnet18"], True, {})[1] == "65532a80a803d35e"
     # --task, --res and --models are cell axes (or in the cell key): the settings hash is the same
-    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "276ca41a235f0077"
+    assert _ident(["run", "--models", "vit_t", "--res", "64"], True, {})[1] == "65532a80a803d35e"
     # --repeats and --order-seed decide how often and in what order, not how a cell is measured
     assert _ident(["run", "--models", "resnet18", "--repeats", "5", "--order-seed", "3"], True, {})[1] \
-        == "276ca41a235f0077"
+        == "65532a80a803d35e"
+    # explicit off is the old default: its settings id is the old one
+    assert _ident(["run", "--models", "resnet18", "--cudnn-benchmark", "off"], True, {})[1] == "276ca41a235f0077"
 
 
-def test_identity_pinned_for_deepspeed_with_a_config_file(tmp_path):
+def test_cudnn_benchmark_auto_is_on_for_cuda_only(monkeypatch):
+    """timm's benchmark autotunes convs: bench run does too on CUDA unless told off."""
+    from bench.config import cudnn_benchmark_on
+
+    def cfg(*extra):
+        return parse_command(["run", "--models", "resnet18", *extra])[1]
+
+    assert cfg().cudnn_benchmark is None and cfg("--cudnn-benchmark").cudnn_benchmark is True
+    assert cfg("--cudnn-benchmark", "off").cudnn_benchmark is False
+    assert cfg("--cudnn-benchmark", "on", "--channels-last").cudnn_benchmark is True
+    assert cudnn_benchmark_on(cfg("--device", "cuda")) is True and cudnn_benchmark_on(cfg("--device", "cpu")) is False
+    assert cudnn_benchmark_on(cfg("--device", "cuda", "--cudnn-benchmark", "off")) is False
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert cudnn_benchmark_on(cfg()) is True
+    assert identity(cfg(), True, RUNTIME)["cudnn_benchmark"] is True and identity(cfg(), True, {})[
+        "cudnn_benchmark"] == "auto"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert cudnn_benchmark_on(cfg()) is False and identity(cfg(), True, RUNTIME)["cudnn_benchmark"] is False
+    with pytest.raises(BadInput):
+        parse_command(["run", "--models", "resnet18", "--cudnn-benchmark", "maybe"])
+
+
+def test_identity_pinned_for_deepspeed_with_a_config_file(tmp_path, monkeypatch):
     """A file-valued setting enters identity by its content hash, not its path."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # --cudnn-benchmark auto resolves off
     ds = tmp_path / "ds.json"
     ds.write_text('{"gradient_clipping": 1.0}')
     argv = ["run", "--models", "resnet18", "--modes", "train", "--engine", "deepspeed", "--zero", "2",
             "--ds-config", str(ds), "--max-time", "20"]
     ident, cid = _ident(argv, True, {})
-    assert ident["ds_config"] == "b2e391694621b038" and ident["zero"] == 2 and cid == "de891f14dd5684f5"
+    # issue 17: the settings id (no runtime) holds --cudnn-benchmark auto (was de891f14dd5684f5)
+    assert ident["ds_config"] == "b2e391694621b038" and ident["zero"] == 2 and cid == "907e294f0f24867e"
     assert _ident(argv, True, RUNTIME)[1] == "c3b45c3f5fb7e441"
     assert _ident(argv, False, RUNTIME)[1] == "976e627289f9062f"  # inference: engine none, like the default
 

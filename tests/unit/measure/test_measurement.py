@@ -106,9 +106,11 @@ def test_scaling_uses_a_comparable_latest_baseline():
     ]
     two = {**base, "world_size": 2, "threads": 1, "throughput": 15.0}
     out = derived.scaling(history, two)
-    assert out == {"scaling_efficiency": pytest.approx(15.0 / 12.0), "scaling_basis": "same-total-threads"}
+    assert out == {"scaling_efficiency": pytest.approx(15.0 / 12.0), "scaling_basis": "same-total-threads",
+                   "scaling_efficiency_ci95": None}  # no latency samples: no interval (issue 17)
     out = derived.scaling(history[2:3], two)
-    assert out == {"scaling_efficiency": pytest.approx(15.0 / (2 * 7.0)), "scaling_basis": "same-threads-per-rank"}
+    assert out == {"scaling_efficiency": pytest.approx(15.0 / (2 * 7.0)), "scaling_basis": "same-threads-per-rank",
+                   "scaling_efficiency_ci95": None}
     assert derived.scaling([], two)["scaling_efficiency"] is None
 
 

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from bench.measure.peak import peak_matmul_tflops  # moved out of timing (issue 17)
 from bench.measure.timing import (
     RECORD_KEYS,
     measure,
     measure_lockstep,
     median_ci95_ranks,
-    peak_matmul_tflops,
     time_block,
 )
 

@@ -214,10 +214,13 @@ def test_scaling_bases_by_hand():
     two = {**same, "world_size": 2, "threads": 1, "throughput": 30.0}
     per_rank = {**same, "world_size": 1, "threads": 1, "throughput": 20.0, "timestamp": "2026-01-01"}
     total = {**same, "world_size": 1, "threads": 2, "throughput": 25.0, "timestamp": "2026-01-02"}
-    assert derived.scaling([per_rank], two) == {"scaling_efficiency": 0.75, "scaling_basis": "same-threads-per-rank"}
-    assert derived.scaling([per_rank, total], two) == {"scaling_efficiency": 1.2, "scaling_basis": "same-total-threads"}
+    no_ci = {"scaling_efficiency_ci95": None}  # no latency samples: no interval (issue 17)
+    assert derived.scaling([per_rank], two) == {"scaling_efficiency": 0.75, "scaling_basis": "same-threads-per-rank",
+                                                **no_ci}
+    assert derived.scaling([per_rank, total], two) == {"scaling_efficiency": 1.2, "scaling_basis": "same-total-threads",
+                                                       **no_ci}
     other = {**total, "precision": "amp-bf16"}
-    assert derived.scaling([other], two) == {"scaling_efficiency": None, "scaling_basis": None}
+    assert derived.scaling([other], two) == {"scaling_efficiency": None, "scaling_basis": None, **no_ci}
     assert derived.scaling([per_rank], {**two, "world_size": 1})["scaling_basis"] is None
 
 
