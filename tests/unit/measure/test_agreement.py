@@ -70,7 +70,8 @@ def test_task_agreement_is_judged_only_for_trained_weights():
     task = {"score": 0.3}
     random_weights = Agreement("bf16", 1, "random", close, task_agreement=task).judge()
     trained = Agreement("bf16", 1, "checkpoint", close, task_agreement=task).judge()
-    assert random_weights.failures == [] and random_weights.to_record()["agreement"]["task_agreement"]["judged"] is False
+    assert random_weights.failures == []
+    assert random_weights.to_record()["agreement"]["task_agreement"]["judged"] is False
     assert trained.failures == ["task_agreement 0.3 < 0.9"] and trained.flags == [DRIFT_FLAG]
 
 
