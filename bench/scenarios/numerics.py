@@ -105,6 +105,15 @@ def _reference_math() -> Iterator[None]:
         torch.set_float32_matmul_precision(saved[2])
 
 
+def _compiled(model: nn.Module) -> nn.Module:
+    """A fresh static-shape compile, as the timed cell's first compile was: the cell's graphs are
+    dropped (its timing is over), so the check's other batch or its hooks do not recompile them with
+    dynamic shapes (which inductor fails on for PVT at 224: 'cannot determine truth value of
+    Relational')."""
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+
+
 def _expand(name: str, stride: int | None, value: Any) -> list[tuple[str, int | None, torch.Tensor]]:
     """A tapped output as named tensors: a list of four maps is the four levels (strides 4-32)."""
     from models.features import STRIDES
@@ -128,7 +137,7 @@ def _run(task: Task, model: nn.Module, x: torch.Tensor, targets: Any, train: boo
     handles = [tap.module.register_forward_hook(lambda _m, _i, out, key=tap.name: captured.__setitem__(key, out))
                for tap in taps]
     handles.append(model.register_forward_hook(lambda _m, _i, out: captured.__setitem__("", out)))
-    forward = torch.compile(model) if compile else model
+    forward = _compiled(model) if compile else model
     autocast = torch.autocast(x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     result = _Outputs()
     try:
@@ -180,7 +189,7 @@ def accuracy_against_labels(task: Task, cell: Cell, pristine: nn.Module, device:
     alone = DistContext(rank=0, world_size=1, local_rank=0, local_world_size=1, device=device, backend=None)
 
     def score(model: nn.Module, dtype: torch.dtype, amp: torch.dtype | None, channels_last: bool, compile: bool):
-        forward = torch.compile(model.eval()) if compile else model.eval()
+        forward = _compiled(model.eval()) if compile else model.eval()
         scorer = task.scorer(num_classes)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
