@@ -319,10 +319,6 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
     if trainer is not None:
         out |= _engine_fields(trainer)
         out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
-    numerics = _numerics(task, cell, pristine, batch, ctx, cfg) if cfg.numerics else {}
-    out |= broadcast_object(numerics, ctx)
-    flags += out.get("agreement_flags") or []
-    out.pop("agreement_flags", None)
     if profile_dir is not None:
         from bench.measure.profile import profile_cell
 
@@ -330,6 +326,11 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0:
         engine = cfg.engine if cell.train else "none"
         cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
         out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
+    # Last: the check drops the cell's compiled graphs (torch._dynamo.reset) to compile its own.
+    numerics = _numerics(task, cell, pristine, batch, ctx, cfg) if cfg.numerics else {}
+    out |= broadcast_object(numerics, ctx)
+    flags += out.get("agreement_flags") or []
+    out.pop("agreement_flags", None)
 
 
 def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ctx: DistContext,
