@@ -109,9 +109,13 @@ def _statements(checked: list[dict], kept: dict, drifted: dict) -> list[str]:
     for (model, res, mode), modes in drifted.items():
         out.append(f"{model} at {res} ({mode}): {', '.join(dict.fromkeys(modes))} changed the answer "
                    "(numerics-drift): its speed is not a speed-up of the same computation.")
+    by_model: dict[tuple[str, str], dict[str, list[str]]] = {}  # (model, math) -> res -> cell modes
     for (model, res, mode), modes in kept.items():
-        if (model, res, mode) not in drifted:
-            out.append(f"{model} at {res} ({mode}): {', '.join(dict.fromkeys(modes))} kept the answer.")
+        for math in dict.fromkeys(modes):
+            by_model.setdefault((model, math), {}).setdefault(str(res), []).append(mode)
+    for (model, math), sizes in by_model.items():
+        where = ", ".join(f"{res} ({' and '.join(modes)})" for res, modes in sizes.items())
+        out.append(f"{model}: {math} kept the answer at {where}.")
     if any((r["agreement"].get("weights") or "random") == "random" for r in checked):
         out.append("The weights were random (bench run builds untrained models): the feature and gradient "
                    "figures are sound, the task agreement of det / seg is a weak test.")
