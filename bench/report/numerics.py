@@ -8,6 +8,7 @@ frame keeps only the worst cosine of each.
 """
 from __future__ import annotations
 
+from bench.measure.agreement import math_mode
 from bench.report.load import Run
 from bench.report.tables import Cell, Table
 from bench.stats import Timings, compare_runs, ratio_text
@@ -21,7 +22,6 @@ NUMERICS_INTRO = [
     "and the README. Speed is throughput against the fp32 eager cell of the same model, resolution, mode and "
     "batch, where the runs hold one: > 1 is faster.",
 ]
-_MATH = ("dtype", "compile", "channels_last")
 
 
 def _mode(rec: dict) -> str:
@@ -34,8 +34,9 @@ def _cell(rec: dict) -> tuple:
 
 
 def _is_reference(rec: dict) -> bool:
-    return (rec.get("dtype") in (None, "fp32") and not rec.get("compile") and not rec.get("channels_last")
-            and not (rec.get("tf32") and rec.get("device") == "cuda"))
+    """A cell whose math is the reference's own (the numerics check's rule, math_mode)."""
+    return math_mode(rec.get("dtype") or "fp32", bool(rec.get("compile")), bool(rec.get("channels_last")),
+                     bool(rec.get("tf32")) and rec.get("device") == "cuda") is None
 
 
 def _speed(references: list[dict], cell: list[dict]) -> str:

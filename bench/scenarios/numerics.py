@@ -57,7 +57,7 @@ def check_agreement(task: Task, cell: Cell, pristine: nn.Module, batch: int, dev
     x, targets = _fixed_input(task, cell, n, device)
     with _reference_math():
         reference = _run(task, place_model(_copy(pristine), device), x, targets, cell.train, None)
-    own_model = place_model(_copy(pristine), device, cfg.channels_last).to(weight_dtype(cfg.dtype))
+    own_model = _cell_copy(pristine, device, cfg)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     own_x = x.to(weight_dtype(cfg.dtype)).contiguous(memory_format=memory_format)
     own = _run(task, own_model, own_x, targets, cell.train, autocast_dtype(cfg.dtype), compile=cfg.compile)
@@ -81,6 +81,11 @@ def _copy(pristine: nn.Module) -> nn.Module:
         if isinstance(getattr(module, "drop_prob", None), float):
             module.drop_prob = 0.0
     return model
+
+
+def _cell_copy(pristine: nn.Module, device: torch.device, cfg: RunConfig) -> nn.Module:
+    """A copy placed as the cell placed its model: its memory format and weight dtype."""
+    return place_model(_copy(pristine), device, cfg.channels_last).to(weight_dtype(cfg.dtype))
 
 
 def _fixed_input(task: Task, cell: Cell, n: int, device: torch.device) -> tuple[torch.Tensor, Any]:
@@ -138,7 +143,7 @@ def _run(task: Task, model: nn.Module, x: torch.Tensor, targets: Any, train: boo
                for tap in taps]
     handles.append(model.register_forward_hook(lambda _m, _i, out: captured.__setitem__("", out)))
     forward = _compiled(model) if compile else model
-    autocast = torch.autocast(x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    autocast = torch.autocast(x.device.type, dtype=amp, enabled=amp is not None)
     result = _Outputs()
     try:
         if train:
@@ -192,8 +197,7 @@ def accuracy_against_labels(task: Task, cell: Cell, pristine: nn.Module, device:
         forward = _compiled(model.eval()) if compile else model.eval()
         scorer = task.scorer(num_classes)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             for data in DataLoader(shard, batch_size=1, collate_fn=collate):
                 scorer.add(forward, data["images"].to(device, dtype).contiguous(memory_format=memory_format), data)
         return scorer.result(alone)
@@ -201,7 +205,7 @@ def accuracy_against_labels(task: Task, cell: Cell, pristine: nn.Module, device:
     metric = "map" if cell.task == "det" else "miou"
     with _reference_math():
         reference = score(place_model(_copy(pristine), device), torch.float32, None, False, False)[metric]
-    own_model = place_model(_copy(pristine), device, cfg.channels_last).to(weight_dtype(cfg.dtype))
+    own_model = _cell_copy(pristine, device, cfg)
     own = score(own_model, weight_dtype(cfg.dtype), autocast_dtype(cfg.dtype), cfg.channels_last, cfg.compile)[metric]
     ratio = own / reference if reference > 0 else None
     return {"accuracy_vs_labels": {

@@ -59,12 +59,9 @@ def count_nms_candidates(model: nn.Module, images: list[torch.Tensor], amp: torc
         return real_nms(boxes, scores, idxs, iou_threshold)
 
     model.eval()
-    with torch.inference_mode(), mock.patch.object(box_ops, "batched_nms", counting_nms):
-        if amp is None:
-            model(images)
-        else:
-            with torch.autocast(images[0].device.type, dtype=amp):
-                model(images)
+    with (torch.inference_mode(), mock.patch.object(box_ops, "batched_nms", counting_nms),
+          torch.autocast(images[0].device.type, dtype=amp, enabled=amp is not None)):
+        model(images)
     return counts
 
 
