@@ -433,7 +433,13 @@ class RunConfig:
     budget: float = option("--budget", default="2", parse=Float(0, min_open=True, maximum=86400), unit="s",
                            help="Soft target: seconds of timing per cell.")
     max_time: float = option("--max-time", default="90", parse=Float(0, min_open=True, maximum=7 * 86400), unit="s",
-                             help="Hard cap per cell in seconds, warm-up included.")
+                             help="Hard cap per cell in seconds, warm-up included; its clock starts with the timing, "
+                                  "after the set-up.")
+    setup_timeout: float = option("--setup-timeout", default="900", parse=Float(0, min_open=True, maximum=7 * 86400),
+                                  unit="s", identity=False,
+                                  help="Limit on a cell's one-time set-up (build, engine, compile, first step, "
+                                       "--batch auto search), which --max-time does not count; past it the cell is "
+                                       "recorded with the flag setup-timeout and the sweep goes on.")
     repeats: int = option("--repeats", default="1", parse=Int(1, 1000), identity=False,
                           help="Visit every cell N times, in rounds (each round visits each cell once, in an order "
                                "shuffled from --order-seed), so drift hits every model alike; comparisons then use "

@@ -140,6 +140,7 @@ class Record:
     grad_clip: float | None = _f(SETTING)
     budget_s: float | None = _f(SETTING, "s")
     max_time_s: float | None = _f(SETTING, "s")
+    setup_timeout_s: float | None = _f(SETTING, "s", "--setup-timeout: the limit on the cell's set-up")
     optimizer_impl: str | None = _f(SETTING)
     ds_config: dict | None = _f(SETTING, doc="the effective DeepSpeed config")
     global_batch: int | None = _f(SETTING, "images")
@@ -190,6 +191,11 @@ class Record:
     timing_stop: str | None = _f(MEASURE)
     timing_flags: list | None = _f(MEASURE)
     compile_s: float | None = _f(MEASURE, "s", "the first call, timed apart", Display("compile time", better="min"))
+    setup_s: float | None = _f(MEASURE, "s", "the cell's start to its first timed iteration (build, engine, compile "
+                               "or first step, batch search): outside --max-time", Display("set-up", "s", "min",
+                                                                                           main=False))
+    first_step_s: float | None = _f(MEASURE, "s", "the untimed first step of an eager cell (its allocations, cuDNN "
+                                    "autotuning, an engine's first-use builds)")
     agreement: dict | None = _f(MEASURE, doc="the cell against the fp32 eager reference on the same weights and input "
                                 "(bench.measure.agreement): per_output cosine / rel_l2 / max_abs, worst_cosine, "
                                 "training loss_rel_err and grad_cosine, det/seg task_agreement, tolerance, failures",

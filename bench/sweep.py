@@ -16,6 +16,10 @@ both:
   live writer holds is skipped, and said so.
 - SIGUSR1 / SIGTERM stop the sweep at the next cell boundary with exit code 99
   (bench.launch.signals).
+- In a job of several ranks, each cell's outcome is exchanged after it (bench.launch.context.
+  exchange_outcomes). A failure every rank decided alike -- the cap, the set-up limit, an OOM on
+  every rank, a FLOP count that failed on rank 0 and was broadcast -- ends that cell and the sweep
+  goes on; any other failure, or a rank that does not answer, ends the job (exit 1).
 
 The sweep neither renders the report nor knows a command: the command that called it does that
 with the ``SweepResult`` it gets back.
@@ -26,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -38,10 +43,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import click
+from rich.markup import escape
 
 from bench.config import identity, identity_id
 from bench.errors import BadInput
-from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object
+from bench.launch.context import DistContext, all_reduce_max, barrier, broadcast_object, exchange_outcomes
 from bench.launch.signals import PREEMPTED_EXIT, StopFlag  # 99: the code the SLURM template requeues on
 from bench.plan import Cell
 from bench.record import (
@@ -56,6 +62,26 @@ from bench.record import (
 )
 
 FINISHED = ("ok", "oom")
+# How a cell may fail on every rank by one decision, so the ranks stay in step: flags first, then status.
+AGREED_FAILURES = ("setup-timeout", "time-cap", "flops-failed", "oom")
+
+
+_SWEEP_NUMBERS = itertools.count()
+
+
+def cell_outcome(rec: dict) -> str:
+    """"ok", the agreed failure a record shows (AGREED_FAILURES), or "error"."""
+    if rec.get("status") == "ok":
+        return "ok"
+    flags = rec.get("flags") or []
+    return next((kind for kind in AGREED_FAILURES if kind in flags or rec.get("status") == kind), "error")
+
+
+def outcomes_agreed(outcomes: list[str] | None) -> bool:
+    """Every rank answered, and all measured the cell or all failed it by an agreed decision."""
+    if not outcomes:
+        return False
+    return all(o == "ok" for o in outcomes) or all(o in AGREED_FAILURES for o in outcomes)
 
 
 class Scenario(Protocol):
@@ -299,8 +325,10 @@ class _Sweep:
 
     def run_cells(self) -> tuple[list[dict], int]:
         """The new records and the exit code: 0, PREEMPTED_EXIT (a stop was asked for) or 1 (a
-        cell failed in a distributed job, whose ranks may now be out of step)."""
+        cell failed in a distributed job other than by a decision every rank agreed on, so the
+        ranks may now be out of step)."""
         stop = StopFlag.shared().install()
+        self.sweep_number = next(_SWEEP_NUMBERS)  # the same on every rank: each runs the same sweeps
         claims = Claims(self.run_dir)
         new_records: list[dict] = []
         try:
@@ -319,9 +347,7 @@ class _Sweep:
                     if rec is None:
                         continue
                     new_records.append(rec)
-                    if self.ctx.distributed and rec["status"] == "error":
-                        self.console.print(f"[red]rank {self.ctx.rank}: cell {cell.key} failed in a "
-                                           f"{self.ctx.world_size}-rank job: {rec.get('error')}; ending the job")
+                    if self.ctx.distributed and not self._ranks_in_step(rec, index):
                         return new_records, 1
         finally:
             claims.release_all()
@@ -332,6 +358,24 @@ class _Sweep:
                                f"recorded in {self.run_dir.path}")
             return new_records, PREEMPTED_EXIT
         return new_records, 0
+
+    def _ranks_in_step(self, rec: dict, index: int) -> bool:
+        """After a cell of a distributed job: may the sweep go on? Says why not, or that an agreed
+        failure ended only its cell."""
+        mine = cell_outcome(rec)
+        wait_s = 2 * getattr(self.scenario.config, "timeout", 300.0)
+        outcomes = exchange_outcomes(f"{self.run_dir.path.name}/{self.sweep_number}/{index}", mine, self.ctx, wait_s)
+        if not outcomes_agreed(outcomes):
+            said = "no answer from every rank" if outcomes is None else "outcomes per rank " + ", ".join(outcomes)
+            # escape(): an error may quote "[/path/file.cc:129]", which rich would read as markup.
+            self.console.print(f"[red]rank {self.ctx.rank}: cell {rec.get('cell_key')} failed in a "
+                               f"{self.ctx.world_size}-rank job:[/] {escape(str(rec.get('error') or mine))} "
+                               f"({said}); ending the job")
+            return False
+        if mine != "ok" and self.ctx.is_main:
+            self.console.print(f"[yellow]cell {rec.get('cell_key')} failed on every rank ({mine}):[/] "
+                               f"{escape(str(rec.get('error')))}; going on with the next cell")
+        return True
 
     def _stop_agreed(self, stop: StopFlag) -> bool:
         """A collective: every rank stops at the same boundary if any rank got the signal."""

@@ -153,3 +153,23 @@ def elementwise_max(values: list[float], ctx: DistContext) -> list[float]:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def exchange_outcomes(tag: str, outcome: str, ctx: DistContext, timeout_s: float) -> list[str] | None:
+    """Every rank's ``outcome`` of one cell, in rank order; None when a rank did not answer within
+    ``timeout_s`` (longer than the collectives' ``--timeout``, so that a rank stuck in a collective
+    of the failed cell times out there and says so before its peers give up on it).
+
+    Exchanged through the rendezvous store, not a collective: a rank still inside a collective of
+    the failed cell never answers, and the others then give up here, where a collective would pair
+    their next call with its stale one."""
+    if not ctx.distributed:
+        return [outcome]
+    store = dist.distributed_c10d._get_default_store()
+    keys = [f"bench-outcome/{tag}/{rank}" for rank in range(ctx.world_size)]
+    try:
+        store.set(keys[ctx.rank], outcome)
+        store.wait(keys, datetime.timedelta(seconds=timeout_s))
+        return [store.get(key).decode() for key in keys]
+    except (RuntimeError, dist.DistError):  # DistStoreError: the wait timed out
+        return None

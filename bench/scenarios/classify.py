@@ -1,10 +1,12 @@
 """``bench run``'s cells: a backbone as a classifier, timed for inference or a training step.
 
 One cell: count FLOPs (once per model x resolution, rank 0, broadcast), build the model, open the
-memory window, build the engine, compile if asked (timed apart as ``compile_s``), time the step by
-the protocol of bench.measure.timing, then derive throughput, MFU and scaling efficiency. A failure
-anywhere in the cell (FLOP counting included) is recorded in that cell (``oom`` / ``error``) and
-the sweep goes on.
+memory window, build the engine, compile if asked (timed apart as ``compile_s``) or else run one
+untimed first step (``first_step_s``), time the step by the protocol of bench.measure.timing, then
+derive throughput, MFU and scaling efficiency. Everything before the first timed iteration is the
+cell's set-up (``setup_s``): outside ``--max-time``, whose clock starts with the timing, and
+bounded by ``--setup-timeout`` instead (bench.measure.setup). A failure anywhere in the cell (FLOP
+counting included) is recorded in that cell (``oom`` / ``error``) and the sweep goes on.
 
 Distributed cells time the same number of iterations on every rank (decisions are agreed with an
 all-reduce outside the timed blocks). Every statistic of the cell (latency, CI, flags, throughput,
@@ -42,6 +44,7 @@ from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
 from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
 from bench.measure.peak import Peak, datasheet_tflops, measure_peak, remeasure
+from bench.measure.setup import SETUP_TIMEOUT_FLAG, SetupClock, SetupTimeout
 from bench.measure.timing import Latency, measure, measure_lockstep
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
@@ -105,7 +108,8 @@ class ClassifyScenario:
         cfg = self.config
         return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
             "tf32": cfg.tf32, "cudnn_benchmark": cudnn_benchmark_on(cfg), "channels_last": cfg.channels_last,
-            "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time}
+            "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time,
+            "setup_timeout_s": cfg.setup_timeout}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
         """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
@@ -255,10 +259,22 @@ def _resolve_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int | 
     return batch, fields
 
 
-def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig, t0: float):
+def _first_step(step: Callable[[], object], device: torch.device) -> float:
+    """The untimed first step of an eager cell, in seconds: its allocations, cuDNN's autotuning and
+    whatever an engine builds on first use (DeepSpeed's communication op) are set-up, not timing."""
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig,
+           clock: SetupClock):
     """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
     compile or None). The memory window opens before the engine is built, on every device: DDP
-    buckets, ZeRO partitions, optimizer state and the input all count."""
+    buckets, ZeRO partitions, optimizer state and the input all count. Set-up ends (``clock``)
+    right before the timing, whose cap then runs from zero."""
     if ctx.device.type == "cpu":  # first-use caches land before the window, in every cell alike
         model = place_model(model, ctx.device, cfg.channels_last)
         # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
@@ -279,9 +295,11 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
         watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
         if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
             peak.after_compile()
-        time_left = max(0.0, cfg.max_time - (time.perf_counter() - t0))
+        else:
+            clock.first_step_s = _first_step(step, ctx.device)
+        clock.done()
         counters = trackers.enter_context(DeviceCounters(ctx.device))
-        latency = _timed(step, ctx, cfg, time_left)
+        latency = _timed(step, ctx, cfg, cfg.max_time)
     energy = counters.energy((latency.warmup_iters + latency.iters) * batch)
     return step, trainer, latency, peak.result(counters), energy, watch.result if watch else None
 
@@ -291,23 +309,23 @@ def _engine_fields(trainer) -> dict:
     return {"optimizer_impl": trainer.optimizer_impl, **trainer_record_fields(trainer)}
 
 
-def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, t0: float, profile_dir: Path | None,
-                   out: dict, flags: list[str]) -> None:
+def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, clock: SetupClock,
+                   profile_dir: Path | None, out: dict, flags: list[str]) -> None:
     """Measure the cell at ``batch`` into ``out`` and ``flags`` (filled as it goes, so a cell that
     fails half-way keeps what it measured)."""
     task = task_for(cell.task)
     model = task.build(cell)
     checking = cfg.numerics and ctx.is_main and cell_math_mode(cfg, ctx.device) is not None
     pristine = copy.deepcopy(model) if checking else None  # the weights before any step moves them
-    step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, t0)
+    step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, clock)
     own_median_ms = latency.median_ms
     latency = latency.over_ranks(elementwise_max(latency.times_ms, ctx))  # one series: the slowest rank's
-    out |= memory.to_record() | _peak_over_ranks(memory.peak_mb, ctx) | energy.to_record()
+    out |= clock.to_record() | memory.to_record() | _peak_over_ranks(memory.peak_mb, ctx) | energy.to_record()
     out |= (compiled.to_record() if compiled else {}) | latency.to_record()
     flags += _union_over_ranks(compiled.flags if compiled else [], ctx) + latency.flags
     if latency.iters == 0:
         raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
-                           f"({latency.warmup_iters} warm-up iterations)")
+                           f"({latency.warmup_iters} warm-up iterations after {clock.seconds():.1f} s of set-up)")
     out |= _throughput(latency, own_median_ms, batch, ctx)
     if not cell.train:  # the parts of a dense model, in a pass of their own
         x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
@@ -386,12 +404,17 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
     if cfg.compile:
         torch._dynamo.reset()  # nothing of the previous cell's graphs is reused
     try:
-        batch, searched = _resolve_batch(cell, ctx, cfg)
-        out |= searched
-        if batch is None:
-            return out
-        out["batch"] = batch
-        _measure_batch(cell, batch, ctx, cfg, t0, profile_dir, out, flags)
+        with SetupClock(cfg.setup_timeout) as clock:
+            batch, searched = _resolve_batch(cell, ctx, cfg)
+            out |= searched
+            if batch is None:
+                return out
+            out["batch"] = batch
+            _measure_batch(cell, batch, ctx, cfg, clock, profile_dir, out, flags)
+    except SetupTimeout as exc:
+        out |= {"status": "error", "error": first_line(exc, with_type=True),
+                "setup_s": round(time.perf_counter() - clock.started, 3)}
+        flags.append(SETUP_TIMEOUT_FLAG)
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         out["status"] = "oom" if is_oom(exc) else "error"
         out["error"] = first_line(exc, with_type=True)

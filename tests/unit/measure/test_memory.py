@@ -76,6 +76,7 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     its peak is kept apart and the cell's peak is the steps'."""
     import types
 
+    from bench.measure.setup import SetupClock
     from bench.scenarios import classify
 
     calls = []
@@ -98,7 +99,7 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm)
     model = nn.Linear(4, 4)
     cell = types.SimpleNamespace(train=False)
-    _, _, _, memory, _, compiled = classify._track(task, cell, 1, model, CPU, cfg, 0.0)
+    _, _, _, memory, _, compiled = classify._track(task, cell, 1, model, CPU, cfg, SetupClock(None))
     assert calls == ["warm-up", 400, 40, 40] and compiled is not None
     rec = memory.to_record()
     assert rec["compile_peak_mem_mb"] >= 380
