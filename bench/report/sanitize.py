@@ -67,11 +67,12 @@ def neutral(value: Any) -> Any:
     return value
 
 
-# Markdown: the brackets of links, images and reference links, the cell separator, and a backslash
-# before ASCII punctuation (it would undo an escape written here). A backslash before anything
-# else ("\x1b" as ``visible`` writes it) is literal text in Markdown and stays single.
-# "<" and ">" (raw HTML, <autolinks>) are HTML-escaped.
-_MD_PUNCTUATION = re.compile(r"(\\(?=[!-/:-@\[-`{-~])|[\[\]|])")
+# Markdown: a "]" that would close a link or image ("](" inline, "][" by reference, "]:" a
+# reference definition; a bare "[95% CI]" stays as it is: with no definition it links nothing),
+# the cell separator, and a backslash before ASCII punctuation (it would undo an escape written
+# here). A backslash before anything else ("\x1b" as ``visible`` writes it) is literal text in
+# Markdown and stays single. "<" and ">" (raw HTML, <autolinks>) are HTML-escaped.
+_MD_PUNCTUATION = re.compile(r"(\\(?=[!-/:-@\[-`{-~])|\](?=[(\[:])|\|)")
 # GFM's extended autolinks ("http://x", "www.x") are recognised at the ":" of "://" and at
 # "www."; an escaped ":" or "." renders the same and links nothing.
 _MD_AUTOLINK = re.compile(r"(:)(?=//)|(?<=\bwww)(\.)", re.IGNORECASE)
