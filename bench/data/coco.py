@@ -32,6 +32,7 @@ from bench.data.common import (
     first_line,
     is_finite_number,
     is_int,
+    part_inside,
     resolve_inside,
     show,
 )
@@ -362,6 +363,10 @@ class CocoDataset(Dataset):
             f"COCO {split} image folder",
             root,
         )
+        # Both resolved against the data set's root (common.part_inside): a symlinked train2017/
+        # or annotation file that leaves the data set is refused, as a symlinked file_name is.
+        part_inside(root, ann_file, f"COCO {split} annotations")
+        resolved_dir = part_inside(root, image_dir, f"COCO {split} image folder")
         self.ann_file = ann_file
         self.coco = load_coco_json(ann_file)
         self.height, self.width = height, width
@@ -373,7 +378,6 @@ class CocoDataset(Dataset):
         self.image_ids = sorted(self.coco.imgs)
         self.paths: dict[int, Path] = {}
         self._where: dict[int, str] = {}  # image id -> "images[i] (id N)"
-        resolved_dir = image_dir.resolve()
         for i, info in enumerate(self.coco.dataset["images"]):
             where = _at("images", i, info)
             path = resolve_inside(image_dir, info["file_name"], f"{_MALFORMED} {ann_file}", f"{where}.file_name",

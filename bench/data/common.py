@@ -93,6 +93,25 @@ def resolve_inside(folder: Path, name: str, source: str, field: str, *, resolved
     return path
 
 
+def part_inside(root: Path, part: Path, what: str) -> Path:
+    """``part`` (an image folder, an annotation file of the data set at ``root``) resolved, after
+    checking that it resolves (symlinks followed) inside ``root`` resolved.
+
+    The rule is made against the data set's root, not the part's own folder: a ``train2017/``
+    that is itself a symlink leaving the data set would otherwise become the folder every
+    ``file_name`` is checked against, and a data set could read anything under its target. A data
+    set kept elsewhere is given by its root: ``coco:D`` may be a symlink (it is resolved first).
+    """
+    try:
+        base, resolved = root.resolve(), part.resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise data_error(f"{what} {part}: not a usable path ({first_line(exc)})") from None
+    if resolved == base or not resolved.is_relative_to(base):
+        raise data_error(f"{what} {part} resolves to {resolved}, outside the data set folder {base}: refused; "
+                         f"pass the folder that holds it, or link the whole data set folder instead")
+    return resolved
+
+
 def _lazy_open(path: Path, what: str) -> Image.Image:
     """Open ``path`` without decoding its pixels; the size is checked against MAX_IMAGE_PIXELS."""
     try:

@@ -9,8 +9,10 @@ on SIGINT (Ctrl-C) it interrupts every rank and exits 130. No process is left be
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,42 @@ def check_out_dir(out: str | None) -> None:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise BadInput(f"--out {out} is a file, not a directory; choose another --out")
+    creatable_under(out, path)
+    if path.is_dir():
+        from bench.record import RunDir, writer_name
+
+        RunDir(path, writer_name()).check_writable()
+
+
+def check_out_file(out: str | Path) -> None:
+    """A file ``--out`` (a report) is a new path or a regular file, in a directory that exists or
+    can be made and that takes new files. Anything else is refused, so that the atomic write
+    (a temporary file, then os.replace) never replaces a device node, a FIFO or a symlink (a
+    symlink to /proc/self/fd/1, or root's --out /dev/null) with a regular file."""
+    if not str(out).strip():
+        raise BadInput("--out is empty; give a file, e.g. --out reports/run.html")
+    path = Path(out)
+    try:
+        mode = path.lstat().st_mode  # lstat: the link itself, not what it points to
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # ENOTDIR (under a file), EACCES, ELOOP, ENAMETOOLONG
+        if exc.errno != errno.ENOTDIR:
+            raise BadInput(f"--out {out}: {exc.strerror or exc}; choose another --out") from None
+        mode = None  # under a file: creatable_under names it
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise BadInput(f"--out {out} is {kind}; the report replaces its file, so give a new path or a regular file")
+    creatable_under(out, path.parent)
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def creatable_under(out: str | Path, path: Path) -> Path:
+    """The nearest existing ancestor of ``path`` (``path`` itself if it exists), checked to be a
+    directory that takes new files; ``out`` is the flag's value, for the message."""
     parent = path
     while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
@@ -56,12 +94,10 @@ def check_out_dir(out: str | None) -> None:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        where = f"{parent} is not writable" if parent != path else "is not writable"
+        where = f"{parent} is not writable" if parent != Path(out) else "is not writable"
         raise BadInput(f"--out {out}: {where} ({exc.strerror or exc}); choose another --out") from None
-    if path.is_dir():
-        from bench.record import RunDir, writer_name
+    return parent
 
-        RunDir(path, writer_name()).check_writable()
 
 def strip_option(argv: list[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""

@@ -16,6 +16,8 @@ Modules, in the order the data flows:
 - ``plots``: the performance and scaling plots as PNG data URIs, and the figure helpers
 - ``frontier``: the largest batch that fits per resolution (``--batch auto`` cells)
 - ``finetune``: the fine-tune tables and plots
+- ``sanitize``: untrusted text (names, errors, env values) made visible: control and bidi
+  characters as escapes in every export, Markdown links and images escaped
 - ``render``: the page's sections in order (a section with nothing to show is left out), rendered
   as HTML, CSV or Markdown to a file
 - ``command``: the ``bench report`` command line

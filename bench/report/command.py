@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from bench.report.render import FORMATS, render_report
+from bench.report.sanitize import visible
 
 
 @click.command("report")
@@ -21,4 +22,4 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
         fmt = suffix if suffix in FORMATS else "html"
     if out is None:
         out = Path("reports") / f"{Path(run_dirs[0]).resolve().name}.{fmt}"
-    click.echo(str(render_report(list(run_dirs), out, fmt)))
+    click.echo(visible(str(render_report(list(run_dirs), out, fmt))))

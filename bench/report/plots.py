@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -45,8 +46,15 @@ def make_plots(df: pd.DataFrame, specs: list[PlotSpec]) -> list[Plot]:
 
 
 def _data_uri(fig) -> str:
+    """The figure as a PNG data URI. Its labels come from records made visible
+    (bench.report.render.neutral_runs: no control or bidi character reaches a font); a name in a
+    script the font lacks, or one too long for the layout, still draws (a box per glyph, a tighter
+    layout), so matplotlib's warning for each glyph or panel is not printed: the tables name it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=96)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
+        warnings.filterwarnings("ignore", r"constrained_layout not applied", UserWarning)
+        fig.savefig(buffer, format="png", dpi=96)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

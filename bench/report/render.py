@@ -2,9 +2,8 @@
 the template in bench/templates), as CSV or as Markdown, written atomically to a file."""
 from __future__ import annotations
 
-import html
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from bench.report.references import (
     throughput_reference_table,
     v100_reference_table,
 )
+from bench.report.sanitize import md_text, neutral, visible
 from bench.report.scaling import SCALING_INTRO, attention_statements, scaling_tables
 from bench.report.sra import SRA_INTRO, sra_section
 from bench.report.tables import (
@@ -47,11 +47,14 @@ PER_CELL_TABLES = ("results-", "finetune")  # key prefixes of the tables with on
 def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
     """Render the report of ``run_dirs`` to ``out`` (written atomically) and return its path."""
     if fmt not in FORMATS:
-        raise BadInput(f"unknown report format '{fmt}'; choose from {', '.join(FORMATS)}")
+        raise BadInput(f"unknown report format '{visible(str(fmt))}'; choose from {', '.join(FORMATS)}")
     if not run_dirs:
         raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
+    from bench.launch.local import check_out_file
+
+    check_out_file(out)  # before any work: a device, FIFO, symlink or unwritable place is refused
     _refuse_overwriting_inputs(run_dirs, Path(out))
-    runs = load_runs(run_dirs)
+    runs = neutral_runs(load_runs(run_dirs))
     df = records_frame(runs)
     sections = report_sections(df, runs)
     tables = all_tables(df, sections)
@@ -61,12 +64,36 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
         text = render_csv(tables)
     else:
         text = render_md(runs, sections, tables)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return _write_atomically(Path(out), text)
+
+
+def _write_atomically(out: Path, text: str) -> Path:
+    """A temporary file beside ``out``, then os.replace: a reader sees the old report or the new
+    one. ``out`` is checked again just before the replace (it may have changed while rendering)."""
+    from bench.launch.local import check_out_file
+
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        check_out_file(out)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise BadInput(f"--out {out}: {exc.strerror or exc}; choose another --out") from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # never made (its folder could not be): nothing to clean
     return out
+
+
+def neutral_runs(runs: list[Run]) -> list[Run]:
+    """The runs with every string of their records, env.json, run ids and timing keys made
+    visible (bench.report.sanitize), so that every table, statement, plot label and export
+    built from them shows a control or bidi character as its escape instead of obeying it."""
+    return [replace(run, env=neutral(run.env), records=neutral(run.records), run_id=visible(run.run_id),
+                    timings={neutral(k): t for k, t in run.timings.items()}) for run in runs]
 
 
 def _refuse_overwriting_inputs(run_dirs: list[Path], out: Path) -> None:
@@ -189,9 +216,18 @@ def _template_env():
         loader=jinja2.PackageLoader("bench", "templates"),  # bench/templates, beside this package
         autoescape=True,  # every record and env string is escaped; the template never uses |safe
         undefined=jinja2.StrictUndefined,
+        finalize=_visible_output,  # every {{ }}: control and bidi characters as escapes, whatever their source
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def _visible_output(value: Any) -> Any:
+    """jinja2's finalize: a plain string is made visible before it is escaped; Markup (a macro's
+    output, already made of finalized parts) is left as it is."""
+    from markupsafe import Markup
+
+    return visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def environment(run: Run, df: pd.DataFrame) -> dict[str, Any]:
@@ -205,7 +241,7 @@ def environment(run: Run, df: pd.DataFrame) -> dict[str, Any]:
     packages = run.env.get("packages") if isinstance(run.env.get("packages"), dict) else {}
     return {
         "run_id": run.run_id,
-        "path": str(run.path),
+        "path": visible(str(run.path)),
         "setups": list(dict.fromkeys(part["setup"])),
         "counts": {status_text(s, None): int(n) for s, n in part["status"].value_counts(sort=False).items()},
         "fields": items,
@@ -234,8 +270,11 @@ def render_csv(tables: list[Table]) -> str:
 
 
 def neutralise_csv_cell(value: Any) -> Any:
-    """OWASP's rule against formula injection: a text cell that begins with =, +, -, @ (or a tab
-    or carriage return) and is not a number gets a leading '."""
+    """Control and bidi characters as escapes (bench.report.sanitize), then OWASP's rule against
+    formula injection: a text cell that begins with =, +, -, @ (or a tab or carriage return) and
+    is not a number gets a leading '."""
+    if isinstance(value, str):
+        value = visible(value)
     if not isinstance(value, str) or not value or value[0] not in "=+-@\t\r":
         return value
     try:
@@ -246,9 +285,10 @@ def neutralise_csv_cell(value: Any) -> Any:
 
 
 def _md_cell(text: str) -> str:
-    """One Markdown table cell: HTML escaped (Markdown renderers pass raw HTML through), no line
-    break, no bare "|" (either would end the cell)."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", r"\|")
+    """One Markdown table cell, list item or heading (bench.report.sanitize.md_text): control and
+    bidi characters as escapes, HTML escaped (Markdown renderers pass raw HTML through), no line
+    break and no bare "|" (either would end the cell), no link, image or autolink."""
+    return md_text(text)
 
 
 def render_md(runs: list[Run], sections: list[Section], tables: list[Table]) -> str:
