@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Mapping
 
 import torch
@@ -28,7 +29,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
             obj = load_file(path, device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # torch's weights-only unpickler warns (a UserWarning naming its own source line) about a
+            # pickle protocol other than its default before it refuses or reads the file; the outcome
+            # is all a user needs, as one line, so the warning is not let through to stderr.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with code objects, truncated file...
         text = str(exc).strip()
         if "weights only load failed" in text.lower() or "weights_only" in text:

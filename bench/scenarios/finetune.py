@@ -274,6 +274,37 @@ def summary_line(record: dict) -> str:
             f"peak {record['peak_mem_mb']:.0f} MB")
 
 
+def training_indices(size: int, settings: FinetuneConfig) -> list[int]:
+    """The training images ``--steps`` steps read, on every rank: the same DistributedSampler
+    (seed, epochs, drop_last) and whole batches as ``_infinite_batches``, so checking them up front
+    reads what the run reads and no more."""
+    used: set[int] = set()
+    ranks = max(1, settings.nproc)
+    for rank in range(ranks):
+        sampler = DistributedSampler(range(size), num_replicas=ranks, rank=rank, shuffle=True, seed=settings.seed,
+                                     drop_last=True)
+        per_epoch = len(sampler) // settings.batch * settings.batch
+        wanted, epoch = settings.steps * settings.batch, 0
+        while wanted > 0 and per_epoch > 0:
+            sampler.set_epoch(epoch)
+            order = list(sampler)[:per_epoch]
+            used.update(order[:wanted])
+            wanted -= len(order)
+            epoch += 1
+            if len(used) >= size:
+                break
+    return sorted(used)
+
+
+def check_samples(dataset: Dataset, indices) -> None:
+    """Read each sample the run will read (pixels decoded, label values checked by the dataset's
+    ``__getitem__``), so bad data -- a truncated image, label values beyond the classes, a label map
+    with every pixel ignored -- is one BadInput line before the run directory exists, not a failure
+    after claims and the invocation log are written."""
+    for index in indices:
+        dataset[index]
+
+
 class FinetuneScenario:
     """``bench finetune``'s cells for the shared sweep (bench.sweep)."""
 
@@ -305,6 +336,14 @@ class FinetuneScenario:
                 read_state_dict(path)
             except CheckpointError as exc:
                 raise BadInput(str(exc)) from None
+        if self.config.data != "synthetic":
+            check_samples(data.train, training_indices(len(data.train), self.config))
+            check_samples(data.val, range(len(data.val)))
+        for name, path in self.config.checkpoints.items():
+            # A checkpoint of another model is found by loading it into the backbone, as run_cell will.
+            from bench.build import build_model
+
+            build_model(name, features_only=True, checkpoint=path)
 
     def prepare(self, ctx, run_dir, todo) -> None:
         pass
