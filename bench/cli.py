@@ -20,8 +20,30 @@ from bench.report.command import report_command
 __all__ = ["entry", "main", "slurm_group"]
 
 
+def version_message() -> str:
+    """What `bench --version` prints: bench, and the torch, CUDA and Python it runs on, since a
+    range of torch versions is allowed and a figure means little without them."""
+    import platform
+
+    try:
+        import torch
+
+        torch_version, cuda = torch.__version__, torch.version.cuda or "none"
+    except ImportError:
+        torch_version, cuda = "not installed", "none"
+    return f"bench {__version__}, torch {torch_version}, CUDA {cuda}, Python {platform.python_version()}"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # click's version_option formats only %(prog)s/%(package)s/%(version)s: a callback adds torch's.
+    if value and not ctx.resilient_parsing:
+        click.echo(version_message())
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bench")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show bench's, torch's, CUDA's and Python's versions and exit.")
 def main() -> None:
     """Benchmark and profile vision backbones (PVT, ViT, ResNet) for dense prediction."""
     from bench.environment import flush_denormals

@@ -2,7 +2,10 @@
 # Set up everything from nothing and run the whole test suite (the README's test command).
 # - Debian packages the tests drive for real: Slurm + munge (a real controller and nodes),
 #   Chromium (opens our HTML reports).
-# - The virtual environment at .venv with the project and its pinned dependencies.
+# - The virtual environment at .venv with the project and the exact versions of .ci/lock.txt
+#   (pyproject declares ranges; the lock is the set we measure with).
+# - On pyenv's Python 3.12: the ranges resolve against torch 2.11 (the GPU machine's) without
+#   downloading torch (tests/resolve_py312.sh, about 1 min).
 # - ruff (lint) and import-linter (the layers in pyproject's [tool.importlinter]) before pytest.
 # - DeepSpeed's CPU communication op, compiled once (60-80 s) so no single test pays for it.
 set -euo pipefail
@@ -20,7 +23,7 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c .ci/lock.txt -e '.[test]'
 
 export DS_ACCELERATOR=cpu
 .venv/bin/python - <<'PY'
@@ -34,6 +37,8 @@ try:
 except Exception as exc:  # DeepSpeed falls back to torch.distributed without it
     print(f"deepspeed shm comm op not built ({exc}); DeepSpeed will use gloo collectives")
 PY
+
+bash tests/resolve_py312.sh
 
 # Lint and the layer contract first: a change that breaks either fails before the long suite runs.
 .venv/bin/ruff check .

@@ -117,9 +117,10 @@ PY
   else
     note "no .whl/ here: deepspeed, fvcore & co. must already be installed (tests/gpu/wheels.sh makes .whl/)"
   fi
-  # The project itself; pyproject says Python <3.12 and pins torch 2.14.1, neither of which
-  # holds on the GPU machine (Python 3.12, torch 2.11): no deps, no index, no requires-python.
-  "${pip[@]}" --no-build-isolation --ignore-requires-python -e . || {
+  # The project itself, with its dependencies checked: pyproject's ranges admit Python 3.12 and
+  # the machine's torch 2.11, so pip resolves them against what is installed plus .whl/, offline.
+  "$PY" -m pip install -q --no-index --find-links .whl --no-build-isolation --no-compile --no-cache-dir \
+    --disable-pip-version-check -e . || {
     note "editable install failed; running from the source tree (PYTHONPATH=$REPO)"
     export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
   }

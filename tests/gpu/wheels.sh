@@ -9,7 +9,9 @@
 #   (DS_BUILD_OPS=0: no op is compiled ahead; DeepSpeed JIT-builds one only if a config asks).
 # - their Python dependencies that the GPU image does not hold; and timm at the project's pin, so
 #   the GPU measures the same model definitions as the CPU runs (the image's timm may differ).
-# Versions follow pyproject.toml's pins and what they resolved to in .venv; keep them in step.
+# Versions are .ci/lock.txt's (the set we measure with); each must lie in pyproject.toml's range,
+# since run.sh installs the project there with `pip install --no-index --find-links .whl -e .`,
+# which checks every dependency against what is installed plus these wheels.
 #
 # Usage: bash tests/gpu/wheels.sh        (PYTHON=... to use another interpreter with pip)
 set -euo pipefail
@@ -41,7 +43,7 @@ BINARY=(
   "typing-extensions==4.16.0"   # pydantic needs a recent one; the image's may be older
   "pycocotools==2.0.11"         # bench finetune --task det (binary)
   "torch-tb-profiler==0.4.3"    # tensorboard's PyTorch Profiler tab for the traces
-  "timm==1.0.31"                # the project's pin (the image has another timm)
+  "timm==1.0.31"                # the lock's version (the image has another timm)
 )
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64
            manylinux2014_x86_64 manylinux1_x86_64)
