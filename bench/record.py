@@ -28,6 +28,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import secrets
 import socket
@@ -476,6 +477,13 @@ class RunDir:
                                "(remove it or choose another --out)")
             if path.exists() and not path.is_file():
                 raise BadInput(f"{path} exists but is not a file; remove it or choose another --out")
+        for name in ("claims",):  # directories bench writes into and deletes from
+            path = self.path / name
+            if path.is_symlink():
+                raise BadInput(f"{path} is a symlink; bench writes only inside the run directory "
+                               "(remove it or choose another --out)")
+            if path.exists() and not path.is_dir():
+                raise BadInput(f"{path} exists but is not a directory; remove it or choose another --out")
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record whole or not at all: under an exclusive lock (concurrent writers of
@@ -551,8 +559,8 @@ class RunDir:
         if skipped and warn and (str(self.path.resolve()), skipped) not in _WARNED:
             # Once per process: a command reads its directory several times (resume, report).
             _WARNED.add((str(self.path.resolve()), skipped))
-            print(f"bench: skipped {skipped} unreadable line(s) in {self.path} (not JSON objects, or not UTF-8)",
-                  file=sys.stderr)
+            print(f"bench: skipped {skipped} unreadable or invalid record(s) in {self.path} (not JSON objects, "
+                  "not UTF-8, or a field of the wrong type or value: see bench.record.valid)", file=sys.stderr)
         return out
 
     def write_json(self, name: str, obj: Any) -> Path:
@@ -594,7 +602,11 @@ def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
             if not isinstance(rec, dict):
                 bad += 1
                 continue
-            out.append(upgrade(rec))
+            rec = upgrade(rec)
+            if not valid(rec):  # NaN latency, "fast" throughput, -3 iters: neither finished nor a figure
+                bad += 1
+                continue
+            out.append(rec)
     return out, bad
 
 
@@ -633,6 +645,29 @@ def well_formed(rec: dict[str, Any]) -> bool:
         if isinstance(value, bool) and f.type is not bool:
             return False
         if not isinstance(value, allowed):
+            return False
+    return True
+
+
+_NON_NEGATIVE_SUFFIXES = ("_ms", "_s", "_mb", "_gb", "iters", "params", "gmacs", "gflops", "throughput",
+                          "images", "batch", "world_size", "threads", "count")
+
+
+def valid(rec: dict[str, Any]) -> bool:
+    """A record bench may count as measured and show: ``well_formed`` (declared types), every
+    top-level number finite, and times, sizes and counts not negative. Read-time validation of
+    untrusted JSON; no schema library is a dependency, so this is written against ``Record``'s
+    own declared types."""
+    if not well_formed(rec):
+        return False
+    for name, value in rec.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if value < 0 and name.lower().endswith(_NON_NEGATIVE_SUFFIXES):
+            return False
+        if name in ("iters", "warmup_iters") and value > 1e15:
             return False
     return True
 

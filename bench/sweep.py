@@ -38,6 +38,8 @@ import secrets
 import shlex
 import socket
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,6 +127,21 @@ class Claims:
     def __init__(self, run_dir: RunDir):
         self.dir = run_dir.path / "claims"
         self.held: set[Path] = set()
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _heartbeat(self) -> None:
+        """Refresh the mtime of every held claim while this process lives: another host respects
+        a claim only while its heartbeat is fresh (HEARTBEAT_STALE_S)."""
+        while not self._stop.wait(HEARTBEAT_S):
+            for path in list(self.held):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+    def _start_heartbeat(self) -> None:
+        if self._beat is None:
+            self._beat = threading.Thread(target=self._heartbeat, name="bench-claim-heartbeat", daemon=True)
+            self._beat.start()
 
     def _path(self, key: str, config_id: str) -> Path:
         return self.dir / (hashlib.sha256(f"{key}#{config_id}".encode()).hexdigest()[:24] + ".claim")
@@ -135,19 +152,21 @@ class Claims:
         find a stale claim cannot both take it over."""
         self.dir.mkdir(exist_ok=True)
         path = self._path(key, config_id)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "cell": key}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "cell": key, "boot_id": _boot_id(),
+              "start_time": _start_time(os.getpid())}
         lock = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             holder = _read_claim(path) if path.exists() else None
             if path.exists() or path.is_symlink():
-                if holder and _alive(holder):
+                if holder and _alive(holder, path):
                     return f"pid {holder.get('pid')} on {holder.get('host')}"
                 path.unlink(missing_ok=True)  # stale: its process is gone (or the file is unreadable)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held.add(path)
+            self._start_heartbeat()
             return None
         except FileExistsError:  # a writer that does not take the lock (an older bench) won
             return "another writer (claim raced)"
@@ -180,16 +199,56 @@ def _read_claim(path: Path) -> dict | None:
         return None
 
 
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another host's process: we cannot tell, so respect it
+HEARTBEAT_S = 30.0  # a held claim's mtime is refreshed this often
+HEARTBEAT_STALE_S = 600.0  # another host's claim whose mtime is older than this is taken over
+
+
+def _boot_id() -> str | None:
+    """This boot's id: a claim from an earlier boot is stale whatever its pid."""
     try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> float | None:
+    """The process's start time (psutil), so a reused pid is not taken for the claim's process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, OverflowError):
+        return None
+
+
+def _alive(holder: dict, path: Path | None = None) -> bool:
+    """Whether a claim's process may still be measuring its cell. Another host's claim: while
+    its heartbeat (the file's mtime) is fresh. This host's: while a process with its pid runs,
+    started at the claim's start time, in this boot; a claim without a start time or boot id
+    (an older bench) must also have a fresh heartbeat."""
+    if holder.get("host") != socket.gethostname():
+        return _fresh(path)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
+    boot, started = holder.get("boot_id"), holder.get("start_time")
+    if boot is not None and boot != _boot_id():
+        return False  # claimed before this boot
+    now_started = _start_time(pid)
+    if now_started is None:
+        return False  # no such process
+    if isinstance(started, (int, float)) and not isinstance(started, bool):
+        return abs(now_started - started) < 1.0  # else the pid was reused
+    return False  # no start time recorded (hand-written, or an older bench): cannot be ours to wait for
+
+
+def _fresh(path: Path | None) -> bool:
+    if path is None:
         return True
-    return True
+    try:
+        return time.time() - path.stat().st_mtime < HEARTBEAT_STALE_S
+    except OSError:
+        return False
 
 
 def record_invocation(run_dir: RunDir, command: str, ctx: DistContext, config=None) -> str:

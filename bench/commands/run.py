@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -70,6 +71,10 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
     check_out_dir(cfg.out)
+    traces = Path(cfg.out) / "traces" if cfg.out and getattr(cfg, "profile", False) else None
+    if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
+        raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
+                       "(remove it or choose another --out)")
     cfg.out = start(cfg.nproc, cfg.threads, cfg.out, new_out=not source_out_given)
     sweep(ClassifyScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
 

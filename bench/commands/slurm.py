@@ -143,13 +143,58 @@ def load_plan(run_dir: Path) -> dict[str, Any]:
             raise BadInput(f"{path} is missing '{key}' (or it is not a {kind.__name__}); resubmit with "
                            "'bench slurm submit' into a new --out")
     missing = [k for k in _OPTION_KEYS if k not in plan["options"]]
-    bad_cells = [c for c in plan["cells"] if not (isinstance(c, dict) and isinstance(c.get("model"), str)
-                                                   and isinstance(c.get("res"), str))]
+    bad_cells = [c for c in plan["cells"] if not _is_cell(c)]
     bad_jobs = [j for j in plan["jobs"] if not (isinstance(j, dict) and {"job_id", "array", "cells"} <= j.keys())]
     if missing or bad_cells or bad_jobs:
         what = f"options {', '.join(missing)}" if missing else ("a cell" if bad_cells else "a job")
         raise BadInput(f"{path} is malformed ({what} missing or of the wrong type)")
+    wrong = _wrong_field(plan)
+    if wrong:
+        raise BadInput(f"{path} is malformed ({wrong}); resubmit with 'bench slurm submit' into a new --out")
+    from bench.launch.local import check_out_dir
+
+    check_out_dir(plan["run_dir"])  # /proc/x, a file: one line, before anything reads or writes there
     return plan
+
+
+def _is_cell(c: Any) -> bool:
+    return isinstance(c, dict) and isinstance(c.get("model"), str) and isinstance(c.get("res"), str)
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# The options' types as `bench slurm submit` writes them (click's INT / STRING / flags); the plan
+# is a hand-editable JSON file, so each is checked here (no schema library is a dependency).
+_OPTION_CHECKS: dict[str, Any] = {
+    "nodes": lambda v: _is_int(v, 1), "gpus_per_node": lambda v: _is_int(v, 0),
+    "tasks_per_node": lambda v: _is_int(v, 1), "signal_before": lambda v: _is_int(v, 1),
+    "cpus_per_task": lambda v: v is None or _is_int(v, 1),
+    "partition": lambda v: v is None or isinstance(v, str), "account": lambda v: v is None or isinstance(v, str),
+    "time": lambda v: v is None or isinstance(v, str), "job_name": lambda v: v is None or isinstance(v, str),
+    "sbatch_opts": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "array_per_cell": lambda v: isinstance(v, bool),
+}
+
+
+def _wrong_field(plan: dict[str, Any]) -> str | None:
+    """The first field of the plan whose type or value is wrong, in words; None when all are right."""
+    for name, ok in _OPTION_CHECKS.items():
+        if not ok(plan["options"][name]):
+            return f"options.{name} is {plan['options'][name]!r}"
+    if not plan["bench_args"] or not all(isinstance(a, str) for a in plan["bench_args"]):
+        return "bench_args must be a list of strings"
+    if not Path(plan["run_dir"]).is_absolute():
+        return f"run_dir {plan['run_dir']!r} is not an absolute path"
+    for i, job in enumerate(plan["jobs"]):
+        if not isinstance(job["job_id"], str) or not job["job_id"]:
+            return f"jobs[{i}].job_id is {job['job_id']!r}, not a job id string"
+        if not isinstance(job["array"], bool):
+            return f"jobs[{i}].array is {job['array']!r}"
+        if not isinstance(job["cells"], list) or not all(_is_cell(c) for c in job["cells"]):
+            return f"jobs[{i}].cells is not a list of cells"
+    return None
 
 
 def current_states(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
@@ -193,8 +238,11 @@ def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: 
 
 def submit(o: dict[str, Any]) -> list[str]:
     """``bench slurm submit``: the lines to print."""
+    from bench.launch.local import check_out_dir
+
     launch, _ = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
     cmd = parse_bench_command(o["bench_args"], distributed=launch != "single")
+    check_out_dir(str(cmd.run_dir))  # the check `bench run` makes: a file, /proc/x -> one line, exit 2
     plan = {
         "bench_args": cmd.args,
         "cells": cmd.cells,

@@ -73,6 +73,7 @@ def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, scri
     o = plan["options"]
     launch, nproc = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
     run_dir = plan["run_dir"]
+    _directive_value("--out", run_dir)  # a line break in --out: name --out, not the --job-name made from it
     # sbatch expands %-patterns in --output: a literal % in the run directory is written %%.
     log = run_dir.replace("%", "%%") + ("/slurm-%A_%a.out" if cells else "/slurm-%j.out")
     pairs: list[tuple[str, str | None]] = [

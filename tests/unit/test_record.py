@@ -142,10 +142,11 @@ def test_compile_energy_reserved_memory_tflops_and_the_ci_are_shown(tmp_path):
     assert sorted(row[md_header.index("latency 95% CI (ms)")] for row in md_rows) == ["10.50–11.75", "9.50–10.25"]
 
 
-def test_a_malformed_list_value_reads_as_missing(tmp_path):
+def test_a_malformed_list_value_is_not_shown(tmp_path):
+    """Issue 18 item 13: a record with a field of the wrong type is invalid as a whole (not shown)."""
     recs = cells(latency_ci95_ms=([9.5, 10.25], "abc"))
     page, _, _ = render_all(tmp_path, recs)
-    assert sorted(page.column("results-infer", "latency 95% CI (ms)")) == ["9.50–10.25", "—"]
+    assert sorted(page.column("results-infer", "latency 95% CI (ms)")) == ["9.50–10.25"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Issue 18 items 10-12 (the run directory's claims): a stale claim is taken over, and claims/
+as a file or a symlink is refused up front."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_bench
+
+from bench.record import RunDir
+from bench.sweep import Claims, _read_claim
+from tests.e2e.test_reliability import copy_run, measured, one_line_error, run_small  # noqa: F401 (a fixture)
+
+
+def test_hand_written_claim_of_pid_1_is_taken_over(tmp_path):
+    """Item 10: {"host": this host, "pid": 1} skipped the cell forever."""
+    claims = Claims(RunDir(tmp_path))
+    claims.dir.mkdir()
+    claims._path("k", "c").write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
+    assert claims.take("k", "c") is None
+    mine = _read_claim(claims._path("k", "c"))
+    assert mine["pid"] == os.getpid() and mine["start_time"] and "boot_id" in mine
+    claims.release_all()
+
+
+def test_claim_of_a_reused_pid_or_earlier_boot_is_stale(tmp_path):
+    claims = Claims(RunDir(tmp_path))
+    claims.dir.mkdir()
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    claims._path("a", "c").write_text(json.dumps({**me, "start_time": 1.0}))  # pid reused
+    claims._path("b", "c").write_text(json.dumps({**me, "start_time": time.time(), "boot_id": "old-boot"}))
+    assert claims.take("a", "c") is None and claims.take("b", "c") is None
+    claims.release_all()
+
+
+def test_live_claim_is_respected_and_other_host_only_while_fresh(tmp_path):
+    first, second = Claims(RunDir(tmp_path)), Claims(RunDir(tmp_path))
+    assert first.take("k", "c") is None
+    assert "pid" in second.take("k", "c")  # this very process, alive
+    first.release_all()
+    path = second._path("o", "c")
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 7}))
+    assert second.take("o", "c") is not None  # fresh heartbeat: respected
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert second.take("o", "c") is None  # heartbeat an hour old: taken over
+    second.release_all()
+
+
+def test_claims_as_a_file_is_refused_up_front(measured, tmp_path):  # noqa: F811
+    """Item 11: exit 1 after invocations.jsonl was appended."""
+    out = copy_run(measured, tmp_path)
+    shutil.rmtree(out / "claims", ignore_errors=True)
+    (out / "claims").write_text("x")
+    before = (out / "invocations.jsonl").read_bytes()
+    proc = run_small(out)
+    assert proc.returncode == 2 and "claims" in one_line_error(proc)
+    assert (out / "invocations.jsonl").read_bytes() == before
+
+
+def test_claims_as_a_symlink_is_refused(measured, tmp_path):  # noqa: F811
+    """Item 12: files were created and deleted in the symlink's target."""
+    out = copy_run(measured, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    shutil.rmtree(out / "claims", ignore_errors=True)
+    (out / "claims").symlink_to(outside)
+    proc = run_small(out, "64,96")
+    assert proc.returncode == 2 and "symlink" in one_line_error(proc)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep"]
+
+
+# --------------------------------------------------------------------------------------------
+# Items 7, 8, 14, 16b: --out under slurm submit, the plan file, traces/ as a file
+
+
+def _plan(run_dir: Path) -> dict:
+    return {"bench_args": ["run", "--models", "resnet18", "--res", "64", "--out", str(run_dir)],
+            "cells": [{"model": "resnet18", "res": "64"}], "cell_keys": {}, "settings_ids": {},
+            "run_dir": str(run_dir), "python": sys.executable, "workdir": str(run_dir), "source_root": str(run_dir),
+            "options": {"partition": None, "nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
+                        "cpus_per_task": None, "time": None, "account": None, "job_name": None,
+                        "signal_before": 120, "sbatch_opts": [], "array_per_cell": False},
+            "jobs": [{"job_id": "1", "array": False, "cells": [{"model": "resnet18", "res": "64"}]}]}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda p: p["options"].update(nodes="2"), lambda p: p["options"].update(gpus_per_node=2.5),
+    lambda p: p["jobs"][0].update(cells="abc"), lambda p: p["jobs"][0].update(job_id=123),
+    lambda p: p.update(bench_args=["run", 5]), lambda p: p.update(run_dir="/proc/x")])
+@pytest.mark.parametrize("command", ["status", "resubmit"])
+def test_plan_field_of_the_wrong_type_is_one_line(tmp_path, edit, command):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plan = _plan(run_dir)
+    edit(plan)
+    (run_dir / "slurm_plan.json").write_text(json.dumps(plan))
+    extra = ["--dry-run"] if command == "resubmit" else []
+    proc = run_bench("slurm", command, str(run_dir), *extra)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    one_line_error(proc)
+
+
+@pytest.mark.parametrize("out", ["FILE", "/proc/x"])
+def test_slurm_submit_checks_out_like_run(tmp_path, out):
+    if out == "FILE":
+        out = str(tmp_path / "file")
+        Path(out).write_text("x")
+    proc = run_bench("slurm", "submit", "--dry-run", "--", "run", "--models", "resnet18", "--res", "64",
+                     "--out", out)
+    assert proc.returncode == 2 and "--out" in one_line_error(proc)
+
+
+def test_slurm_submit_line_break_in_out_names_out(tmp_path):
+    proc = run_bench("slurm", "submit", "--dry-run", "--", "run", "--models", "resnet18", "--res", "64",
+                     "--out", str(tmp_path / "a\nb"))
+    line = one_line_error(proc)
+    assert proc.returncode == 2 and "--out" in line and "--job-name" not in line
+
+
+def test_profile_traces_as_a_file_is_refused_up_front(measured, tmp_path):  # noqa: F811
+    out = copy_run(measured, tmp_path)
+    (out / "traces").write_text("x")
+    before = (out / "records.jsonl").read_bytes()
+    proc = run_bench("profile", "--models", "resnet18", "--res", "96", "--budget", "0.1", "--no-report",
+                     "--out", str(out))
+    assert proc.returncode == 2 and "traces" in one_line_error(proc)
+    assert (out / "records.jsonl").read_bytes() == before
