@@ -191,6 +191,21 @@ class Claims:
                 pass
 
 
+def claim_holders(run_dir: RunDir) -> dict[str, str]:
+    """Cell key -> who claims it and whether that claim still stands ("pid 7 on node1, live" /
+    "..., stale: the next writer takes it over"), for ``bench slurm status``."""
+    out: dict[str, str] = {}
+    directory = run_dir.path / "claims"
+    if not directory.is_dir() or directory.is_symlink():
+        return out
+    for path in sorted(directory.glob("*.claim")):
+        holder = _read_claim(path)
+        if holder and isinstance(holder.get("cell"), str):
+            state = "live" if _alive(holder, path) else "stale: the next writer takes it over"
+            out[holder["cell"]] = f"pid {holder.get('pid')} on {holder.get('host')}, {state}"
+    return out
+
+
 def _read_claim(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
@@ -224,8 +239,8 @@ def _start_time(pid: int) -> float | None:
 def _alive(holder: dict, path: Path | None = None) -> bool:
     """Whether a claim's process may still be measuring its cell. Another host's claim: while
     its heartbeat (the file's mtime) is fresh. This host's: while a process with its pid runs,
-    started at the claim's start time, in this boot; a claim without a start time or boot id
-    (an older bench) must also have a fresh heartbeat."""
+    started at the claim's start time, in this boot; a claim without a start time (hand-written,
+    or an older bench) is stale."""
     if holder.get("host") != socket.gethostname():
         return _fresh(path)
     pid = holder.get("pid")
@@ -279,7 +294,21 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     new_records, exit_code = sweep.run_cells()
     if ctx.is_main and exit_code != PREEMPTED_EXIT:
         scenario.summarize(new_records, run_dir, ctx, console)
+    if ctx.is_main:
+        _say_unmeasured(sweep, new_records, console)
     return SweepResult(run_dir, new_records, exit_code)
+
+
+def _say_unmeasured(sweep: "_Sweep", new_records: list[dict], console) -> None:
+    """The visits this run did not measure, said last so that none goes missing silently: those
+    another writer held, those that failed, and those a stop left for a rerun."""
+    failed = [f"{r.get('cell_key')} ({r.get('status')}: {r.get('error')})" for r in new_records
+              if r.get("status") not in FINISHED]
+    reached = len(new_records) + len(sweep.unmeasured)
+    left = [f"{v.claim_key} (not reached)" for v in sweep.todo.visits[reached:]]
+    lines = sweep.unmeasured + failed + left
+    if lines:
+        console.print(f"[yellow]left unmeasured by this run ({len(lines)}):[/] " + escape("; ".join(lines)))
 
 
 def _open_run_dir(run_dir: RunDir, cfg, ctx: DistContext) -> str | None:
@@ -388,6 +417,7 @@ class _Sweep:
         ranks may now be out of step)."""
         stop = StopFlag.shared().install()
         self.sweep_number = next(_SWEEP_NUMBERS)  # the same on every rank: each runs the same sweeps
+        self.unmeasured: list[str] = []  # visits this writer left to another, and why
         claims = Claims(self.run_dir)
         new_records: list[dict] = []
         try:
@@ -452,7 +482,8 @@ class _Sweep:
                 holder = _claim(claims, self.run_dir, visit, config_id, self.todo.known)
         holder = broadcast_object(holder, ctx)
         if holder:
-            self.console.print(f"[yellow]skip:[/] {visit.claim_key} {holder}")
+            self.console.print(f"[yellow]skip:[/] {escape(visit.claim_key)} {escape(holder)}")
+            self.unmeasured.append(f"{visit.claim_key} ({holder})")
             return None
         try:
             rec = self.scenario.run(cell, ctx, self.todo.history)

@@ -29,6 +29,7 @@ from bench.launch.local import strip_option
 from bench.launch.slurm import SOURCE_ROOT, launch_mode, queue_states, render_script, sbatch
 from bench.plan import make_cells
 from bench.record import RunDir, default_run_dir
+from bench.sweep import claim_holders
 
 SCRIPT = "slurm_job.sbatch"
 PLAN = "slurm_plan.json"
@@ -273,9 +274,11 @@ def print_status(run_dir: Path, as_json: bool) -> None:
     """``bench slurm status``: which cells are done, running, pending, failed or missing."""
     _, rows, notes = current_states(run_dir)
     if as_json:
-        click.echo(json.dumps({"cells": rows, "notes": notes}, indent=2))
+        claims = claim_holders(RunDir(run_dir))
+        click.echo(json.dumps({"cells": rows, "notes": notes, "claims": claims}, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colour = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "missing": "magenta"}
@@ -290,6 +293,11 @@ def print_status(run_dir: Path, as_json: bool) -> None:
     console.print(table)
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    left = [f"{r['model']}@{r['res']} ({r['state']})" for r in rows if r["state"] != "done"]
+    if left:
+        console.print("left unmeasured: " + escape(", ".join(left)))
+    for cell_key, holder in claim_holders(RunDir(run_dir)).items():
+        console.print(f"claim: {escape(cell_key)} held by {escape(holder)}")
     for note in notes:
         console.print(f"note: {note}")
 

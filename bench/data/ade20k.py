@@ -24,6 +24,7 @@ from bench.data.common import (
     data_error,
     first_line,
     image_header,
+    part_inside,
     resolve_inside,
 )
 
@@ -54,7 +55,10 @@ class Ade20kDataset(Dataset):
             raise data_error(f"no images in {image_dir}: an empty split cannot be trained or scored")
         self.labels = [label_dir / (p.stem + ".png") for p in self.images]
         self.sizes: list[tuple[int, int]] = []  # (width, height) of each image, from its header
-        resolved_images, resolved_labels = image_dir.resolve(), label_dir.resolve()
+        # Resolved against the data set's root, as COCO's (common.part_inside): an images/training that
+        # is itself a symlink leaving the root would otherwise widen what the data set may read.
+        resolved_images = part_inside(root, image_dir, f"ADE20K {split} image folder")
+        resolved_labels = part_inside(root, label_dir, f"ADE20K {split} label folder")
         for image, label in zip(self.images, self.labels):
             resolve_inside(image_dir, image.name, f"ADE20K image {image}", "file", resolved_folder=resolved_images)
             if not label.is_file():

@@ -260,3 +260,19 @@ def test_coco_data_set_that_is_itself_a_symlink_and_inner_links_are_fine(tmp_pat
     link = tmp_path / "coco"
     link.symlink_to(real)
     assert CocoDataset(link, "val", 32, 48)[0]["image"].shape == (3, 32, 48)
+
+
+@pytest.mark.parametrize("part", ["images", "annotations"])
+def test_ade20k_split_folder_symlinked_out_of_the_data_set_is_refused(tmp_path, part):
+    """The COCO rule for ADE20K: images/validation or annotations/validation leaving the root."""
+    from bench.data import write_ade20k_fixture
+    from bench.data.ade20k import Ade20kDataset
+
+    root = write_ade20k_fixture(tmp_path / "ade", train_images=1, val_images=1, height=32, width=48, seed=1)
+    outside = tmp_path / "elsewhere"
+    (root / part / "validation").rename(outside)
+    (root / part / "validation").symlink_to(outside)
+    with pytest.raises(BadInput) as exc_info:
+        Ade20kDataset(root, "val", 32, 48)
+    assert "outside the data set folder" in str(exc_info.value.message)
+    Ade20kDataset(root, "train", 32, 48)  # the untouched split still loads

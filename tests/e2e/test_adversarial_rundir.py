@@ -132,3 +132,43 @@ def test_profile_traces_as_a_file_is_refused_up_front(measured, tmp_path):  # no
                      "--out", str(out))
     assert proc.returncode == 2 and "traces" in one_line_error(proc)
     assert (out / "records.jsonl").read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# Item 10: the cells left unmeasured are said, by the run and by `bench slurm status`
+
+
+def _foreign_claim(out: Path, cell_key: str, config_id: str) -> None:
+    """A fresh claim of another host on ``cell_key``, as a live writer elsewhere leaves it."""
+    path = Claims(RunDir(out))._path(cell_key, config_id)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"host": "node-elsewhere", "pid": 7, "cell": cell_key}))
+
+
+def test_a_run_lists_the_cells_it_left_to_another_writer(measured, tmp_path):  # noqa: F811
+    out = copy_run(measured, tmp_path)
+    (rec,) = RunDir(out).records()
+    (out / "records.jsonl").write_text("")  # the cell is to be measured again, but another host holds it
+    _foreign_claim(out, rec["cell_key"], rec["config_id"])
+    proc = run_small(out, "64,96")
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left unmeasured by this run (1):" in said and rec["cell_key"] in said, said[-2000:]
+    assert "pid 7 on node-elsewhere" in said
+
+
+def test_slurm_status_lists_unmeasured_cells_and_claims(measured, tmp_path):  # noqa: F811
+    out = copy_run(measured, tmp_path)
+    (rec,) = RunDir(out).records()
+    key = rec["cell_key"]
+    plan = _plan(out)
+    plan["cells"].append({"model": "resnet18", "res": "96"})
+    plan["jobs"][0]["cells"] = list(plan["cells"])
+    plan["cell_keys"] = {"resnet18@64": [key], "resnet18@96": [key.replace("|64|", "|96|")]}
+    (out / "slurm_plan.json").write_text(json.dumps(plan))
+    _foreign_claim(out, key, rec["config_id"])
+    proc = run_bench("slurm", "status", str(out), timeout=180)
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "left unmeasured: resnet18@96" in said and "resnet18@64 (" not in said
+    assert f"claim: {key} held by pid 7 on node-elsewhere, live" in said
