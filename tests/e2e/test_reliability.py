@@ -222,8 +222,9 @@ def test_unreadable_and_malformed_lines_neither_crash_resume_nor_report(measured
     proc = run_small(out, "64,96", report=True)  # the end-of-run report reads the malformed records too
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if "unreadable line" in line]
-    assert len(warnings) == 1 and "skipped 4 unreadable line(s)" in warnings[0], proc.stderr[-3000:]
+    # The 4 junk lines and the 4 records of the wrong shape (invalid against the Record schema)
+    warnings = [line for line in proc.stderr.splitlines() if "unreadable or invalid record" in line]
+    assert len(warnings) == 1 and "skipped 8 unreadable or invalid record(s)" in warnings[0], proc.stderr[-3000:]
     assert "skipping 1 finished cells" in proc.stderr
     assert "report not rendered" not in proc.stderr and (out / "report.html").is_file()
     assert sum(1 for r in records_of(out) if r.get("res") == "96" and r.get("cell_key") == "cls|resnet18|96|infer|1"
@@ -231,7 +232,7 @@ def test_unreadable_and_malformed_lines_neither_crash_resume_nor_report(measured
 
     report = run_bench("report", str(out), "--out", str(tmp_path / "r.md"))
     assert report.returncode == 0, report.stderr[-3000:]
-    assert report.stderr.count("unreadable line") == 1
+    assert report.stderr.count("unreadable or invalid record") == 1
     assert (tmp_path / "r.md").read_text().count("resnet18") >= 2
 
 
@@ -351,7 +352,8 @@ def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
     claims.dir.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        cases = {"live": {"host": socket.gethostname(), "pid": live.pid},
+        started = psutil.Process(live.pid).create_time()  # a claim names its process by pid and start time
+        cases = {"live": {"host": socket.gethostname(), "pid": live.pid, "start_time": started},
                  "other-host": {"host": "another-host.invalid", "pid": 1},
                  "dead": {"host": socket.gethostname(), "pid": _dead_pid()}}
         for name, holder in cases.items():
