@@ -30,7 +30,7 @@ def start(nproc: int, threads: int | None, out: str | None, new_out: bool) -> st
 def sweep(scenario, device: str, timeout_s: float = 300.0, report: bool = False) -> None:
     """Run ``scenario``'s sweep in this process group; rank 0 then renders the run's report (when
     ``report``) unless the sweep was stopped. Exits with the sweep's code when it is not 0."""
-    from bench.launch.context import init_distributed, shutdown
+    from bench.launch.context import barrier, init_distributed, shutdown
     from bench.launch.local import report_stop_to_launcher
     from bench.launch.signals import PREEMPTED_EXIT, StopFlag
     from bench.sweep import make_console, run_sweep
@@ -40,6 +40,11 @@ def sweep(scenario, device: str, timeout_s: float = 300.0, report: bool = False)
     console = make_console(ctx)
     try:
         result = run_sweep(scenario, ctx, console)
+        if result.exit_code == 0:
+            # Every rank leaves the process group together: rank 0 still summarises while the
+            # others would tear down; once, under load, a DeepSpeed ZeRO-3 rank that left first
+            # aborted at exit ("terminate called without an active exception").
+            barrier(ctx)
     finally:
         shutdown(ctx)
     if report and ctx.is_main and result.exit_code != PREEMPTED_EXIT:
