@@ -467,23 +467,18 @@ class RunDir:
         return self
 
     def check_writable(self) -> None:
-        """Refuse a records file (or the invocation log) that is a symlink or not a regular file,
-        before measuring: bench writes only inside the run directory."""
+        """Refuse a records file, the invocation log or the claims folder that is a symlink or of
+        the wrong kind, before measuring: bench writes (and deletes) only inside the run directory."""
         from bench.errors import BadInput
 
-        for path in [*self.record_files(), self.records_path, self.path / INVOCATIONS]:
-            if path.is_symlink():
-                raise BadInput(f"{path} is a symlink; bench writes records only inside the run directory "
-                               "(remove it or choose another --out)")
-            if path.exists() and not path.is_file():
-                raise BadInput(f"{path} exists but is not a file; remove it or choose another --out")
-        for name in ("claims",):  # directories bench writes into and deletes from
-            path = self.path / name
+        files = [*self.record_files(), self.records_path, self.path / INVOCATIONS]
+        for path, is_kind, kind in [*((f, Path.is_file, "file") for f in files),
+                                    (self.path / "claims", Path.is_dir, "directory")]:
             if path.is_symlink():
                 raise BadInput(f"{path} is a symlink; bench writes only inside the run directory "
                                "(remove it or choose another --out)")
-            if path.exists() and not path.is_dir():
-                raise BadInput(f"{path} exists but is not a directory; remove it or choose another --out")
+            if path.exists() and not is_kind(path):
+                raise BadInput(f"{path} exists but is not a {kind}; remove it or choose another --out")
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record whole or not at all: under an exclusive lock (concurrent writers of

@@ -59,7 +59,6 @@ from bench.record import (
     check_record,
     default_run_dir,
     timestamp,
-    well_formed,
     writer_name,
 )
 
@@ -388,7 +387,7 @@ def _todo(scenario: Scenario, run_dir: RunDir, ctx: DistContext, console) -> _To
     todo: list[int] | None = None
     if ctx.is_main:
         readable = run_dir.records()  # one warning if some lines are unreadable
-        history = [r for r in readable if well_formed(r)]  # what scenarios compute with
+        history = readable  # valid records only (RunDir.records checks each): what scenarios compute with
         done = _finished(readable)
         known = _counts(readable)
         skipped = [v for v in visits if (v.cell.key, ids[v.cell.key], v.repeat) in done]

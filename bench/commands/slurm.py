@@ -273,8 +273,8 @@ def submit(o: dict[str, Any]) -> list[str]:
 def print_status(run_dir: Path, as_json: bool) -> None:
     """``bench slurm status``: which cells are done, running, pending, failed or missing."""
     _, rows, notes = current_states(run_dir)
+    claims = claim_holders(RunDir(run_dir))
     if as_json:
-        claims = claim_holders(RunDir(run_dir))
         click.echo(json.dumps({"cells": rows, "notes": notes, "claims": claims}, indent=2))
         return
     from rich.console import Console
@@ -296,7 +296,7 @@ def print_status(run_dir: Path, as_json: bool) -> None:
     left = [f"{r['model']}@{r['res']} ({r['state']})" for r in rows if r["state"] != "done"]
     if left:
         console.print("left unmeasured: " + escape(", ".join(left)))
-    for cell_key, holder in claim_holders(RunDir(run_dir)).items():
+    for cell_key, holder in claims.items():
         console.print(f"claim: {escape(cell_key)} held by {escape(holder)}")
     for note in notes:
         console.print(f"note: {note}")
