@@ -224,6 +224,9 @@ class Record:
     mfu_datasheet: float | None = _f(MEASURE, doc="achieved over the datasheet peak",
                                      show=Display("MFU (datasheet)", better="max", main=False, **_PERCENT))
     scaling_efficiency_ci95: list | None = _f(MEASURE, doc="95% CI of scaling_efficiency [low, high]")
+    # issue 19 D (nodes)
+    nodes: int | None = _f(SETTING, doc="nodes the cell's ranks spanned (bench slurm submit --nodes); "
+                           "absent in older records: 1 when world_size is 1, else unknown (None)")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
@@ -410,6 +413,10 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
             rec["precision"] = (f"{dtype}-weights" if weights else f"amp-{dtype}") if half else dtype
         if rec.get("config_id") is None:  # its configuration stands in (an engines sweep in one directory)
             rec["config_id"] = "v1:" + "|".join(str(rec.get(k)) for k in V1_CONFIGURATION)
+    if "nodes" not in rec and rec.get("world_size") == 1:
+        # Before `nodes`: one rank ran on one node. A multi-rank record stays unknown (None): it may
+        # have been 2 nodes x 1 rank as well as 1 node x 2, and a guess would misplace it in a study.
+        rec["nodes"] = 1
     return rec
 
 
@@ -645,7 +652,7 @@ def well_formed(rec: dict[str, Any]) -> bool:
 
 
 _NON_NEGATIVE_SUFFIXES = ("_ms", "_s", "_mb", "_gb", "iters", "params", "gmacs", "gflops", "throughput",
-                          "images", "batch", "world_size", "threads", "count")
+                          "images", "batch", "world_size", "threads", "count", "nodes")
 
 
 def valid(rec: dict[str, Any]) -> bool:

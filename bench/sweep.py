@@ -107,17 +107,24 @@ class SweepResult:
 
 
 def runtime_identity(ctx: DistContext) -> dict[str, Any]:
-    """Facts of this process that change a measurement: world size, device name and count, threads."""
+    """Facts of this process that change a measurement: world size, nodes, device name and count, threads.
+
+    ``nodes`` enters only when the ranks span several nodes: a single-node run then hashes exactly
+    as before, so existing run directories still resume and ``bench compare`` still matches them,
+    while 2 nodes x 1 rank and 1 node x 2 ranks (one ``--nodes 1,2`` study) are two cells."""
     import torch
 
     from bench.environment import device_name
 
-    return {
+    runtime = {
         "world_size": ctx.world_size,
         "device_name": device_name(ctx.device),
         "device_count": torch.cuda.device_count() if ctx.device.type == "cuda" else 1,
         "threads": torch.get_num_threads(),
     }
+    if ctx.nodes > 1:
+        runtime["nodes"] = ctx.nodes
+    return runtime
 
 
 class Claims:

@@ -10,6 +10,12 @@ of a local run.
 
 ``bench slurm status`` merges squeue (sacct where accounting exists) with the records;
 ``bench slurm resubmit`` sends only the cells that are neither done nor queued.
+
+``--nodes 1,2,4`` (a scaling study) submits one job per node count into the same run directory:
+Slurm sizes a job, and every task of an array, by one ``--nodes``, so an array cannot hold several
+node counts. The jobs write their own shards (bench.record.writer_name) and the node count is part
+of each cell's resume identity (bench.sweep.runtime_identity), so they neither collide nor take
+each other's cells as done; status and resubmit go per node count (records' ``nodes``).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any
 
 import click
 
-from bench.config import identity, identity_id, parse_command
+from bench.config import identity, identity_id, parse_command, parse_int
 from bench.errors import BadInput
 from bench.launch.local import strip_option
 from bench.launch.slurm import SOURCE_ROOT, launch_mode, queue_states, render_script, sbatch
@@ -83,16 +89,49 @@ def parse_bench_command(args: tuple[str, ...] | list[str], distributed: bool) ->
 
 
 
+def parse_node_counts(text: str) -> list[int]:
+    """``--nodes``: one node count (``2``) or a comma list of distinct ones (``1,2,4``), in the
+    order given; 0, a repeat or an empty item is refused (BadInput: one line, exit 2)."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not all(items):
+        raise BadInput(f"bad --nodes '{text}': give node counts >= 1 separated by commas, e.g. --nodes 1,2,4")
+    counts = [parse_int(t, "node count") for t in items]
+    repeated = sorted({n for n in counts if counts.count(n) > 1})
+    if repeated:
+        raise BadInput(f"--nodes lists {', '.join(map(str, repeated))} twice: give each node count once")
+    return counts
+
+
 # --------------------------------------------------------------------------------------------
 # Cell states
 # --------------------------------------------------------------------------------------------
+def node_counts(plan: dict[str, Any]) -> list[int]:
+    """The plan's node counts; an older plan's single ``"nodes": N`` reads as [N]."""
+    nodes = (plan.get("options") or {}).get("nodes", 1)
+    return list(nodes) if isinstance(nodes, list) else [nodes]
+
+
 def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
                 queue: dict[tuple[str, str | None], str]) -> list[dict[str, Any]]:
-    """One row per planned cell (model x resolution): done when every one of its sweep cells
-    (modes x batches) has an ok/oom record of the same configuration (the resume identity without
-    the runtime: ``settings_id``), else running / pending from the latest job that covers it, else
-    failed (an error record, or its job ended without recording it), else missing."""
+    """One row per planned cell (model x resolution) and node count: done when every one of its
+    sweep cells (modes x batches) has an ok/oom record of the same configuration (the resume
+    identity without the runtime: ``settings_id``) measured on that many nodes, else running /
+    pending from the latest job of that node count that covers it, else failed (an error record,
+    or its job ended without recording it), else missing. With one node count the records' ``nodes``
+    is not asked (records written before it have none)."""
     settings = set((plan.get("settings_ids") or {}).values())
+    counts = node_counts(plan)
+    rows = []
+    for nodes in counts:
+        mine = records if len(counts) == 1 else [r for r in records if r.get("nodes") == nodes]
+        jobs = [j for j in plan["jobs"] if j.get("nodes", counts[0]) == nodes]
+        rows += _states_at(plan, nodes, mine, jobs, settings, queue)
+    return rows
+
+
+def _states_at(plan: dict[str, Any], nodes: int, records: list[dict[str, Any]], jobs: list[dict[str, Any]],
+               settings: set[str], queue: dict[tuple[str, str | None], str]) -> list[dict[str, Any]]:
+    """cell_states' rows of one node count, from its records and its jobs."""
     finished = {r.get("cell_key") for r in records if r.get("status") in ("ok", "oom")
                 and (not settings or r.get("settings_id") in settings)}
     rows = []
@@ -101,7 +140,7 @@ def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
         expected = (plan.get("cell_keys") or {}).get(f"{cell['model']}@{cell['res']}") or []
         done = bool(expected) and all(k in finished for k in expected)
         job_ref, slurm_state = None, None
-        for job in plan["jobs"]:
+        for job in jobs:
             if cell not in job["cells"]:
                 continue
             idx = str(job["cells"].index(cell)) if job["array"] else None
@@ -117,7 +156,7 @@ def cell_states(plan: dict[str, Any], records: list[dict[str, Any]],
             state = "failed"
         else:
             state = "missing"
-        rows.append({**cell, "state": state, "job": job_ref, "slurm_state": slurm_state,
+        rows.append({**cell, "nodes": nodes, "state": state, "job": job_ref, "slurm_state": slurm_state,
                      "records": len(mine), "errors": sum(r.get("status") == "error" for r in mine)})
     return rows
 
@@ -152,6 +191,7 @@ def load_plan(run_dir: Path) -> dict[str, Any]:
     wrong = _wrong_field(plan)
     if wrong:
         raise BadInput(f"{path} is malformed ({wrong}); resubmit with 'bench slurm submit' into a new --out")
+    plan["options"]["nodes"] = node_counts(plan)  # an older plan's single count, as the list a new one writes
     from bench.launch.local import check_out_dir
 
     check_out_dir(plan["run_dir"])  # /proc/x, a file: one line, before anything reads or writes there
@@ -166,10 +206,17 @@ def _is_int(v: Any, low: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
+def _is_node_counts(v: Any) -> bool:
+    """A plan's ``nodes``: a list of distinct counts >= 1, or one count (a plan written before lists)."""
+    if isinstance(v, list):
+        return bool(v) and all(_is_int(n, 1) for n in v) and len(set(v)) == len(v)
+    return _is_int(v, 1)
+
+
 # The options' types as `bench slurm submit` writes them (click's INT / STRING / flags); the plan
 # is a hand-editable JSON file, so each is checked here (no schema library is a dependency).
 _OPTION_CHECKS: dict[str, Any] = {
-    "nodes": lambda v: _is_int(v, 1), "gpus_per_node": lambda v: _is_int(v, 0),
+    "nodes": _is_node_counts, "gpus_per_node": lambda v: _is_int(v, 0),
     "tasks_per_node": lambda v: _is_int(v, 1), "signal_before": lambda v: _is_int(v, 1),
     "cpus_per_task": lambda v: v is None or _is_int(v, 1),
     "partition": lambda v: v is None or isinstance(v, str), "account": lambda v: v is None or isinstance(v, str),
@@ -195,6 +242,19 @@ def _wrong_field(plan: dict[str, Any]) -> str | None:
             return f"jobs[{i}].array is {job['array']!r}"
         if not isinstance(job["cells"], list) or not all(_is_cell(c) for c in job["cells"]):
             return f"jobs[{i}].cells is not a list of cells"
+        wrong = _wrong_job_nodes(job, node_counts(plan))
+        if wrong:
+            return f"jobs[{i}].{wrong}"
+    return None
+
+
+def _wrong_job_nodes(job: dict[str, Any], counts: list[int]) -> str | None:
+    """A job's ``nodes``: one of the plan's counts; absent (a plan written before --nodes lists)
+    only where the plan has a single count, which it then ran on."""
+    if "nodes" not in job:
+        return None if len(counts) == 1 else "nodes is missing (the plan has several node counts)"
+    if not _is_int(job["nodes"], 1) or job["nodes"] not in counts:
+        return f"nodes is {job['nodes']!r}, not one of the plan's node counts {counts}"
     return None
 
 
@@ -208,11 +268,12 @@ def current_states(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
 # --------------------------------------------------------------------------------------------
 # Submitting
 # --------------------------------------------------------------------------------------------
-def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: str, dry_run: bool) -> str | None:
-    """Render, write and submit one job covering ``cells``, then record it in the plan. A
-    submission sbatch refuses leaves nothing behind."""
+def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: str, dry_run: bool,
+                nodes: int) -> str | None:
+    """Render, write and submit one job on ``nodes`` nodes covering ``cells``, then record it in
+    the plan. A submission sbatch refuses leaves nothing of its own behind."""
     array = plan["options"]["array_per_cell"]
-    script = render_script(plan, cells if array else None, script_name)
+    script = render_script(plan, cells if array else None, script_name, nodes)
     if dry_run:
         click.echo(script, nl=False)
         return None
@@ -230,7 +291,7 @@ def submit_plan(plan: dict[str, Any], cells: list[dict[str, str]], script_name: 
             run.path.rmdir()
         raise
     plan["jobs"].append({
-        "job_id": job_id, "array": array, "cells": cells, "script": script_name,
+        "job_id": job_id, "array": array, "cells": cells, "script": script_name, "nodes": nodes,
         "submitted_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     })
     run.write_json(PLAN, plan)
@@ -241,8 +302,9 @@ def submit(o: dict[str, Any]) -> list[str]:
     """``bench slurm submit``: the lines to print."""
     from bench.launch.local import check_out_dir
 
-    launch, _ = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
-    cmd = parse_bench_command(o["bench_args"], distributed=launch != "single")
+    counts = parse_node_counts(o["nodes"])
+    launches = [launch_mode(n, o["gpus_per_node"], o["tasks_per_node"])[0] for n in counts]
+    cmd = parse_bench_command(o["bench_args"], distributed=any(launch != "single" for launch in launches))
     check_out_dir(str(cmd.run_dir))  # the check `bench run` makes: a file, /proc/x -> one line, exit 2
     plan = {
         "bench_args": cmd.args,
@@ -254,7 +316,7 @@ def submit(o: dict[str, Any]) -> list[str]:
         "workdir": os.getcwd(),
         "source_root": str(SOURCE_ROOT),
         "options": {
-            "partition": o["partition"], "nodes": o["nodes"], "gpus_per_node": o["gpus_per_node"],
+            "partition": o["partition"], "nodes": counts, "gpus_per_node": o["gpus_per_node"],
             "tasks_per_node": o["tasks_per_node"], "cpus_per_task": o["cpus_per_task"], "time": o["time_limit"],
             "account": o["account"], "job_name": o["job_name"], "signal_before": o["signal_before"],
             "sbatch_opts": list(o["sbatch_opts"]), "array_per_cell": o["array_per_cell"],
@@ -263,11 +325,29 @@ def submit(o: dict[str, Any]) -> list[str]:
     }
     if (cmd.run_dir / PLAN).exists() and not o["dry_run"]:
         raise BadInput(f"{cmd.run_dir} already has {PLAN}; use 'bench slurm resubmit {cmd.run_dir}' or a new --out")
-    job_id = submit_plan(plan, cmd.cells, SCRIPT, o["dry_run"])
-    if job_id is None:
-        return []
     what = f"array of {len(cmd.cells)} cells" if o["array_per_cell"] else f"{len(cmd.cells)} cells"
-    return [f"Submitted batch job {job_id} ({what}) into {cmd.run_dir}"]
+    lines = []
+    for nodes in counts:
+        script = SCRIPT if len(counts) == 1 else f"slurm_job.nodes-{nodes}.sbatch"
+        job_id = _submit_one(plan, cmd.cells, script, o["dry_run"], nodes, lines)
+        if job_id is not None:
+            on = f", {nodes} node{'s' if nodes > 1 else ''}" if len(counts) > 1 else ""
+            lines.append(f"Submitted batch job {job_id} ({what}{on}) into {cmd.run_dir}")
+    return lines
+
+
+def _submit_one(plan: dict[str, Any], cells: list[dict[str, str]], script: str, dry_run: bool, nodes: int,
+                done: list[str]) -> str | None:
+    """submit_plan for one node count; when sbatch refuses a later one, the error also says which
+    jobs were already submitted (they stay in the plan: 'bench slurm resubmit' sends the rest)."""
+    try:
+        return submit_plan(plan, cells, script, dry_run, nodes)
+    except BadInput as e:
+        if not done:
+            raise
+        sent = "; ".join(line.removeprefix("Submitted ") for line in done)
+        raise BadInput(f"{e.message} (for --nodes {nodes}; already submitted: {sent}; "
+                       f"'bench slurm resubmit {plan['run_dir']}' sends the rest)") from None
 
 
 def print_status(run_dir: Path, as_json: bool) -> None:
@@ -283,17 +363,19 @@ def print_status(run_dir: Path, as_json: bool) -> None:
 
     colour = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "missing": "magenta"}
     table = Table(title=f"SLURM cells in {run_dir}")
-    for col in ("model", "res", "state", "job", "slurm state", "records"):
+    for col in ("nodes", "model", "res", "state", "job", "slurm state", "records"):
         table.add_column(col)
     for r in rows:
         records = f"{r['records']} ({r['errors']} error)" if r["errors"] else str(r["records"])
-        table.add_row(r["model"], r["res"], f"[{colour[r['state']]}]{r['state']}[/]", r["job"] or "-",
-                      r["slurm_state"] or "-", records)
+        table.add_row(str(r["nodes"]), r["model"], r["res"], f"[{colour[r['state']]}]{r['state']}[/]",
+                      r["job"] or "-", r["slurm_state"] or "-", records)
     console = Console()
     console.print(table)
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    left = [f"{r['model']}@{r['res']} ({r['state']})" for r in rows if r["state"] != "done"]
+    several = len({r["nodes"] for r in rows}) > 1
+    left = [f"{r['model']}@{r['res']}{' on ' + str(r['nodes']) + ' nodes' if several else ''} ({r['state']})"
+            for r in rows if r["state"] != "done"]
     if left:
         console.print("left unmeasured: " + escape(", ".join(left)))
     for cell_key, holder in claims.items():
@@ -303,17 +385,26 @@ def print_status(run_dir: Path, as_json: bool) -> None:
 
 
 def resubmit(run_dir: Path, dry_run: bool) -> list[str]:
-    """``bench slurm resubmit``: only the cells that are neither done nor queued."""
+    """``bench slurm resubmit``: only the cells that are neither done nor queued, one job per node
+    count that has any."""
     plan, rows, _ = current_states(run_dir)
-    todo = [{"model": r["model"], "res": r["res"]} for r in rows if r["state"] in ("failed", "missing")]
-    if not todo:
+    counts = node_counts(plan)
+    lines: list[str] = []
+    for nodes in counts:
+        todo = [{"model": r["model"], "res": r["res"]} for r in rows
+                if r["nodes"] == nodes and r["state"] in ("failed", "missing")]
+        if not todo:
+            continue
+        several = len(counts) > 1
+        script_name = f"slurm_job.resubmit-{len(plan['jobs'])}" + (f".nodes-{nodes}" if several else "") + ".sbatch"
+        job_id = _submit_one(plan, todo, script_name, dry_run, nodes, lines)
+        if job_id is not None:
+            cells = ", ".join(f"{c['model']}@{c['res']}" for c in todo)
+            on = f" on {nodes} node{'s' if nodes > 1 else ''}" if several else ""
+            lines.append(f"Submitted batch job {job_id}{on} for {len(todo)} cells: {cells}")
+    if not lines and not any(r["state"] in ("failed", "missing") for r in rows):
         return ["Nothing to resubmit: every cell is done, running or pending."]
-    script_name = f"slurm_job.resubmit-{len(plan['jobs'])}.sbatch"
-    job_id = submit_plan(plan, todo, script_name, dry_run)
-    if job_id is None:
-        return []
-    cells = ", ".join(f"{c['model']}@{c['res']}" for c in todo)
-    return [f"Submitted batch job {job_id} for {len(todo)} cells: {cells}"]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,8 +417,9 @@ def slurm_group() -> None:
 
 @slurm_group.command("submit")
 @click.option("--partition", "-p", help="Slurm partition (sbatch --partition).")
-@click.option("--nodes", "-N", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Nodes per job; more than one starts torchrun on each node.")
+@click.option("--nodes", "-N", default="1", show_default=True,
+              help="Nodes per job; more than one starts torchrun on each node. A list (1,2,4) submits one job "
+                   "per node count into the same run directory: a scaling study.")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
               help="GPUs per node; torchrun starts one process per GPU.")
 @click.option("--tasks-per-node", type=click.IntRange(min=1), default=1, show_default=True,

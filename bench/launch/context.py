@@ -35,6 +35,20 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def nodes(self) -> int:
+        """How many nodes the job's ranks span, so 2 nodes x 1 rank and 1 node x 2 ranks are told
+        apart. srun tasks: the step's node count (SLURM_STEP_NUM_NODES; under torchrun srun starts
+        one task per node, so it holds there too); otherwise world / local world (torchrun and
+        --nproc set LOCAL_WORLD_SIZE). Hostnames are not counted: emulated nodes share one host."""
+        if self.world_size <= 1:
+            return 1
+        if started_by_srun():
+            steps = os.environ.get("SLURM_STEP_NUM_NODES") or os.environ.get("SLURM_NNODES", "")
+            if steps.isdigit() and int(steps) >= 1:
+                return min(int(steps), self.world_size)
+        return max(1, -(-self.world_size // max(1, self.local_world_size)))
+
 
 def free_port() -> int:
     with socket.socket() as s:

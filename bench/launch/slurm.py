@@ -66,12 +66,13 @@ def launch_mode(nodes: int, gpus_per_node: int, tasks_per_node: int) -> tuple[st
     return "single", 1
 
 
-def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, script_name: str) -> str:
-    """The batch script for ``plan``; with ``cells``, an array with one task per cell."""
+def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, script_name: str, nodes: int) -> str:
+    """The batch script for ``plan`` on ``nodes`` nodes (one of ``--nodes 1,2,4``: Slurm sizes a
+    job, and all tasks of an array, by one node count); with ``cells``, an array with one task per cell."""
     import jinja2
 
     o = plan["options"]
-    launch, nproc = launch_mode(o["nodes"], o["gpus_per_node"], o["tasks_per_node"])
+    launch, nproc = launch_mode(nodes, o["gpus_per_node"], o["tasks_per_node"])
     run_dir = plan["run_dir"]
     _directive_value("--out", run_dir)  # a line break in --out: name --out, not the --job-name made from it
     # sbatch expands %-patterns in --output: a literal % in the run directory is written %%.
@@ -82,7 +83,7 @@ def render_script(plan: dict[str, Any], cells: list[dict[str, str]] | None, scri
         ("--open-mode", "append"),
         ("--requeue", None),
         ("--signal", f"B:USR1@{o['signal_before']}"),
-        ("--nodes", str(o["nodes"])),
+        ("--nodes", str(nodes)),
         ("--ntasks-per-node", str(o["tasks_per_node"] if launch == "tasks" else 1)),
     ]
     optional = [("--cpus-per-task", o["cpus_per_task"]), ("--gpus-per-node", o["gpus_per_node"] or None),

@@ -22,7 +22,7 @@ def base_record(cell: Cell, ctx: DistContext, settings: Any, *, kind: str, train
         "device": ctx.device.type, "device_name": device_name(ctx.device),
         "dtype": settings.dtype, "precision": PRECISIONS[settings.dtype],
         "engine": settings.engine if train else "none", "grad_clip": settings.grad_clip if train else None,
-        "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+        "world_size": ctx.world_size, "nodes": ctx.nodes, "threads": torch.get_num_threads(),
         **base_record_fields(settings, train),
     }
 
