@@ -127,6 +127,32 @@ def test_old_plan_with_a_single_count_still_loads(tmp_path):
     assert status(run) == {(2, "resnet18@64"): "missing"}  # status reads the old plan (no records here)
 
 
+def test_resubmit_sends_only_the_node_count_left(tmp_path):
+    run = _plan(tmp_path / "r", [1, 2], [{"job_id": "10", "nodes": 1}, {"job_id": "11", "nodes": 2}])
+    RunDir(run).append(_rec(1))  # the 1-node cell is measured; the 2-node job ended without a record
+    result = cli("resubmit", "--dry-run", str(run), env={"PATH": "/nonexistent"})  # no squeue: records only
+    assert result.exit_code == 0, result.output
+    assert result.output.count("#!/bin/bash") == 1 and "#SBATCH --nodes=2" in result.output
+
+
+def test_a_refused_later_node_count_says_what_was_submitted(tmp_path, monkeypatch):
+    import bench.commands.slurm as slurm
+
+    def fake_sbatch(script: Path, cwd: Path) -> str:
+        if "#SBATCH --nodes=2" in script.read_text():
+            raise BadInput("sbatch: error: Node count specification invalid")
+        return "101"
+
+    monkeypatch.setattr(slurm, "sbatch", fake_sbatch)
+    out = tmp_path / "r"
+    result = cli("submit", "--nodes", "1,2", "--", *RUN, "--out", str(out))
+    assert result.exit_code == 2
+    assert "Node count specification invalid (for --nodes 2; already submitted: batch job 101" in result.output
+    plan = json.loads((out / PLAN).read_text())
+    assert [(j["job_id"], j["nodes"]) for j in plan["jobs"]] == [("101", 1)]  # kept: resubmit sends the rest
+    assert not (out / "slurm_job.nodes-2.sbatch").exists()
+
+
 @pytest.mark.parametrize("nodes, jobs, words", [
     ([1, 2], [{"job_id": "10"}], "jobs[0].nodes is missing"),
     ([1, 2], [{"job_id": "10", "nodes": 4}], "jobs[0].nodes is 4"),
