@@ -238,6 +238,8 @@ class Record:
     comm_bytes_predicted: float | None = _f(MEASURE, "bytes", "payload per step predicted from the parameter count "
                                             "and engine (comm_prediction)",
                                             Display("comm per step (predicted)", "MB", scale=2.0**-20, main=False))
+    comm_bytes_predicted_min: float | None = _f(MEASURE, "bytes", "ZeRO-3 / FSDP2: the lower bound of the predicted "
+                                                "payload (comm_bytes_predicted is the upper); None: one value")
     comm_prediction: str | None = _f(PROVENANCE, doc="the formula and numbers behind comm_bytes_predicted")
     comm_busbw_gbps: float | None = _f(MEASURE, "GB/s (1e9 bytes)", "bus bandwidth, nccl-tests convention, "
                                        "combined over collective kinds by bytes",

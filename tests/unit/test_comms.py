@@ -70,10 +70,15 @@ def test_predictions_per_engine():
     assert comms.predict("none", 0, p, e, n) is None
 
 
-def test_mismatch_tolerance():
-    assert not comms.mismatch(100.5, 100)  # 0.5% < 1%
-    assert comms.mismatch(150, 100)
+def test_mismatch_tolerance_of_a_payload_and_of_a_range():
+    one = comms.Prediction(100, "")
+    assert not comms.mismatch(100.5, one) and not comms.mismatch(99.5, one)  # 0.5% < 1%
+    assert comms.mismatch(150, one) and comms.mismatch(98, one)
     assert not comms.mismatch(150, None)
+    zero3 = comms.predict("deepspeed", 3, 100, 4, 2)  # 800..1200 bytes
+    assert (zero3.low, zero3.bytes) == (800, 1200)
+    assert not comms.mismatch(800, zero3) and not comms.mismatch(1020, zero3) and not comms.mismatch(1200, zero3)
+    assert comms.mismatch(400, zero3) and comms.mismatch(1300, zero3)
 
 
 # --------------------------------------------------------------------------------------------
