@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from bench.errors import first_line
-from bench.launch.context import DistContext, broadcast_object
+from bench.launch.context import DistContext, all_gather, broadcast_object
 
 Interval = tuple[float, float]
 
@@ -383,23 +383,47 @@ def free_dir(parent: Path, name: str) -> Path:
     return path
 
 
+def _cell_dir(parent: Path, name: str, ctx: DistContext) -> tuple[Path | None, str | None]:
+    """Rank 0 creates the cell's trace folder; every rank gets (folder, None) or (None, why not)."""
+    chosen: tuple[str | None, str | None] = (None, None)
+    if ctx.is_main:
+        try:
+            path = free_dir(parent, name)
+            path.mkdir(parents=True)
+            chosen = (str(path), None)
+        except OSError as exc:  # RUN_DIR/traces a file, a full disk: the timing stands
+            chosen = (None, f"cannot write the comm traces under {parent}: {first_line(exc, with_type=True)}")
+    folder, error = broadcast_object(chosen, ctx)
+    return (Path(folder) if folder else None), error
+
+
 def measure_comms(step: Callable[[], object], ctx: DistContext, steps: int, parent: Path, name: str,
                   predicted: Prediction | None) -> tuple[dict, list[str]]:
     """Every rank profiles ``steps`` steps into ``<parent>/<name>/rank<R>.json.gz``; rank 0 reads
-    its own trace. Returns (record fields, flags), the same on every rank. A trace that cannot be
-    read is said (``comm_error``, flag ``comm-unmeasured``), never the cell's failure."""
-    cell_dir = Path(broadcast_object(str(free_dir(parent, name)) if ctx.is_main else None, ctx))
-    path = profile_steps(step, steps, cell_dir / f"rank{ctx.rank}.json.gz", ctx.device.type == "cuda")
+    its own trace. Returns (record fields, flags), the same on every rank. A folder or trace that
+    cannot be written or read is said (``comm_error``, flag ``comm-unmeasured``), never the cell's
+    failure: every rank reaches the same collectives whatever failed where."""
+    method = (f"kineto trace (record_shapes), {steps} steps after the timing and 1 warm-up, rank 0; "
+              "collectives: " + ("NCCL kernels" if ctx.device.type == "cuda" else "gloo runloop annotations")
+              + "; own interval arithmetic (HTA counts GPU kernels only)")
+    unmeasured = {"comm_steps": steps, "comm_method": method}
+    cell_dir, error = _cell_dir(parent, name, ctx)
+    if cell_dir is None:
+        return unmeasured | {"comm_error": error}, [UNMEASURED_FLAG]
+    path = cell_dir / f"rank{ctx.rank}.json.gz"
+    try:
+        profile_steps(step, steps, path, ctx.device.type == "cuda")
+    except OSError as exc:  # the export (a step that fails fails on its own, as in the timing)
+        error = f"rank {ctx.rank}: {first_line(exc, with_type=True)}"
+    errors = [e for e in all_gather(error, ctx) if e]
     result: tuple[dict, list[str]] | None = None
     if ctx.is_main:
-        method = (f"kineto trace (record_shapes), {steps} steps after the timing and 1 warm-up, rank 0; "
-                  "collectives: " + ("NCCL kernels" if ctx.device.type == "cuda" else "gloo runloop annotations")
-                  + "; own interval arithmetic (HTA counts GPU kernels only)")
         try:
+            if errors:
+                raise RuntimeError(errors[0])
             res = analyse(read_trace(path, ctx.world_size), ctx.world_size, predicted, method)
             res.trace_dir = str(cell_dir)
             result = res.to_record(), res.flags
         except Exception as exc:  # noqa: BLE001 - the timing stands; the analysis' failure is said
-            result = {"comm_steps": steps, "comm_error": first_line(exc, with_type=True),
-                      "comm_trace_dir": str(cell_dir), "comm_method": method}, [UNMEASURED_FLAG]
+            result = unmeasured | {"comm_error": first_line(exc), "comm_trace_dir": str(cell_dir)}, [UNMEASURED_FLAG]
     return broadcast_object(result, ctx)

@@ -84,3 +84,16 @@ def test_a_bad_comm_steps_is_one_line_and_creates_nothing(tmp_path):
     assert proc.returncode == 2
     assert "--comm-steps" in one_line_error(proc)
     assert not out.exists()
+
+
+def test_comm_traces_that_cannot_be_written_lose_no_timing(tmp_path):
+    """RUN_DIR/traces is a file: the comm steps are said to be unmeasured, the timing stands."""
+    out = tmp_path / "blocked"
+    out.mkdir()
+    (out / "traces").write_text("not a folder")
+    proc = run_bench("run", *TRAIN, "--modes", "train", "--engine", "ddp", "--nproc", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rec,) = _records(out)
+    assert rec["status"] == "ok" and rec["latency_ms"] > 0 and rec["throughput"] > 0
+    assert "comm-unmeasured" in rec["flags"] and "traces" in rec["comm_error"]
+    assert rec.get("comm_ms") is None
