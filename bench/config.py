@@ -490,6 +490,10 @@ class RunConfig:
     time_auto_batch: bool = option("--time-auto-batch", is_flag=True,
                                    help="Also time the batch --batch auto finds (default: record the frontier only, "
                                         "one step per trial).")
+    comm_steps: int = option("--comm-steps", default="3", parse=Int(0, 100), identity=False,
+                             help="Multi-rank train cells: profile N extra steps after the timing for collective time, "
+                                  "exposed communication, bytes against the engine's prediction and bus bandwidth "
+                                  "(traces in RUN_DIR/traces/comm); 0 = off.")
     data: str = option("--data", default="synthetic", parse=_run_data, identity=False,  # adds fields, changes none
                        help="det: coco:DIR also times the mmdet / PVT-paper FPS protocol on its val images (own "
                             "aspect ratio, batch 1, padded to 32) beside the fixed-size latency.")

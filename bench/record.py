@@ -227,6 +227,30 @@ class Record:
     # issue 19 D (nodes)
     nodes: int | None = _f(SETTING, doc="nodes the cell's ranks spanned (bench slurm submit --nodes); "
                            "absent in older records: 1 when world_size is 1, else unknown (None)")
+    # issue 19 comms: --comm-steps profiled after the timing, rank 0's trace (bench.measure.comms)
+    comm_steps: int | None = _f(PROVENANCE, "steps", "--comm-steps: steps profiled after the timing")
+    comm_step_ms: float | None = _f(MEASURE, "ms", "mean profiled step (ProfilerStep windows, rank 0)")
+    comm_ms: float | None = _f(MEASURE, "ms", "per profiled step: the union of the collectives' intervals",
+                               Display("collective time", "ms", "min", main=False))
+    comm_exposed_ms: float | None = _f(MEASURE, "ms", "per profiled step: collective time with no compute beside it",
+                                       Display("exposed comm", "ms", "min", main=False))
+    comm_exposed_share: float | None = _f(MEASURE, doc="comm_exposed_ms / comm_step_ms",
+                                          show=Display("exposed comm share", better="min", **_PERCENT))
+    comm_bytes: float | None = _f(MEASURE, "bytes", "collective payload per step as traced (nccl-tests' size)",
+                                  Display("comm per step", "MB", scale=2.0**-20, main=False))
+    comm_bytes_predicted: float | None = _f(MEASURE, "bytes", "payload per step predicted from the parameter count "
+                                            "and engine (comm_prediction)",
+                                            Display("comm per step (predicted)", "MB", scale=2.0**-20, main=False))
+    comm_bytes_predicted_min: float | None = _f(MEASURE, "bytes", "ZeRO-3 / FSDP2: the lower bound of the predicted "
+                                                "payload (comm_bytes_predicted is the upper); None: one value")
+    comm_prediction: str | None = _f(PROVENANCE, doc="the formula and numbers behind comm_bytes_predicted")
+    comm_busbw_gbps: float | None = _f(MEASURE, "GB/s (1e9 bytes)", "bus bandwidth, nccl-tests convention, "
+                                       "combined over collective kinds by bytes",
+                                       Display("bus bandwidth", "GB/s", "max", main=False))
+    comm_collectives: list | None = _f(MEASURE, doc="per collective kind: count, bytes, time_ms, busbw_gbps per step")
+    comm_method: str | None = _f(PROVENANCE, doc="how the comm_* figures were measured")
+    comm_trace_dir: str | None = _f(PROVENANCE, doc="the per-rank Kineto traces of the comm steps")
+    comm_error: str | None = _f(MEASURE, doc="why the comm steps' trace could not be read (flag comm-unmeasured)")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)

@@ -83,6 +83,7 @@ class ClassifyScenario:
         self.peak: Peak | None = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
         self.peak_tflops = self.peak.tflops if self.peak else None
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
+        self.comm_dir = run_dir.path / "traces" / "comm" if self.config.comm_steps else None
         self.run_id = run_dir.path.name  # as the sweep stamps each record (scaling compares within it)
 
     def _peak_dtype(self) -> torch.dtype:
@@ -122,7 +123,7 @@ class ClassifyScenario:
                           "loadavg_1m": os.getloadavg()[0]}
         task = task_for(cell.task)
         rec |= counted.to_record() | {"input_hw": list(task.input_hw(cell)), "bn_mode": task.bn_mode}
-        rec |= measure_cell(cell, ctx, self.config, getattr(self, "profile_dir", None))
+        rec |= measure_cell(cell, ctx, self.config, getattr(self, "profile_dir", None), getattr(self, "comm_dir", None))
         rec["flags"] = list(rec.get("flags") or []) + self._derive(rec, counted, cell, ctx, history)
         return rec
 
@@ -310,7 +311,7 @@ def _engine_fields(trainer) -> dict:
 
 
 def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, clock: SetupClock,
-                   profile_dir: Path | None, out: dict, flags: list[str]) -> None:
+                   profile_dir: Path | None, out: dict, flags: list[str], comm_dir: Path | None = None) -> None:
     """Measure the cell at ``batch`` into ``out`` and ``flags`` (filled as it goes, so a cell that
     fails half-way keeps what it measured)."""
     task = task_for(cell.task)
@@ -337,6 +338,10 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, clo
     if trainer is not None:
         out |= _engine_fields(trainer)
         out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
+        if comm_dir is not None and ctx.distributed:  # issue 19 comms: extra profiled steps, outside the timing
+            fields, comm_flags = _comms(step, model, cell, batch, ctx, cfg, comm_dir, out.get("zero"))
+            out |= fields
+            flags += comm_flags
     if profile_dir is not None:
         from bench.measure.profile import profile_cell
 
@@ -349,6 +354,22 @@ def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, clo
     out |= broadcast_object(numerics, ctx)
     flags += out.get("agreement_flags") or []
     out.pop("agreement_flags", None)
+
+
+def _comms(step: Callable[[], object], model: nn.Module, cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig,
+           comm_dir: Path, zero: int | None) -> tuple[dict, list[str]]:
+    """Collective time, exposed communication, bytes and bus bandwidth of ``--comm-steps`` profiled
+    steps (bench.measure.comms), against the bytes the engine should move for this model."""
+    from bench.measure import comms
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    numel = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)  # ZeRO-3 keeps the full size aside
+    grad_bytes = params[0].element_size() if params else 4
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers()) if cfg.engine == "ddp" else 0
+    predicted = comms.predict(cfg.engine, zero or 0, numel, grad_bytes, ctx.world_size, buffers)
+    label = cfg.engine + (f"-z{zero}" if cfg.engine == "deepspeed" else "")
+    name = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{label}_w{ctx.world_size}"
+    return comms.measure_comms(step, ctx, cfg.comm_steps, comm_dir, name, predicted)
 
 
 def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ctx: DistContext,
@@ -395,7 +416,8 @@ def _union_over_ranks(flags: list[str], ctx: DistContext) -> list[str]:
     return list(dict.fromkeys(f for rank_flags in all_gather(list(flags), ctx) for f in rank_flags))
 
 
-def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path | None = None) -> dict:
+def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path | None = None,
+                 comm_dir: Path | None = None) -> dict:
     """Run one cell; returns the measured fields (status ok / oom / error)."""
     out: dict = {"status": "ok", "error": None}
     flags: list[str] = []
@@ -410,7 +432,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
             if batch is None:
                 return out
             out["batch"] = batch
-            _measure_batch(cell, batch, ctx, cfg, clock, profile_dir, out, flags)
+            _measure_batch(cell, batch, ctx, cfg, clock, profile_dir, out, flags, comm_dir)
     except SetupTimeout as exc:
         out |= {"status": "error", "error": first_line(exc, with_type=True),
                 "setup_s": round(time.perf_counter() - clock.started, 3)}

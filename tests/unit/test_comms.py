@@ -1,0 +1,157 @@
+"""bench.measure.comms on hand-made events: interval arithmetic, bus bandwidth, the byte
+predictions and reading a Kineto trace shaped like torch 2.14's CPU gloo traces."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from bench.measure import comms
+from bench.record import Record
+
+# --------------------------------------------------------------------------------------------
+# Intervals
+
+
+def test_union_merges_overlapping_and_touching_and_drops_empty():
+    assert comms.union([(5, 7), (0, 2), (1, 3), (3, 4), (9, 9)]) == [(0, 4), (5, 7)]
+    assert comms.length([(0, 2), (1, 3), (10, 11)]) == 4
+
+
+def test_fully_overlapped_comm_is_not_exposed():
+    assert comms.exposed([(2, 4), (5, 6)], [(0, 10)]) == 0
+
+
+def test_fully_exposed_comm():
+    assert comms.exposed([(2, 4), (3, 5)], [(0, 1), (6, 8)]) == 3  # union (2, 5), no compute beside it
+
+
+def test_partly_overlapped_comm_counts_each_instant_once():
+    # comm (0, 10); compute (2, 4) and (3, 6) nested/overlapping -> covered 2..6 -> exposed 6
+    assert comms.exposed([(0, 10)], [(2, 4), (3, 6), (8, 9)]) == 10 - 4 - 1
+    assert comms.intersection([(0, 10)], [(2, 4), (3, 6)]) == 4
+
+
+def test_clip_keeps_the_parts_inside_windows():
+    assert comms.clip([(0, 10), (12, 13)], [(2, 4), (8, 12.5)]) == [(2, 4), (8, 10), (12, 12.5)]
+
+
+# --------------------------------------------------------------------------------------------
+# Bus bandwidth (nccl-tests' PERFORMANCE.md)
+
+
+@pytest.mark.parametrize("kind, n, factor", [("all_reduce", 2, 1.0), ("all_reduce", 8, 1.75), ("all_gather", 4, 0.75),
+                                             ("reduce_scatter", 2, 0.5), ("broadcast", 8, 1.0)])
+def test_bus_factor(kind, n, factor):
+    assert comms.bus_factor(kind, n) == pytest.approx(factor)
+
+
+def test_busbw_of_a_kind_and_combined_by_bytes():
+    ar = comms.kind_stats("all_reduce", 1, 1e9, 1000.0, 4)  # 1 GB in 1 s: algbw 1 GB/s, busbw 1.5
+    ag = comms.kind_stats("all_gather", 1, 3e9, 1000.0, 4)  # algbw 3, busbw 2.25
+    assert ar.busbw_gbps == pytest.approx(1.5) and ag.busbw_gbps == pytest.approx(2.25)
+    assert comms.combined_busbw([ar, ag]) == pytest.approx((1.5 * 1 + 2.25 * 3) / 4)
+    assert comms.kind_stats("barrier", 1, 0, 1.0, 4).busbw_gbps is None
+    assert comms.combined_busbw([]) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions
+
+
+def test_predictions_per_engine():
+    p, e, n = 1001, 4, 2
+    assert comms.predict("ddp", 0, p, e, n, buffer_bytes=40).bytes == p * e + 40
+    assert comms.predict("deepspeed", 2, p, e, n).bytes == (p + 1002) * e  # all-gather padded to n
+    assert comms.predict("deepspeed", 1, p, e, 4).bytes == (p + 1004) * e
+    assert comms.predict("deepspeed", 3, p, e, n).bytes == 3 * p * e
+    assert comms.predict("fsdp2", 0, p, 2, n).bytes == 3 * p * 2
+    assert comms.predict("none", 0, p, e, n) is None
+
+
+def test_mismatch_tolerance_of_a_payload_and_of_a_range():
+    one = comms.Prediction(100, "")
+    assert not comms.mismatch(100.5, one) and not comms.mismatch(99.5, one)  # 0.5% < 1%
+    assert comms.mismatch(150, one) and comms.mismatch(98, one)
+    assert not comms.mismatch(150, None)
+    zero3 = comms.predict("deepspeed", 3, 100, 4, 2)  # 800..1200 bytes
+    assert (zero3.low, zero3.bytes) == (800, 1200)
+    assert not comms.mismatch(800, zero3) and not comms.mismatch(1020, zero3) and not comms.mismatch(1200, zero3)
+    assert comms.mismatch(400, zero3) and comms.mismatch(1300, zero3)
+
+
+# --------------------------------------------------------------------------------------------
+# A trace as torch 2.14 writes it on CPU gloo (record_shapes=True)
+
+
+def _trace(tmp_path, events, gz=True):
+    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "thread 9 (pt_gloo_runloop)"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "thread 1 (python)"}}]
+    path = tmp_path / ("rank0.json.gz" if gz else "rank0.json")
+    data = json.dumps({"traceEvents": meta + events})
+    if gz:
+        with gzip.open(path, "wt") as fh:
+            fh.write(data)
+    else:
+        path.write_text(data)
+    return path
+
+
+def _x(name, ts, dur, tid=1, cat="cpu_op", args=None):
+    return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur, "args": args or {}}
+
+
+def _gloo(kind, ts, dur, dims, ctype="float"):
+    return _x(f"gloo:{kind}", ts, dur, tid=9, cat="user_annotation",
+              args={"Input Dims": [dims], "Input type": [ctype]})
+
+
+def test_read_and_analyse_a_gloo_trace(tmp_path):
+    events = [
+        _x("ProfilerStep#1", 0, 100, cat="user_annotation"), _x("ProfilerStep#2", 100, 100, cat="user_annotation"),
+        # step 1: an all-reduce 40..80, compute until 60 -> exposed 20; a broadcast of 10 longs during compute
+        _x("aten::convolution", 0, 60), _x("aten::add", 10, 5), _x("c10d::allreduce_", 40, 1),
+        _gloo("all_reduce", 40, 40, [1000]), _gloo("broadcast", 5, 5, [10], "long int"),
+        # step 2: an all-gather of 500 per rank (payload 1000 floats) 150..190, no compute after 120
+        _x("aten::mm", 100, 20), _gloo("all_gather", 150, 40, [500]),
+        _gloo("all_reduce", 300, 10, [7]),  # after the last step: not counted
+    ]
+    facts = comms.read_trace(_trace(tmp_path, events), world_size=2)
+    assert facts.steps == [(0, 100), (100, 200)]
+    assert {c.kind for c in facts.collectives} == {"all_reduce", "broadcast", "all_gather"}
+    assert (0, 60) in facts.compute and (40, 41) not in facts.compute  # c10d ops are not compute
+    # per step: 1000 floats all-reduced + 10 longs broadcast (on half the steps) = DDP's P x 4 + buffers 40
+    res = comms.analyse(facts, 2, comms.predict("ddp", 0, 1000, 4, 2, buffer_bytes=40), "test")
+    assert res.steps == 2 and res.step_ms == pytest.approx(0.1)
+    assert res.comm_ms == pytest.approx((40 + 5 + 40) / 2 / 1e3)
+    assert res.exposed_ms == pytest.approx((20 + 0 + 40) / 2 / 1e3)
+    assert res.exposed_share == pytest.approx(0.3)
+    assert res.bytes == pytest.approx((1000 * 4 + 10 * 8 + 1000 * 4) / 2)
+    kinds = {k.kind: k for k in res.kinds}
+    assert kinds["all_gather"].bytes == 2000 and kinds["broadcast"].count == 0.5
+    assert kinds["all_reduce"].busbw_gbps == pytest.approx(2000 / 20e-6 / 1e9 * 1.0)
+    assert res.flags == []  # traced 4040 == predicted 4040
+    rec = res.to_record()
+    assert set(rec) <= set(Record.__dataclass_fields__)
+    assert 0 <= rec["comm_exposed_share"] <= 1 and rec["comm_bytes_predicted"] == 4040
+    # a prediction missing a third of the traffic (say the all-gather) is flagged
+    assert comms.analyse(facts, 2, comms.predict("ddp", 0, 700, 4, 2), "test").flags == [comms.MISMATCH_FLAG]
+
+
+def test_a_trace_without_steps_is_refused(tmp_path):
+    facts = comms.read_trace(_trace(tmp_path, [_gloo("all_reduce", 0, 1, [4])], gz=False), 2)
+    with pytest.raises(ValueError, match="ProfilerStep"):
+        comms.analyse(facts, 2, None, "test")
+
+
+def test_cuda_traces_take_nccl_kernels_and_record_param_comms(tmp_path):
+    events = [
+        _x("ProfilerStep#1", 0, 100, cat="user_annotation"),
+        _x("record_param_comms", 10, 1, args={"Collective name": "allreduce", "In msg nelems": 256,
+                                              "Out msg nelems": 256, "dtype": "BFloat16"}),
+        _x("ncclDevKernel_AllReduce_Sum_bf16", 20, 30, tid=7, cat="kernel"),
+        _x("sm90_gemm", 0, 40, tid=7, cat="kernel"),
+    ]
+    res = comms.analyse(comms.read_trace(_trace(tmp_path, events), 2), 2, None, "test")
+    assert res.bytes == 512 and res.exposed_ms == pytest.approx(0.01)
