@@ -3,6 +3,7 @@ plot of the report uses, so that no view has to re-derive them."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,7 +34,29 @@ class Run:
 def load_runs(paths: Iterable[Path]) -> list[Run]:
     """Load every run; a run id that two of them share (a copied directory) gets a "#2" suffix,
     so each run keeps its own column and line."""
-    runs = [load_run(Path(p)) for p in paths]
+    return _label_runs([load_run(Path(p)) for p in paths])
+
+
+def load_where(paths: Iterable[Path], where: str, index: Path | None = None) -> list[Run]:
+    """The runs of ``paths`` holding only the records the SQL condition ``where`` selects (over
+    bench.db's ``records`` view; ``index``: a saved index, else a temporary one): DuckDB filters,
+    so only the selected records become dicts. A run with none selected is left out."""
+    from bench.db import ResultsDB, resolve_run_dirs
+
+    dirs = resolve_run_dirs(paths)
+    selected: dict[str, list[dict[str, Any]]] = {}
+    with ResultsDB(dirs, index) as db:
+        for line in db.warnings():
+            print(line, file=sys.stderr)
+        for key, rec in db.record_dicts(where):
+            selected.setdefault(key, []).append(rec)
+    if not selected:
+        raise BadInput(f"--where selected no record in the {len(dirs)} run director{'y' if len(dirs) == 1 else 'ies'}")
+    by_key = {str(p.resolve()): p for p in dirs}
+    return _label_runs([run_from_records(by_key[key], recs) for key, recs in selected.items()])
+
+
+def _label_runs(runs: list[Run]) -> list[Run]:
     seen: dict[str, int] = {}
     for run in runs:
         base = str(run.env.get("run_id") or _first(run.records, "run_id") or run.path.name)
@@ -50,9 +73,13 @@ def load_run(path: Path) -> Run:
     run_dir = RunDir(path)
     if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
+    return run_from_records(path, run_dir.records())
+
+
+def run_from_records(path: Path, every: list[dict[str, Any]]) -> Run:
+    """A Run of ``path`` from its records as RunDir reads them (all of them, or those a --where kept)."""
     # A retried cell counts once: its latest record (by timestamp), in every table and plot; a cell
     # visited several times (--repeats) shows the estimate over its repeats in that one row.
-    every = run_dir.records()
     timings = {key: Timings.from_records(group) for key, group in cell_groups(every).items()}
     records = [_with_estimate(r, timings) for r in latest_by_cell(every)]
     if not records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -44,8 +44,10 @@ ENV_ORDER = ["run_id", "started_at", "command", "hostname", "platform", "python"
 PER_CELL_TABLES = ("results-", "finetune")  # key prefixes of the tables with one row per cell
 
 
-def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
-    """Render the report of ``run_dirs`` to ``out`` (written atomically) and return its path."""
+def render_report(run_dirs: list[Path], out: Path, fmt: str = "html",
+                  load: Callable[[list[Path]], list[Run]] = load_runs) -> Path:
+    """Render the report of ``run_dirs`` to ``out`` (written atomically) and return its path;
+    ``load`` reads the runs (bench report --where: only the records a query selects)."""
     if fmt not in FORMATS:
         raise BadInput(f"unknown report format '{visible(str(fmt))}'; choose from {', '.join(FORMATS)}")
     if not run_dirs:
@@ -54,7 +56,7 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
 
     check_out_file(out)  # before any work: a device, FIFO, symlink or unwritable place is refused
     _refuse_overwriting_inputs(run_dirs, Path(out))
-    runs = neutral_runs(load_runs(run_dirs))
+    runs = neutral_runs(load(run_dirs))
     df = records_frame(runs)
     sections = report_sections(df, runs)
     tables = all_tables(df, sections)

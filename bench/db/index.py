@@ -1,0 +1,499 @@
+"""Run directories as DuckDB tables: the ``records`` and ``invocations`` views that ``bench query``
+and ``bench report --where`` read.
+
+How rows get in. Every record file of a run directory (``records.jsonl`` and each writer's shard
+``records.<writer>.jsonl``, as ``RunDir.record_files`` lists them; ``records.torn-*`` never) is
+read with bench's own reader, ``bench.record.read_records_counted``: the same UTF-8 / JSON /
+``upgrade`` / ``valid`` steps as ``RunDir.records()``, so a torn line or an invalid record is never
+a row, an old record is read as the current schema, and the rows are exactly that reader's
+records (tests/unit/test_db.py checks it on the committed runs). DuckDB's own JSON reader is only
+used to load the rows this reader accepted (bulk, with the column types declared below): it
+cannot apply ``valid()``, and reading the files with it directly would let rejected records in.
+
+Columns of ``records``: ``run_dir`` (the directory's absolute path), ``source_file`` (which shard),
+``record_index`` (the record's position in ``RunDir.records()`` order), then one column per field
+of ``bench.record.Record`` (union by name: a field an older record lacks is NULL), typed from the
+schema (int BIGINT, float DOUBLE, str VARCHAR, bool BOOLEAN, list and dict JSON; the samples
+``latency_samples_ms`` DOUBLE[]), then ``extra``
+(JSON): fields the schema does not declare, and the rare value a typed column cannot hold (an
+integer beyond 64 bits, a float beyond a double). That is the one place SQL is looser than the
+Python reader: such a value is NULL in its column and kept whole in ``extra``; ``record_dicts``
+puts it back, so the report still sees the record as RunDir reads it.
+
+Raw samples (``latency_samples_ms``) are read only when a query names them: the
+index is a DuckDB database file, stored by column, so a query that does not project a column never
+reads its segments from disk. Without ``--index`` the index is built in a temporary directory for
+this one command (the same code; the samples are parsed once while loading, as RunDir parses
+them, but are not read back unless asked for) and deleted afterwards.
+
+The saved index (``--index PATH``) keeps, per run directory, a fingerprint: for each records
+file, shard and invocations.jsonl its (name, size, mtime_ns, SHA-256 of its last 4 KiB). A run
+directory whose fingerprint differs (an append changes the size; an edit in place the mtime or
+the tail; a copy that keeps the mtime but not the content the tail) is re-read whole, and only its
+rows are replaced; a directory that has disappeared loses its rows; the others are not touched.
+What the fingerprint misses: an edit of the same size, before the last 4 KiB, that also puts the
+mtime back. An index written by another schema of records (a field added) is rebuilt whole.
+
+Reading is read-only: the user's SQL runs on a connection opened with ``read_only=True`` after
+``enable_external_access`` is switched off and the configuration locked, so no statement can
+write the index, read or write a file (COPY, read_csv, ATTACH), or switch that back on; on top,
+only one SELECT-like statement is accepted (``check_sql``).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+
+from bench.errors import BadInput, first_line
+from bench.record import INVOCATIONS, RECORDS, RunDir, read_records_counted, schema
+
+INDEX_FORMAT = 1  # bump when the tables below change shape: older index files are rebuilt
+TAIL_BYTES = 4096
+FLUSH_BYTES = 32 << 20  # rows buffered in a temporary JSONL file before DuckDB loads them
+KEYS = {"run_dir": "VARCHAR", "source_file": "VARCHAR", "record_index": "BIGINT"}
+EXTRA = "extra"
+# The raw samples as a list of doubles (list_median(latency_samples_ms) in SQL); a value that is not
+# a list of numbers (a hand-edited record RunDir still accepts) goes to ``extra``.
+NUMBER_LISTS = ("latency_samples_ms",)
+_DUCK_TYPES = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", bool: "BOOLEAN", list: "JSON", dict: "JSON"}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+# Top-level keys of invocations.jsonl lines shown as columns; the whole line is ``entry`` (JSON).
+INVOCATION_KEYS = ("invocation", "command", "run_id", "kind", "started_at", "git_commit", "git_dirty", "hostname",
+                   "device_name", "torch", "python", "slurm_job_id")
+INVOCATION_TABLE = {"run_dir": "VARCHAR", "line": "BIGINT", "entry": "JSON"}
+RUNS_TABLE = {"run_dir": "VARCHAR", "fingerprint": "VARCHAR", "n_records": "BIGINT", "n_skipped": "BIGINT",
+              "builds": "BIGINT", "indexed_at": "DOUBLE"}
+# What a user's statement may be: a query. WITH ... SELECT parses as SELECT.
+READ_STATEMENTS = ("SELECT", "EXPLAIN")
+_GLOB_CHARS = set("*?[")
+
+
+def _shown(path: Any) -> str:
+    """A path inside a one-line message: control characters escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(path))
+
+
+def record_columns() -> dict[str, str]:
+    """The ``records`` table's columns and DuckDB types, derived from the record schema."""
+    cols = dict(KEYS)
+    for name, spec in schema().fields.items():
+        cols[name] = _DUCK_TYPES.get(spec.type, "JSON")
+    for name in NUMBER_LISTS:
+        cols[name] = "DOUBLE[]"
+    cols[EXTRA] = "JSON"
+    return cols
+
+
+def _signature() -> str:
+    return hashlib.sha256(json.dumps([INDEX_FORMAT, record_columns()]).encode()).hexdigest()[:16]
+
+
+def is_run_dir(path: Path) -> bool:
+    """A directory bench wrote: it holds a records file, a shard or an invocation log."""
+    return path.is_dir() and (any(p.is_file() for p in RunDir(path).record_files())
+                              or (path / INVOCATIONS).is_file())
+
+
+def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
+    """The run directories named by ``args``: paths, or globs the shell left unexpanded (quoted,
+    or too many for one command line). Each must be a run directory; duplicates count once."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for arg in args:
+        text = str(arg)
+        if not Path(text).exists() and _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise BadInput(f"'{_shown(text)}' matches no run directory")
+        else:
+            matches = [text]
+        for m in matches:
+            path = Path(m)
+            if not is_run_dir(path):
+                raise BadInput(_not_a_run_dir(path))
+            key = str(path.resolve())
+            if key not in seen:
+                seen.add(key)
+                out.append(path)
+    if not out:
+        raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
+    return out
+
+
+def _not_a_run_dir(path: Path) -> str:
+    hint = f"pass a directory written by `bench run --out DIR` (with {RECORDS} or {INVOCATIONS})"
+    if path.is_file():
+        return f"'{_shown(path)}' is a file, not a run directory; {hint}"
+    if path.is_dir():
+        return f"'{_shown(path)}' is not a run directory; {hint}"
+    return f"run directory '{_shown(path)}' does not exist; {hint}"
+
+
+def _file_state(path: Path) -> list:
+    """(name, size, mtime_ns, SHA-256 of the last 4 KiB): what tells a changed file."""
+    st = path.stat()
+    with path.open("rb") as fh:
+        fh.seek(max(0, st.st_size - TAIL_BYTES))
+        tail = hashlib.sha256(fh.read(TAIL_BYTES)).hexdigest()[:16]
+    return [path.name, st.st_size, st.st_mtime_ns, tail]
+
+
+def fingerprint(run_dir: Path) -> str:
+    """The state of every file the index reads from ``run_dir``, as one string."""
+    files = [p for p in [*RunDir(run_dir).record_files(), run_dir / INVOCATIONS] if p.is_file()]
+    return json.dumps([_file_state(p) for p in files])
+
+
+@dataclass
+class UpdateStats:
+    """What bringing the index up to date did, per run directory (the evidence that an unchanged
+    directory is not re-read)."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # run dir -> lines RunDir would skip too
+
+    def summary(self) -> str:
+        return (f"index: {len(self.added)} run directories added, {len(self.updated)} updated, "
+                f"{len(self.removed)} removed, {len(self.unchanged)} unchanged")
+
+
+@dataclass
+class QueryResult:
+    """A query's answer: column names, DuckDB type names and the rows."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple]
+
+
+class _Rows:
+    """Rows for one table, buffered as JSON lines in a temporary file and loaded by DuckDB's JSON
+    reader with the table's declared column types: a bulk load with no row-by-row INSERT and no
+    pyarrow dependency."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], path: Path):
+        self.con, self.table, self.columns, self.path = con, table, columns, path
+        self.fh = path.open("w", encoding="utf-8")
+        self.size = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        self.fh.write(line)
+        self.size += len(line)
+        if self.size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        self.fh.close()
+        if self.size:
+            cols = ", ".join(self.columns)
+            spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in self.columns.items()) + "}"
+            self.con.execute(f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM read_json(?, "
+                             f"format='newline_delimited', columns={spec}, maximum_object_size=1073741824)",
+                             [str(self.path)])
+        self.fh = self.path.open("w", encoding="utf-8")
+        self.size = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.fh.close()
+
+
+def _split(rec: dict[str, Any], typed: dict[str, str]) -> dict[str, Any]:
+    """A record as a row of typed columns; what no typed column holds goes to ``extra``."""
+    row: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in rec.items():
+        kind = typed.get(name)
+        if kind is None or name in KEYS or name == EXTRA:
+            extra[name] = value
+        elif kind == "BIGINT" and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            extra[name] = value
+        elif kind == "DOUBLE[]" and not (isinstance(value, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 1e308 for x in value)):
+            extra[name] = value
+        elif kind == "DOUBLE" and isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+            extra[name] = value
+        else:
+            row[name] = value
+    if extra:
+        row[EXTRA] = extra
+    return row
+
+
+class ResultsDB:
+    """The run directories as DuckDB views, over a saved index (``index``) or a temporary one.
+
+    Use as a context manager; ``stats`` says what the update did, ``query`` runs the user's SQL,
+    ``record_dicts`` gives the records a WHERE selects as RunDir reads them."""
+
+    def __init__(self, run_dirs: list[Path], index: Path | None = None, rebuild: bool = False):
+        self.run_dirs = [Path(p) for p in run_dirs]
+        self.keys = [str(p.resolve()) for p in self.run_dirs]
+        self.index = Path(index) if index is not None else None
+        self.rebuild = rebuild
+        self.stats = UpdateStats()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "ResultsDB":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def open(self) -> UpdateStats:
+        path = self._index_path()
+        self.stats = self._update(path)
+        self.con = self._reader(path)
+        return self.stats
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # --- the index file -------------------------------------------------------------------------
+
+    def _index_path(self) -> Path:
+        if self.index is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bench-query-")
+            return Path(self._tmp.name) / "index.duckdb"
+        path = self.index
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise BadInput(f"--index '{_shown(path)}' exists but is not a regular file; choose another path")
+        parent = path.resolve().parent
+        if str(parent) in self.keys:
+            raise BadInput(f"--index '{_shown(path)}' is inside a run directory; bench query never writes "
+                           "into one (put the index beside the runs)")
+        if not parent.is_dir():
+            raise BadInput(f"--index '{_shown(path)}': directory '{_shown(parent)}' does not exist")
+        return path
+
+    def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the index; a file that is not a DuckDB database, or one another process is
+        writing, is a one-line error (retried for a while in the second case)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return duckdb.connect(str(path), read_only=read_only)
+            except duckdb.IOException as exc:
+                text = first_line(exc)
+                if "lock" not in text.lower() or time.monotonic() > deadline:
+                    raise BadInput(f"cannot open index '{_shown(path)}': {text}") from None
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise BadInput(f"cannot open index '{_shown(path)}': {first_line(exc)}") from None
+
+    @staticmethod
+    def _known(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int, int]] | None:
+        """run dir -> (fingerprint, lines skipped, builds) of an index of the current format;
+        None when the file holds no index or one of another format."""
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+        if not {"_meta", "_runs", "_records", "_invocations"} <= tables:
+            return None
+        row = con.execute("SELECT value FROM _meta WHERE key = 'signature'").fetchone()
+        if row is None or row[0] != _signature():
+            return None
+        return {r[0]: (r[1], r[2], r[3])
+                for r in con.execute("SELECT run_dir, fingerprint, n_skipped, builds FROM _runs").fetchall()}
+
+    def _update(self, path: Path) -> UpdateStats:
+        """Bring the index up to date for this command's run directories (see the module doc)."""
+        prints = {key: fingerprint(Path(key)) for key in self.keys}
+        if path.exists() and not self.rebuild:
+            con = self._connect(path, read_only=True)
+            try:
+                known = self._known(con)
+            finally:
+                con.close()
+            if known is not None and all(k in known and known[k][0] == prints[k] for k in self.keys) \
+                    and all(Path(k).is_dir() for k in known):
+                return UpdateStats(unchanged=list(self.keys), skipped={k: known[k][1] for k in self.keys})
+        con = self._connect(path, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            known = None if self.rebuild else self._known(con)
+            if known is None:
+                self._create(con)
+                known = {}
+            stats = UpdateStats()
+            stats.removed = [k for k in known if not Path(k).is_dir()]
+            stale = [k for k in self.keys if k not in known or known[k][0] != prints[k]]
+            for key in self.keys:
+                (stats.updated if key in known and key in stale else stats.added if key in stale
+                 else stats.unchanged).append(key)
+                if key not in stale:
+                    stats.skipped[key] = known[key][1]
+            gone = [*stats.removed, *stale]
+            if gone:
+                con.execute("CREATE TEMP TABLE _gone (run_dir VARCHAR)")
+                con.executemany("INSERT INTO _gone VALUES (?)", [[k] for k in gone])
+                for table in ("_records", "_invocations", "_runs"):
+                    con.execute(f"DELETE FROM {table} WHERE run_dir IN (SELECT run_dir FROM _gone)")
+            self._ingest(con, stale, prints, known, stats)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+        return stats
+
+    @staticmethod
+    def _create(con: duckdb.DuckDBPyConnection) -> None:
+        for table in ("_meta", "_runs", "_records", "_invocations"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+
+        def ddl(cols: dict[str, str]) -> str:
+            return ", ".join(f'"{k}" {v}' for k, v in cols.items())
+
+        con.execute("CREATE TABLE _meta (key VARCHAR, value VARCHAR)")
+        con.execute("INSERT INTO _meta VALUES ('signature', ?)", [_signature()])
+        con.execute(f"CREATE TABLE _runs ({ddl(RUNS_TABLE)})")
+        con.execute(f"CREATE TABLE _records ({ddl(record_columns())})")
+        con.execute(f"CREATE TABLE _invocations ({ddl(INVOCATION_TABLE)})")
+
+    def _ingest(self, con: duckdb.DuckDBPyConnection, stale: list[str], prints: dict[str, str],
+                known: dict[str, tuple[str, int, int]], stats: UpdateStats) -> None:
+        """Read each stale run directory with bench's reader and load its rows."""
+        if not stale:
+            return
+        typed = record_columns()
+        with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+            records = _Rows(con, "_records", typed, Path(tmp) / "records.jsonl")
+            invocations = _Rows(con, "_invocations", INVOCATION_TABLE, Path(tmp) / "invocations.jsonl")
+            runs = _Rows(con, "_runs", RUNS_TABLE, Path(tmp) / "runs.jsonl")
+            for key in stale:
+                n, skipped = 0, 0
+                for path in RunDir(Path(key)).record_files():
+                    recs, bad = read_records_counted(path)
+                    skipped += bad
+                    for rec in recs:
+                        records.add({**_split(rec, typed), "run_dir": key, "source_file": path.name,
+                                     "record_index": n})
+                        n += 1
+                for line, entry in enumerate(_invocation_lines(Path(key) / INVOCATIONS)):
+                    invocations.add({"run_dir": key, "line": line, "entry": entry})
+                stats.skipped[key] = skipped
+                runs.add({"run_dir": key, "fingerprint": prints[key], "n_records": n, "n_skipped": skipped,
+                          "builds": known.get(key, ("", 0, 0))[2] + 1, "indexed_at": time.time()})
+            for rows in (records, invocations, runs):
+                rows.close()
+
+    def _reader(self, path: Path) -> duckdb.DuckDBPyConnection:
+        """A read-only connection with the views over this command's run directories; no file
+        access and a locked configuration from here on."""
+        con = self._connect(path, read_only=True)
+        con.execute("CREATE TEMP TABLE _selected (run_dir VARCHAR, run_order BIGINT)")
+        con.executemany("INSERT INTO _selected VALUES (?, ?)", [[k, i] for i, k in enumerate(self.keys)])
+        con.execute("CREATE TEMP VIEW records AS SELECT r.* FROM _records r JOIN _selected s USING (run_dir)")
+        keys = ", ".join(f"entry->>'{k}' AS \"{k}\"" for k in INVOCATION_KEYS)
+        con.execute(f"CREATE TEMP VIEW invocations AS SELECT i.run_dir, i.line, {keys}, i.entry "
+                    "FROM _invocations i JOIN _selected s USING (run_dir)")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def warnings(self) -> list[str]:
+        """RunDir's warning for each run directory with lines it skips (so do the views)."""
+        return [f"bench: skipped {n} unreadable or invalid record(s) in {_shown(k)} (not JSON objects, not "
+                "UTF-8, or a field of the wrong type or value: see bench.record.valid)"
+                for k, n in self.stats.skipped.items() if n]
+
+    def query(self, sql: str) -> QueryResult:
+        """Run one read-only statement of the user's; bad SQL is a one-line BadInput."""
+        assert self.con is not None, "open() first"
+        check_sql(self.con, sql)
+        try:
+            cur = self.con.execute(sql)
+            desc = cur.description or []
+            rows = cur.fetchall()
+        except duckdb.Error as exc:
+            raise BadInput(f"query failed: {first_line(exc)}") from None
+        return QueryResult([d[0] for d in desc], [str(d[1]) for d in desc], rows)
+
+    def record_dicts(self, where: str, chunk: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(run dir, record) for each record ``where`` selects, in run-directory order and then
+        RunDir.records() order; the record as RunDir reads it (NULL columns left out, JSON
+        columns parsed, ``extra`` merged back). Fetched in chunks: memory follows the selection."""
+        assert self.con is not None, "open() first"
+        sql = (f"SELECT r.* FROM records r JOIN _selected s USING (run_dir) WHERE (\n{where}\n)\n"
+               "ORDER BY s.run_order, r.record_index")
+        check_sql(self.con, sql, what="--where")
+        try:
+            cur = self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise BadInput(f"--where failed: {first_line(exc)}") from None
+        names = [d[0] for d in cur.description]
+        json_cols = {n for n, t in record_columns().items() if t == "JSON"}
+        while True:
+            try:
+                batch = cur.fetchmany(chunk)
+            except duckdb.Error as exc:  # an error at run time (a failed cast) surfaces while fetching
+                raise BadInput(f"--where failed: {first_line(exc)}") from None
+            if not batch:
+                return
+            for row in batch:
+                yield row[0], _as_record(names, row, json_cols)
+
+
+def _as_record(names: list[str], row: tuple, json_cols: set[str]) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in zip(names, row):
+        if value is None or name in KEYS:
+            continue
+        if name == EXTRA:
+            extra = json.loads(value)
+        else:
+            rec[name] = json.loads(value) if name in json_cols else value
+    rec.update(extra)
+    return rec
+
+
+def _invocation_lines(path: Path) -> Iterator[Any]:
+    """The JSON objects of invocations.jsonl; a line that is not one is skipped."""
+    if not path.is_file():
+        return
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(entry, dict):
+                yield entry
+
+
+def check_sql(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> None:
+    """One statement, a query (SELECT, WITH ... SELECT, EXPLAIN); anything else is refused before
+    it runs (the connection is read-only as well: see the module doc)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise BadInput(f"{what} is not valid SQL: {first_line(exc)}") from None
+    if len(statements) != 1:
+        raise BadInput(f"{what} must be one SQL statement, not {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in READ_STATEMENTS:
+        raise BadInput(f"{what} must be a SELECT (or WITH ... SELECT); a {kind} statement is refused: "
+                       "bench query only reads")
