@@ -13,6 +13,7 @@ from bench import __version__
 from bench.commands.compare import compare_command
 from bench.commands.finetune import finetune_command
 from bench.commands.flops import flops_command
+from bench.commands.history import history_command
 from bench.commands.query import query_command
 from bench.commands.run import profile_command, run_command
 from bench.commands.slurm import slurm_group
@@ -60,6 +61,7 @@ main.add_command(report_command, "report")
 main.add_command(compare_command)
 main.add_command(slurm_group)
 main.add_command(query_command)
+main.add_command(history_command)
 
 
 def entry() -> None:

@@ -231,6 +231,16 @@ def _hierarchical_ci(base: Timings, new: Timings, metric: str, rng: np.random.Ge
     return float(lo), float(hi)
 
 
+def estimate_ci(t: Timings, metric: str = "latency", seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of one cell's figure in one run (``Timings.estimate``), from the
+    same two-level bootstrap as ``compare_runs`` (repeats, then iterations within each); a point
+    of ``bench history``. (NaN, NaN) below 2 samples, where a spread means nothing."""
+    if sum(len(r) for r in t.repeats) < 2:
+        return math.nan, math.nan
+    lo, hi = np.percentile(_resampled_figures(t, metric, np.random.default_rng(seed)), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def _mwu_floor(n1: int, n2: int) -> float:
     """The smallest two-sided exact Mann-Whitney p-value two samples of these sizes can give."""
     return 2 / math.comb(n1 + n2, n1)
