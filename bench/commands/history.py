@@ -156,21 +156,9 @@ def _load_points(paths: list[str], flt: Filter) -> list[Match]:
     """Every (run directory, cell identity) whose ok records match the filter. The one place that
     reads run directories (bench.record.RunDir), so that another reader can replace it."""
     out: list[Match] = []
-    runs = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_dir():
-            why = "is a file, not a run directory" if path.is_file() else "does not exist"
-            raise BadInput(f"{p} {why}; pass directories written by `bench run --out DIR`")
-        run = RunDir(path)
-        if any(f.is_file() for f in run.record_files()):
-            runs.append(run)
-    if not runs:
-        raise BadInput(f"none of the {len(paths)} directories holds records.jsonl; pass directories written by "
-                       "`bench run --out DIR`")
-    if len(runs) < len(paths):
-        # `bench history results/*` meets folders that are not runs (notes, traces): pass over them
-        click.echo(f"bench history: skipped {len(paths) - len(runs)} directories without records.jsonl", err=True)
+    from bench.db import resolve_run_dirs  # results/*: runs, folders of runs; others passed over
+
+    runs = [RunDir(path) for path in resolve_run_dirs(paths)]
     for run in runs:
         p, path = str(run.path), run.path
         groups: dict[tuple[str, str], list[dict]] = {}

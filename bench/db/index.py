@@ -45,6 +45,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -105,9 +106,15 @@ def is_run_dir(path: Path) -> bool:
 
 def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
     """The run directories named by ``args``: paths, or globs the shell left unexpanded (quoted,
-    or too many for one command line). Each must be a run directory; duplicates count once."""
+    or too many for one command line); duplicates count once.
+
+    ``results/*`` meets folders that are not runs: a folder whose children are run directories (a
+    study kept as several runs) stands for those; a folder with no run at either level (notes, a
+    benchmark's JSON) is passed over with one line on stderr. A file or a missing path is an error,
+    and so is a list in which nothing is a run."""
     out: list[Path] = []
     seen: set[str] = set()
+    passed_over: list[str] = []
     for arg in args:
         text = str(arg)
         if not Path(text).exists() and _GLOB_CHARS & set(text):
@@ -118,14 +125,29 @@ def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
             matches = [text]
         for m in matches:
             path = Path(m)
-            if not is_run_dir(path):
+            if is_run_dir(path):
+                found = [path]
+            elif path.is_dir():
+                found = sorted(c for c in path.iterdir() if is_run_dir(c))
+                if not found:
+                    passed_over.append(_shown(path))
+            else:
                 raise BadInput(_not_a_run_dir(path))
-            key = str(path.resolve())
-            if key not in seen:
-                seen.add(key)
-                out.append(path)
+            for run in found:
+                key = str(run.resolve())
+                if key not in seen:
+                    seen.add(key)
+                    out.append(run)
     if not out:
+        if passed_over:
+            raise BadInput(_not_a_run_dir(Path(passed_over[0])) if len(passed_over) == 1 else
+                           f"none of the {len(passed_over)} directories is a run directory or holds one; "
+                           "pass directories written by `bench run --out DIR`")
         raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
+    if passed_over:
+        print(f"bench: passed over {len(passed_over)} "
+              f"{'directory that holds' if len(passed_over) == 1 else 'directories that hold'} no run: "
+              f"{', '.join(passed_over)}", file=sys.stderr)
     return out
 
 

@@ -33,5 +33,10 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
         fmt = suffix if suffix in FORMATS else "html"
     if out is None:
         out = Path("reports") / f"{Path(run_dirs[0]).resolve().name}.{fmt}"
+    if all(Path(p).is_dir() for p in run_dirs):
+        # `bench report results/*`: folders holding runs stand for them; folders with none are passed over
+        from bench.db import resolve_run_dirs
+
+        run_dirs = tuple(resolve_run_dirs(run_dirs))
     load = load_runs if where is None else partial(load_where, where=where, index=index)
     click.echo(visible(str(render_report(list(run_dirs), out, fmt, load))))

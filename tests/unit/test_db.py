@@ -123,3 +123,21 @@ def test_bad_run_dirs_and_index(tmp_path: Path):
     with pytest.raises(BadInput, match="cannot open index"):
         ResultsDB(COMMITTED[:1], junk).open()
     assert junk.read_text() == "not a database"
+
+
+def test_results_star_takes_runs_folders_of_runs_and_passes_over_the_rest(tmp_path: Path, capsys):
+    """`bench query "..." results/*`: a folder of runs stands for its runs (a study kept as several
+    runs), a folder with no run (notes) is passed over in one line, and nothing at all is an error."""
+    every = sorted(p for p in (REPO / "results").iterdir() if p.is_dir())
+    dirs = resolve_run_dirs(every)
+    nested = REPO / "results" / "20261128-setup-under-load-cpu"
+    assert any(nested in d.parents for d in dirs) and nested not in dirs
+    assert REPO / "results" / "20261128-main-cpu-a" in dirs
+    assert "passed over 1 directory that holds no run" in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("not a run")
+    with pytest.raises(BadInput, match="not a run directory"):
+        resolve_run_dirs([notes])
+    with pytest.raises(BadInput, match="none of the 2 directories"):
+        resolve_run_dirs([notes, tmp_path])
