@@ -145,9 +145,15 @@ def scaling_fits(df: pd.DataFrame) -> list[Fit]:
                 batch=first["batch"] if per_mode else None, precision=first["precision"] if per_mode else None,
                 k=k, coefficient=c, r2=r2, pixels=tuple(part["input_pixels"].astype(float)),
                 values=tuple(part[metric].astype(float)), res=tuple(part["res"]),
-                flagged=tuple(f"{r['res']} ({', '.join(cell_flags(r))})" for r in part.to_dict("records")
-                              if per_mode and cell_flags(r))))
+                flagged=_flagged(part) if per_mode else ()))
     return fits
+
+
+def _flagged(part: pd.DataFrame) -> tuple[str, ...]:
+    """"res (flag, ...)" of the points whose cell carries flags. Only the three columns are turned
+    into dicts: a whole row holds every field, raw samples included (slow for hundreds of cells)."""
+    cols = [c for c in ("res", "flags", "timing_flags") if c in part.columns]
+    return tuple(f"{r['res']} ({', '.join(cell_flags(r))})" for r in part[cols].to_dict("records") if cell_flags(r))
 
 
 def fit_label(fit: Fit, fits: Iterable[Fit]) -> str:
