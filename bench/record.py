@@ -224,6 +224,8 @@ class Record:
     mfu_datasheet: float | None = _f(MEASURE, doc="achieved over the datasheet peak",
                                      show=Display("MFU (datasheet)", better="max", main=False, **_PERCENT))
     scaling_efficiency_ci95: list | None = _f(MEASURE, doc="95% CI of scaling_efficiency [low, high]")
+    # issue 19 A
+    scaling_mode: str | None = _f(SETTING, doc="weak: --batch per rank; strong: --global-batch split over the ranks")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
