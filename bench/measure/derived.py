@@ -8,9 +8,12 @@ parametrised MACs (``Flops.trainable_fraction``; f = 1, the usual 3x, when nothi
 
 Scaling efficiency compares a cell with the latest record (by timestamp) of the same cell at world
 size 1 in the same run (``run_id``: a run directory is one study; a baseline from another run, on
-another day's load, is not compared) that is comparable: the same model, resolution, batch per
-rank, precision, device name, and either the same total threads (``same-total-threads``:
-efficiency = speed-up, since both used the same cores) or the same threads per rank
+another day's load, is not compared) that is comparable (``comparable_base``, the one rule the
+report's study section uses too): the same model, resolution, mode, task, precision, device name,
+channels-last, compile and TF32, the same scaling mode and batch basis (weak: the batch per rank;
+strong, ``--global-batch``: the global batch, so efficiency = speed-up / N), and either the same
+total threads (``same-total-threads``: efficiency = speed-up, since both used the same cores; a
+local CPU study's default, which gives each of N ranks cores / N threads) or the same threads per rank
 (``same-threads-per-rank``: efficiency = throughput / (N x baseline), the usual weak-scaling figure,
 since the global batch grows with N while the batch per rank stays). Its 95% interval
 (``scaling_efficiency_ci95``) is bench.stats' seeded percentile bootstrap of the throughput ratio

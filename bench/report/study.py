@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.measure.derived import StudyEfficiency, scaling_mode, study_efficiency
 from bench.report.load import FINETUNE_MODES, Run
@@ -79,11 +80,24 @@ def _median(values: list) -> float | None:
     return statistics.median(nums) if nums else None
 
 
+def every_record(run: Run) -> list[dict]:
+    """Every record of the run, each repeat included: the loaded ``Run.records`` keep the latest
+    record per cell only, and the CI is over the repeats. Read again from the run directory (made
+    visible as the rest of the report's strings: bench.report.sanitize); a run without a directory
+    (built in memory) gives its records."""
+    from bench.record import RunDir
+    from bench.report.sanitize import neutral
+
+    if not Path(run.path).is_dir():
+        return run.records
+    return neutral(RunDir(Path(run.path)).records())
+
+
 def run_rows(run: Run) -> list[StudyRow]:
     """A run's study rows, one per cell identity and world size (all its repeats together)."""
-    records = _perf(run.records)
     if not is_study(run.records):
         return []
+    records = _perf(every_record(run))
     cells: dict[tuple, list[dict]] = {}
     for r in records:
         ident = identity_key(r)

@@ -3,6 +3,7 @@ with its world-size-1 base, the two efficiency formulas, their CI on synthetic r
 study loop's exit codes, and the report section."""
 from __future__ import annotations
 
+import json
 import random
 import signal
 from pathlib import Path
@@ -224,3 +225,17 @@ def test_statements_read_as_advice():
     ideal = run_rows(_run([rec(1, 100.0), rec(2, 100.0, n=8)]))  # the same step at 2 ranks: 100% of ideal
     assert "scale ideally within the noise" in statement(ideal[1])
     assert study_table(rows).rows[1][-1].text == "38%"
+
+
+def test_section_reads_every_repeat_from_the_run_directory(tmp_path):
+    """The loaded run keeps the latest record per cell only; the section's CI is over every
+    repeat, read from the run directory (with one repeat a side the basis would be within-run)."""
+    from bench.report.load import load_runs
+
+    records = [rec(w, ms, repeat=k) for w, ms in ((1, 100.0), (2, 125.0)) for k in range(3)]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run,) = load_runs([tmp_path])
+    assert len(run.records) == 2  # latest per cell
+    rows = run_rows(run)
+    want = derived.study_efficiency([r for r in records if r["world_size"] == 2], records)
+    assert rows[1].efficiency == want and want.ci95 is not None
