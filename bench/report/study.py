@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.measure.derived import StudyEfficiency, scaling_mode, study_efficiency
+from bench.measure.derived import StudyEfficiency, match_base, scaling_mode, study_efficiency
 from bench.report.load import FINETUNE_MODES, Run
 from bench.report.plots import PlotSpec, panel_grid
 from bench.report.tables import Cell, Table, fmt_number, missing_cell
@@ -53,6 +53,7 @@ class StudyRow:
     throughput_ci: tuple[float, float] | None
     efficiency: StudyEfficiency | None
     exposed_share: float | None
+    doubts: tuple[str, ...] = ()  # flags of doubt on this cell or its base (time-cap, few-samples, ...)
 
     @property
     def ideal(self) -> float | None:
@@ -113,8 +114,20 @@ def run_rows(run: Run) -> list[StudyRow]:
             world, int(nodes), first.get("batch"), first.get("global_batch"), float(thr),
             estimate_ci(timings, "throughput") if timings and min(map(len, timings.repeats)) >= 2 else None,
             study_efficiency(group, records) if world > 1 else None,
-            _median([r.get("comm_exposed_share") for r in group])))
+            _median([r.get("comm_exposed_share") for r in group]), _doubts(group, records, world)))
     return sorted(rows, key=lambda x: (*x.group, x.world_size, x.nodes))
+
+
+_DOUBT = ("time-cap", "few-samples", "warmup-unsteady", "wide-ci")
+
+
+def _doubts(group: list[dict], records: list[dict], world: int) -> tuple[str, ...]:
+    """The flags of doubt on a cell and, for a multi-rank cell, on its world-size-1 base."""
+    cells = list(group)
+    if world > 1:
+        matched = match_base(records, group[0])
+        cells += matched[0] if matched else []
+    return tuple(f for f in _DOUBT if any(f in (r.get("flags") or []) for r in cells))
 
 
 def study_rows(runs: list[Run]) -> list[StudyRow]:
@@ -148,6 +161,8 @@ def statement(row: StudyRow) -> str | None:
     text += f" [{e.basis}]"
     if row.exposed_share is not None:
         text += f"; {_pct(row.exposed_share)} of each step is exposed communication"
+    if row.doubts:
+        text += f"; doubtful, the cell or its base is flagged {', '.join(row.doubts)} (add --budget or --repeats)"
     return text + "."
 
 

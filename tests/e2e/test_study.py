@@ -12,7 +12,7 @@ from conftest import run_bench
 from bench.record import RunDir
 from tests.e2e.test_reliability import one_line_error
 
-TRAIN = ["--res", "64", "--modes", "train", "--engine", "ddp", "--budget", "0.3", "--max-time", "30"]
+TRAIN = ["--res", "64", "--modes", "train", "--engine", "ddp", "--budget", "0.3", "--max-time", "60"]
 
 
 def _by_world(out: Path) -> dict[int, list[dict]]:

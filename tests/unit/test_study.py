@@ -239,3 +239,9 @@ def test_section_reads_every_repeat_from_the_run_directory(tmp_path):
     rows = run_rows(run)
     want = derived.study_efficiency([r for r in records if r["world_size"] == 2], records)
     assert rows[1].efficiency == want and want.ci95 is not None
+
+
+def test_statement_says_when_the_figures_are_doubtful():
+    rows = run_rows(_run([rec(1, 100.0, flags=["time-cap", "few-samples"]), rec(2, 125.0)]))
+    assert "doubtful, the cell or its base is flagged time-cap, few-samples" in statement(rows[1])
+    assert "doubtful" not in statement(run_rows(_run([rec(1, 100.0), rec(2, 125.0)]))[1])
