@@ -40,7 +40,7 @@ def test_weak_study_of_two_models_in_one_run_dir(tmp_path):
     assert 'id="study"' in html and "Scaling study" in html
     md = tmp_path / "report.md"
     assert run_bench("report", str(out), "--out", str(md), "--format", "md").returncode == 0
-    section = md.read_text().split("## Scaling study", 1)[1].split("\n## ", 1)[0]
+    section = md.read_text().split("## Scaling study", 1)[1].split("\n## ", 1)[0].split("### Provenance", 1)[0]
     for model in ("resnet18", "pvt_tiny"):
         line = next(s for s in section.splitlines() if s.startswith(f"- {model}@64 train: 2 ranks"))
         assert "CI " in line and "%" in line, line
