@@ -183,6 +183,19 @@ def parse_batches(text: str | list, allow_auto: bool = True) -> list[int | str]:
     return list(dict.fromkeys(out))
 
 
+def parse_nprocs(text: str | list | int) -> list[int]:
+    """``--nproc``: one world size (today's ``--nproc N``) or a study's list, ``1,2,4``: each >= 1,
+    no duplicates, kept in ascending order (the order the study runs them)."""
+    items = text if isinstance(text, list) else [text] if isinstance(text, int) else str(text).split(",")
+    items = [str(t).strip() for t in items]
+    if not items or any(not t for t in items):
+        raise BadInput(f"bad --nproc '{_shown(text)}': give a world size or a comma list, e.g. --nproc 1,2,4")
+    sizes = [parse_int(t, "--nproc") for t in items]
+    if len(set(sizes)) != len(sizes):
+        raise BadInput(f"--nproc {_shown(text)} names a world size twice; give each once, e.g. --nproc 1,2,4")
+    return sorted(sizes)
+
+
 def parse_modes(text: str | list) -> list[str]:
     items = text if isinstance(text, list) else str(text).split(",")
     modes = [str(m).strip() for m in items if str(m).strip()]
@@ -261,6 +274,10 @@ def _modes(raw: Any, flag: str, parsed: dict[str, Any]) -> list[str]:
 
 def _batches(raw: Any, flag: str, parsed: dict[str, Any]) -> list[int | str]:
     return parse_batches(raw)
+
+
+def _nprocs(raw: Any, flag: str, parsed: dict[str, Any]) -> list[int]:
+    return parse_nprocs(raw)
 
 
 def _res_for_task(raw: Any, flag: str, parsed: dict[str, Any]) -> list[tuple[int, int]]:
@@ -372,15 +389,19 @@ _NO_VALUE: Any = object()
 
 
 def option(*flags: str, default: Any = None, value: Any = _NO_VALUE, identity: bool = True, scope: str = "all",
-           **how: Any) -> Any:
+           omit_none: bool = False, **how: Any) -> Any:
     """A config field declared with its option: flags, help, parser, default, identity.
+
+    ``omit_none``: the field enters identity only when set (a setting added later leaves the
+    identity of the runs made before it unchanged, so they still resume).
 
     ``value``: the field's default where ``parse(default)`` can't give it (a required option,
     a default that depends on another option, or one that would import the model registry)."""
     opt = Option(tuple(flags), default=default, identity=identity, scope=scope, **how)
     if value is _NO_VALUE:
         value = opt.value(tuple(default or ()) if opt.multiple else default, {})
-    metadata = {"option": opt, "identity": identity, "scope": scope, "unit": opt.unit, "by_content": opt.by_content}
+    metadata = {"option": opt, "identity": identity, "scope": scope, "unit": opt.unit, "by_content": opt.by_content,
+                "omit_none": omit_none}
     if isinstance(value, (list, dict, set)):
         return field(default_factory=lambda: copy.deepcopy(value), metadata=metadata)
     return field(default=value, metadata=metadata)
@@ -481,10 +502,19 @@ class RunConfig:
                                    help="Your DeepSpeed JSON config (deep-merged over the generated one).")
     grad_clip: float = option("--grad-clip", default="0", parse=Float(0), scope="train",
                               help="Gradient clipping for every engine (0 = off).")
-    nproc: int = option("--nproc", default="1", parse=Int(), identity=False,  # world size: runtime
-                        help="Ranks on this node (self-launch via torchrun).")
+    nproc: list[int] = option(  # world size: runtime
+        "--nproc", default="1", parse=_nprocs, identity=False,
+        help="Ranks on this node (self-launch via torchrun); a list 1,2,4 is a scaling study: each world size in "
+             "turn, ascending, into one run directory, one report at the end.")
     threads: int | None = option("--threads", parse=Int(maximum=MAX_THREADS, optional=True), identity=False,  # runtime
-                                 help="Intra-op threads per rank (default: allotted cores / ranks).")
+                                 help="Intra-op threads per rank (default: allotted cores / ranks, so on a CPU "
+                                      "every world size of a --nproc study uses the same cores in total; with "
+                                      "--threads T every world size uses T per rank).")
+    # issue 19 A: strong scaling. omit_none: a run without it keeps the resume identity it had before.
+    global_batch: int | None = option(
+        "--global-batch", parse=Int(optional=True), omit_none=True,
+        help="Strong scaling: B images per step over all ranks, B / N per rank at world size N (refused where N "
+             "does not divide B, and together with --batch). Without it --batch is per rank (weak scaling).")
     profile: bool = option("--profile", is_flag=True, help="Record torch.profiler traces per cell into RUN_DIR/traces.")
     max_batch: int = option("--max-batch", default="1024", parse=Int(), help="Upper bound for --batch auto.")
     time_auto_batch: bool = option("--time-auto-batch", is_flag=True,
@@ -509,10 +539,34 @@ class RunConfig:
         if self.max_time < self.budget:
             raise BadInput(f"--max-time {self.max_time:g} is below --budget {self.budget:g}: the cap must be >= the "
                            "soft timing budget")
+        self._check_global_batch()
         from bench.engines import validate_engine_settings
 
         validate_engine_settings(self)  # each engine's options and refusals (bench.engines.base)
         return self
+
+    def _check_global_batch(self) -> None:
+        """--global-batch must divide over every world size of --nproc (an explicit --batch beside
+        it is refused by the command, which knows whether --batch was given)."""
+        if self.global_batch is None:
+            return
+        bad = [n for n in self.nproc if self.global_batch % n]
+        if bad:
+            raise BadInput(f"--global-batch {self.global_batch} does not divide over {bad[0]} ranks (--nproc "
+                           f"{','.join(map(str, self.nproc))}); give a multiple of every world size")
+
+    def batches_for(self, world_size: int) -> list[int | str]:
+        """The batches per rank at ``world_size``: --global-batch split over the ranks (strong
+        scaling), else --batch as given (weak scaling: per rank)."""
+        if self.global_batch is None:
+            return self.batches
+        if self.global_batch % world_size:
+            raise BadInput(f"--global-batch {self.global_batch} does not divide over {world_size} ranks")
+        return [self.global_batch // world_size]
+
+    @property
+    def scaling_mode(self) -> str:
+        return "weak" if self.global_batch is None else "strong"
 
 
 @dataclass
@@ -589,6 +643,8 @@ def identity(cfg: RunConfig | FinetuneConfig, train: bool, runtime: dict[str, An
         if not f.metadata.get("identity", True) or (f.metadata.get("scope") == "train" and not train):
             continue
         value = getattr(cfg, f.name)
+        if value is None and f.metadata.get("omit_none"):
+            continue
         out[f.name] = file_digest(value) if f.metadata.get("by_content") else value
     if out.get("cudnn_benchmark", False) is None:  # auto: what this process runs with; "auto" without a runtime
         out["cudnn_benchmark"] = cudnn_benchmark_on(cfg) if runtime else "auto"

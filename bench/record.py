@@ -251,6 +251,8 @@ class Record:
     comm_method: str | None = _f(PROVENANCE, doc="how the comm_* figures were measured")
     comm_trace_dir: str | None = _f(PROVENANCE, doc="the per-rank Kineto traces of the comm steps")
     comm_error: str | None = _f(MEASURE, doc="why the comm steps' trace could not be read (flag comm-unmeasured)")
+    # issue 19 A
+    scaling_mode: str | None = _f(SETTING, doc="weak: --batch per rank; strong: --global-batch split over the ranks")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)

@@ -67,21 +67,44 @@ def render_run_report(run_dir: RunDir, console) -> None:
         console.print(f"[yellow]report not rendered:[/] {first_line(exc, with_type=True)}")
 
 
-def _run(cfg: cfgmod.RunConfig, source_out_given: bool) -> None:
+def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = False) -> None:
     import torch
 
-    from bench.launch.local import check_out_dir
+    from bench.launch.local import check_out_dir, under_launcher
     from bench.scenarios.classify import ClassifyScenario
 
+    if cfg.global_batch is not None and batch_given:
+        raise BadInput(f"--global-batch {cfg.global_batch} sets the batch per rank (global / ranks); drop --batch "
+                       "(or drop --global-batch: then --batch is per rank, weak scaling)")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
+    if len(cfg.nproc) > 1 and under_launcher():
+        raise BadInput(f"--nproc {','.join(map(str, cfg.nproc))} is a local study; under srun use bench slurm submit "
+                       "--nodes ...")
     check_out_dir(cfg.out)
     traces = Path(cfg.out) / "traces" if cfg.out and getattr(cfg, "profile", False) else None
     if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
         raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
                        "(remove it or choose another --out)")
-    cfg.out = start(cfg.nproc, cfg.threads, cfg.out, new_out=not source_out_given)
+    if len(cfg.nproc) > 1:
+        study(cfg)
+    cfg.out = start(cfg.nproc[0], cfg.threads, cfg.out, new_out=not source_out_given)
     sweep(ClassifyScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
+
+
+def study(cfg: cfgmod.RunConfig) -> None:
+    """``--nproc 1,2,4``: each world size in turn into one run directory, then one report (the
+    scaling section compares the world sizes); exits with the study's code (bench.launch.local)."""
+    from rich.console import Console
+
+    from bench.launch.local import run_study
+    from bench.launch.signals import PREEMPTED_EXIT
+
+    out = cfg.out or str(default_run_dir())
+    code = run_study(cfg.nproc, out, cfg.threads)
+    if not cfg.no_report and code not in (PREEMPTED_EXIT, 130) and Path(out).is_dir():
+        render_run_report(RunDir(Path(out)), Console(stderr=False))
+    sys.exit(code)
 
 
 def out_given(ctx: click.Context, name: str = "out") -> bool:
@@ -92,7 +115,7 @@ def out_given(ctx: click.Context, name: str = "out") -> bool:
 @click.pass_context
 def _run_callback(ctx: click.Context, **params) -> None:
     """Measure params, GMACs, latency, throughput and peak memory for each model x resolution."""
-    _run(cfgmod.run_config(params), out_given(ctx))
+    _run(cfgmod.run_config(params), out_given(ctx), out_given(ctx, "batches"))
 
 
 @click.pass_context
@@ -101,7 +124,7 @@ def _profile_callback(ctx: click.Context, **params) -> None:
     trace per cell under RUN_DIR/traces/<cell>/rank<N>.*.pt.trace.json, and each record's
     op-category breakdown. View: tensorboard --logdir RUN_DIR/traces (torch-tb-profiler plugin)."""
     params["profile"] = True  # profile_params() defaults it on and --modes to infer
-    _run(cfgmod.run_config(params), out_given(ctx))
+    _run(cfgmod.run_config(params), out_given(ctx), out_given(ctx, "batches"))
 
 
 run_command = click.Command("run", params=cfgmod.run_params(), callback=_run_callback, help=_run_callback.__doc__)

@@ -142,7 +142,9 @@ class Engine:
 
     def validate(self, settings: Any) -> None:
         """Refuse what this engine cannot do with ``settings`` (a RunConfig or FinetuneConfig)."""
-        if not self.distributed and getattr(settings, "nproc", 1) > 1 and trains(settings):
+        nproc = getattr(settings, "nproc", 1)
+        nproc = max(nproc) if isinstance(nproc, list) else nproc  # bench run's --nproc is a list (a study)
+        if not self.distributed and nproc > 1 and trains(settings):
             others = " or ".join(f"--engine {e.name}" for e in _ENGINES.values() if e.distributed)
             infer = " (or --modes infer)" if hasattr(settings, "modes") else ""
             raise BadInput(f"--nproc > 1 with --engine {self.name} would train a separate model per rank with no "

@@ -299,3 +299,75 @@ def _exit_like_the_job(nproc: int, code: int, interrupted: bool, reported: set[i
     if code != 0:
         print(f"bench: {nproc}-rank job failed (exit {code}); see the rank errors above", file=sys.stderr)
     sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 19 A: a local scaling study, --nproc 1,2,4
+
+
+def study_command(argv: list[str], nproc: int, out: str) -> list[str]:
+    """One world size of a study: the same command with ``--nproc N --out OUT --no-report``."""
+    args = strip_option(strip_option(argv, "--nproc"), "--out")
+    return [sys.executable, "-m", "bench.cli", *args, "--nproc", str(nproc), "--out", out, "--no-report"]
+
+
+def study_env(nproc: int, threads_per_rank: int | None) -> dict[str, str]:
+    """A world size's environment: at world size 1 the same default as the ranks of the larger
+    ones (allotted cores / N, so the total threads stay fixed on a CPU) unless --threads or
+    OMP_NUM_THREADS says otherwise; world sizes above 1 get theirs from relaunch_if_requested."""
+    env = dict(os.environ)
+    if nproc == 1 and not threads_per_rank and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(allotted_cores())
+    return env
+
+
+def run_study(sizes: list[int], out: str, threads_per_rank: int | None, argv: list[str] | None = None) -> int:
+    """Run each world size of ``sizes`` in ascending order as its own ``bench`` process (one code
+    path for every size, 1 included) into ``out``; returns the study's exit code.
+
+    A stop (99) or an interrupt (130) of one world size ends the study with that code and runs no
+    further size; a failed size is reported and the others still run (exit 1 at the end). Each
+    size runs in its own session, so a Ctrl-C reaches it once, from here (the size's own launcher
+    forwards it to its ranks); SIGTERM / SIGUSR1 are forwarded the same way."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    failed: list[int] = []
+    received: list[int] = []
+    current: list[subprocess.Popen] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        for job in current:
+            try:
+                job.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        for n in sorted(sizes):
+            if received:  # a stop that arrived between two world sizes
+                break
+            print(f"bench: scaling study: world size {n} of {','.join(map(str, sorted(sizes)))} -> {out}",
+                  file=sys.stderr)
+            job = subprocess.Popen(study_command(argv, n, out), env=study_env(n, threads_per_rank),
+                                   start_new_session=True, preexec_fn=_die_with_parent_hook())
+            current[:] = [job]
+            code = job.wait()
+            current.clear()
+            if code in (PREEMPTED_EXIT, 130):
+                print(f"bench: scaling study stopped at world size {n}; rerun with the same --out to resume",
+                      file=sys.stderr)
+                return code
+            if code != 0:
+                print(f"bench: scaling study: world size {n} failed (exit {code}); going on with the others",
+                      file=sys.stderr)
+                failed.append(n)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        return 130 if signal.SIGINT in received else PREEMPTED_EXIT
+    if failed:
+        print(f"bench: scaling study: world size(s) {','.join(map(str, failed))} failed", file=sys.stderr)
+        return 1
+    return 0

@@ -25,6 +25,7 @@ from bench.report.references import (
 from bench.report.sanitize import md_text, neutral, visible
 from bench.report.scaling import SCALING_INTRO, attention_statements, scaling_tables
 from bench.report.sra import SRA_INTRO, sra_section
+from bench.report.study import STUDY_INTRO, study_section
 from bench.report.tables import (
     Table,
     as_text,
@@ -146,6 +147,7 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
     for HTML only. ``runs`` brings the samples of every repeat (without them: no intervals)."""
     runs = runs or []
     sra_statements, sra_tables = sra_section(df)
+    study_statements, study_tables, study_plots = study_section(runs)  # issue 19 A
     numerics_statements, numerics_tables = numerics_section(runs)
     headline: PlotSpec = ("Throughput and peak memory against resolution", headline_caption,
                           lambda d: headline_figure(d, runs))
@@ -159,6 +161,8 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
                 tables=numerics_tables),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
+        Section("study", "Scaling study: throughput against ranks", "scaling study", STUDY_INTRO,
+                statements=study_statements, tables=study_tables, plots=study_plots),
         Section("sra", "What spatial-reduction attention buys", "SRA", SRA_INTRO,
                 statements=sra_statements, tables=sra_tables),
         Section("frontier", "Memory frontier", "batch frontier", FRONTIER_INTRO,

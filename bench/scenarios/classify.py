@@ -75,8 +75,11 @@ class ClassifyScenario:
         self._flops: dict[tuple[str, int, int], object] = {}
 
     def cells(self) -> list[Cell]:
+        """The sweep's cells; with --global-batch (strong scaling) the batch per rank is the global
+        batch over this process group's world size (the group exists when the sweep asks)."""
         c = self.config
-        return make_cells(c.models, c.res, c.modes, c.batches, c.task)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return make_cells(c.models, c.res, c.modes, c.batches_for(world), c.task)
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
         # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
@@ -110,7 +113,7 @@ class ClassifyScenario:
         return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
             "tf32": cfg.tf32, "cudnn_benchmark": cudnn_benchmark_on(cfg), "channels_last": cfg.channels_last,
             "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time,
-            "setup_timeout_s": cfg.setup_timeout}
+            "setup_timeout_s": cfg.setup_timeout, "scaling_mode": cfg.scaling_mode}
 
     def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
         """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
