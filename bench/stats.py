@@ -433,10 +433,3 @@ def _latest_per_repeat(records) -> dict[int, dict]:
         if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
             latest[k] = r
     return latest
-
-
-def estimate_ci(t: Timings, metric: str = "latency", seed: int = 0) -> tuple[float, float]:
-    """95% interval of one cell's figure: the percentile bootstrap of ``Timings.estimate`` (over the
-    iterations, and over the repeats first when there are several: hierarchical, as compare_runs)."""
-    lo, hi = np.percentile(_resampled_figures(t, metric, np.random.default_rng(seed)), [2.5, 97.5])
-    return float(lo), float(hi)
