@@ -360,12 +360,19 @@ class RunComparison:
 
 def identity_key(record: dict) -> tuple[str, str | None] | None:
     """(cell_key, settings_id) of a record: the settings without the runtime, so the same cell on
-    another machine matches (the device check is the caller's); old records without settings_id
+    another machine matches (the device check is the caller's); the world size and node count,
+    where above 1, are appended to the cell key; old records without settings_id
     fall back to config_id. None for a record whose identity is not made of strings (a damaged
     line is left out of every statistic rather than crash it)."""
     key = record.get("cell_key")
     if not isinstance(key, str) or not key:
         return None
+    # The ranks are part of what was measured, not of the machine: a scaling study keeps the same
+    # cell at several world sizes in one run, which must never pool as repeats of one cell.
+    for field, tag in (("world_size", "w"), ("nodes", "n")):
+        count = record.get(field)
+        if isinstance(count, int) and not isinstance(count, bool) and count > 1:
+            key += f"|{tag}{count}"
     sid = record.get("settings_id")
     if not isinstance(sid, str):
         sid = record.get("config_id")

@@ -245,3 +245,17 @@ def test_statement_says_when_the_figures_are_doubtful():
     rows = run_rows(_run([rec(1, 100.0, flags=["time-cap", "few-samples"]), rec(2, 125.0)]))
     assert "doubtful, the cell or its base is flagged time-cap, few-samples" in statement(rows[1])
     assert "doubtful" not in statement(run_rows(_run([rec(1, 100.0), rec(2, 125.0)]))[1])
+
+
+def test_world_sizes_of_one_cell_never_pool_as_repeats():
+    """A study keeps one cell at several world sizes in one run directory, under one settings_id:
+    the report's estimates and bench compare group by identity_key, which must tell them apart."""
+    from bench.stats import cell_groups, identity_key
+
+    one = {"cell_key": "cls|resnet18|64|train|1", "settings_id": "s", "world_size": 1}
+    two = dict(one, world_size=2)
+    two_nodes = dict(one, world_size=2, nodes=2)
+    keys = {identity_key(r) for r in (one, two, two_nodes)}
+    assert len(keys) == 3
+    assert identity_key(one) == ("cls|resnet18|64|train|1", "s")  # single-rank identities as before
+    assert len(cell_groups([one, two, dict(two), two_nodes])) == 3
