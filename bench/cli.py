@@ -71,6 +71,9 @@ def entry() -> None:
 
     from bench.launch.local import JOB_STATUS_ENV
 
+    # Kineto (torch.profiler: bench profile, --comm-steps) logs "ERROR ... gpuGetDeviceCount failed"
+    # on every machine without a GPU; warnings and above only, unless the user set a level.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     if JOB_STATUS_ENV in os.environ and "RANK" in os.environ:
         # A rank of a job `--nproc` started: the parent may forward SIGTERM at any moment, even
         # while this rank still imports torch; it must stop at a cell boundary, not die.
