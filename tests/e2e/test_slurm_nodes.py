@@ -194,4 +194,10 @@ def test_nodes_1_2_study_fills_one_run_directory(slurm_two, tmp_path):
     report = run_bench("report", str(out), "--out", str(page_path))
     assert report.returncode == 0, report.stderr[-3000:]
     page = page_path.read_text()
-    assert "resnet18" in page  # the lead adds the scaling section's assertion once part A is merged
+    assert "resnet18" in page and "Scaling study" in page
+    md_path = tmp_path / "study.md"
+    md = run_bench("report", str(out), "--out", str(md_path))
+    assert md.returncode == 0, md.stderr[-3000:]
+    text = " ".join(md_path.read_text().split())
+    # the 2-node cell's efficiency against the 1-node cell, with its interval
+    assert "resnet18@64 train: 2 ranks on 2 nodes" in text and ("of ideal" in text or "ideally" in text), text[-3000:]
