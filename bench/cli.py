@@ -10,6 +10,7 @@ import sys
 import click
 
 from bench import __version__
+from bench.commands.calibrate import calibrate_command
 from bench.commands.compare import compare_command
 from bench.commands.finetune import finetune_command
 from bench.commands.flops import flops_command
@@ -59,6 +60,7 @@ main.add_command(finetune_command)
 main.add_command(flops_command)
 main.add_command(report_command, "report")
 main.add_command(compare_command)
+main.add_command(calibrate_command)
 main.add_command(slurm_group)
 main.add_command(query_command)
 main.add_command(history_command)

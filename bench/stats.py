@@ -390,9 +390,12 @@ def cell_groups(records: list[dict]) -> dict[tuple[str, str | None], list[dict]]
 
 
 def compare_records(base: list[dict], new: list[dict], metric: str = "latency", threshold: float = 0.03,
-                    seed: int = 0, tolerance: float = 0.0) -> RunComparison:
-    """Every cell identity of both runs compared (``compare_runs`` or, for peak memory,
-    ``compare_values`` within ``tolerance``), with q-values over all of them."""
+                    seed: int = 0, tolerance: float = 0.0, noise: RunNoise | None = None,
+                    within_run: bool = False, change: float | None = None) -> RunComparison:
+    """Every cell identity of both runs compared (``compare_between_runs`` with this device's
+    run-to-run ``noise`` when calibrated; ``compare_runs``, the within-run interval, only when
+    ``within_run`` asks for it; for peak memory ``compare_values`` within ``tolerance``), with
+    q-values over all of them. ``change``: the change whose price inconclusive cells state."""
     gb, gn = cell_groups(base), cell_groups(new)
     matched = [k for k in gb if k in gn]
     rows: list[CellComparison] = []
@@ -406,14 +409,25 @@ def compare_records(base: list[dict], new: list[dict], metric: str = "latency", 
             figures = (float(np.median(vb)) if vb else None, float(np.median(vn)) if vn else None)
         elif tb is None or tn is None:
             c, figures = Comparison.no_samples(metric), (None, None)
-        else:
+        elif within_run:
             c = compare_runs(tb, tn, metric, threshold, seed)
+            figures = (tb.estimate(metric), tn.estimate(metric))
+        else:
+            c = compare_between_runs(tb, tn, metric, threshold, noise, repeat_processes(gb[key]),
+                                     repeat_processes(gn[key]), seed, change)
             figures = (tb.estimate(metric), tn.estimate(metric))
         rows.append(CellComparison(key[0], key[1], *figures, b_ms, n_ms, c))
     adjusted = adjust([r.comparison for r in rows], threshold)
     rows = [replace(r, comparison=c) for r, c in zip(rows, adjusted)]
     return RunComparison(metric, threshold, rows, sorted({k[0] for k in gb if k not in gn}),
                          sorted({k[0] for k in gn if k not in gb}))
+
+
+def repeat_processes(records: list[dict]) -> tuple[str, ...]:
+    """The process (invocation) of each repeat of one cell, in ``Timings.from_records``'s order:
+    a run resumed with a larger --repeats measures its new repeats in a fresh process."""
+    latest = _latest_per_repeat(r for r in records if r.get("status") == "ok")
+    return tuple(str(latest[k].get("invocation")) for k in sorted(latest))
 
 
 def _peaks(records: list[dict]) -> list[float]:
@@ -440,3 +454,333 @@ def _latest_per_repeat(records) -> dict[int, dict]:
         if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
             latest[k] = r
     return latest
+
+
+# --------------------------------------------------------------------------- where the variance lives
+@dataclass(frozen=True)
+class VarianceComponents:
+    """Kalibera & Jones's variance components of a nested A/A design, bottom level first
+    (for example iteration, block, process, invocation), on whatever scale the values were given
+    (log latency: a component of 0.01 is a relative spread of about 10% at that level)."""
+
+    levels: tuple[str, ...]
+    variances: tuple[float, ...]   # the component of each level, truncated at 0
+    df: tuple[int, ...]            # degrees of freedom behind each level's estimate
+    counts: tuple[float, ...]      # units per group at each level (harmonic mean: the design's n_i)
+
+    def of(self, level: str) -> float:
+        return self.variances[self.levels.index(level)]
+
+    def to_dict(self) -> dict:
+        return {"levels": list(self.levels), "variances": list(self.variances), "df": list(self.df),
+                "counts": list(self.counts)}
+
+
+def nested_variance_components(tree, levels: tuple[str, ...]) -> VarianceComponents:
+    """Variance components of nested data by Kalibera & Jones's method of moments (ISMM 2013, sec. 4):
+    S2_1 is the pooled variance within the bottom groups; S2_i the pooled variance of the level
+    (i-1) means within each level-i group; then T_1 = S2_1 and T_i = S2_i - S2_(i-1) / n_(i-1).
+
+    ``tree`` nests lists as deep as ``levels``: ``tree[invocation][process][block]`` is a list of
+    iteration values for ``levels = ("iteration", "block", "process", "invocation")``. Written by
+    hand: scipy and statsmodels have no nested random-effects ANOVA (statsmodels' MixedLM fits one
+    grouping level, and REML on unbalanced data is slow and fragile for a handful of groups). An
+    unbalanced design takes each group's own means and the harmonic mean of group sizes for n_i,
+    the usual approximation; a group with one unit adds no degree of freedom at its level."""
+    depth = len(levels)
+    # the units of each level, bottom first: each unit is (mean, [child means]) under its group
+    units = _leaves(tree, depth)  # list of bottom groups: arrays of values
+    s2: list[float] = []
+    df: list[int] = []
+    counts: list[float] = []
+    groups = units
+    for level in range(depth):
+        # groups: a list of lists of values (the units of this level inside each group)
+        ss, d, sizes = 0.0, 0, []
+        for g in groups:
+            x = np.asarray(g, dtype=float)
+            x = x[np.isfinite(x)]
+            if len(x) >= 1:
+                sizes.append(len(x))
+            if len(x) >= 2:
+                ss += float(np.sum((x - x.mean()) ** 2))
+                d += len(x) - 1
+        s2.append(ss / d if d else math.nan)
+        df.append(d)
+        counts.append(len(sizes) / sum(1 / s for s in sizes) if sizes else math.nan)
+        if level + 1 < depth:
+            groups = _regroup(tree, depth, level + 1)
+    t = [s2[0]]
+    for i in range(1, depth):
+        # a level below with no degrees of freedom (one block per process) cannot be separated:
+        # this level's component then holds the levels below it too
+        below = s2[i - 1] / counts[i - 1] if math.isfinite(s2[i - 1]) else 0.0
+        t.append(s2[i] - below if math.isfinite(s2[i]) else math.nan)
+    return VarianceComponents(tuple(levels), tuple(max(0.0, v) if math.isfinite(v) else math.nan for v in t),
+                              tuple(df), tuple(counts))
+
+
+def _leaves(tree, depth: int) -> list[list[float]]:
+    """The bottom groups of a tree nested ``depth`` deep (each a list of values)."""
+    if depth == 1:
+        return [list(tree)]
+    return [leaf for child in tree for leaf in _leaves(child, depth - 1)]
+
+
+def _mean_of(node, depth: int) -> float:
+    """The mean of a unit: of its values (depth 1), else of its children's means."""
+    if depth == 1:
+        x = np.asarray(node, dtype=float)
+        x = x[np.isfinite(x)]
+        return float(x.mean()) if len(x) else math.nan
+    means = [_mean_of(c, depth - 1) for c in node]
+    means = [m for m in means if math.isfinite(m)]
+    return float(np.mean(means)) if means else math.nan
+
+
+def _regroup(tree, depth: int, level: int) -> list[list[float]]:
+    """The groups at ``level`` (0 = the bottom groups of values): each a list of the means of the
+    level-(level - 1) units it holds."""
+    # a group at `level` is a node `level` steps above the values; its units are its children
+    def nodes(node, d):  # every node of depth d (d = how many list levels it still holds)
+        return [node] if d == level + 1 else [n for child in node for n in nodes(child, d - 1)]
+    return [[_mean_of(c, level) for c in node] for node in nodes(tree, depth)]
+
+
+def pooled_components(parts: list[VarianceComponents]) -> VarianceComponents:
+    """Several cells' components in one: each level's variance averaged with its degrees of
+    freedom as weights (a cell that could not estimate a level adds nothing to it)."""
+    if not parts:
+        raise ValueError("no components to pool")
+    levels = parts[0].levels
+    variances, dfs, counts = [], [], []
+    for i in range(len(levels)):
+        usable = [(p.variances[i], p.df[i], p.counts[i]) for p in parts
+                  if p.df[i] > 0 and math.isfinite(p.variances[i])]
+        d = sum(u[1] for u in usable)
+        variances.append(sum(v * w for v, w, _ in usable) / d if d else math.nan)
+        dfs.append(d)
+        counts.append(float(np.mean([u[2] for u in usable])) if usable else math.nan)
+    return VarianceComponents(levels, tuple(variances), tuple(dfs), tuple(counts))
+
+
+# --------------------------------------------------------------------------- run against run, calibrated
+@dataclass(frozen=True)
+class RunNoise:
+    """A device's between-run noise on the log scale of a cell's figure (a calibration's):
+    ``process`` the variance between processes (fresh ``bench run`` invocations), which repeats
+    inside one process do not average away; ``block`` the variance between repeats within one
+    process (None: not separated, and then ``process`` holds the whole run-to-run variance).
+    ``df_*``: the degrees of freedom behind each. ``source`` says where it comes from."""
+
+    process: float
+    df_process: int
+    block: float | None = None
+    df_block: int = 0
+    source: str = "calibration"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One run's figures of one cell, grouped by process: ``figures[p]`` is the per-repeat
+    figures of the p-th process (invocation) that measured it."""
+
+    figures: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def of(cls, t: Timings, processes: tuple[str, ...] | None, metric: str) -> "Side":
+        """``processes``: the invocation of each repeat of ``t`` (None: all in one process)."""
+        per = t.per_repeat(metric)
+        if not processes or len(processes) != len(per):
+            return cls((tuple(float(x) for x in per),))
+        groups: dict[str, list[float]] = {}
+        for p, x in zip(processes, per):
+            groups.setdefault(p, []).append(float(x))
+        return cls(tuple(tuple(v) for v in groups.values()))
+
+    @property
+    def n_processes(self) -> int:
+        return len(self.figures)
+
+    @property
+    def n_blocks(self) -> int:
+        return sum(len(f) for f in self.figures)
+
+    def log_mean(self) -> float:
+        """The mean over processes of each process's mean log figure."""
+        return float(np.mean([np.mean(np.log(f)) for f in self.figures]))
+
+
+def _side_variance(s: Side, noise: RunNoise | None) -> tuple[float, float] | None:
+    """(variance of the side's log_mean, its degrees of freedom), or None when the side's data
+    cannot say it and no calibration does: one process, whose process-level noise is unknown.
+    Calibrated: sigma2_process / P + sigma2_block / (P k), the block variance moderated with
+    the side's own spread between repeats (a pooled prior: limma's moderated variance).
+    Uncalibrated with several processes: the observed variance of the process means."""
+    p = s.n_processes
+    proc_means = np.array([np.mean(np.log(f)) for f in s.figures])
+    if noise is None:
+        if p < 2:
+            return None
+        return float(np.var(proc_means, ddof=1)) / p, float(p - 1)
+    within = [np.log(f) for f in s.figures if len(f) >= 2]
+    ss = float(sum(np.sum((w - w.mean()) ** 2) for w in within))
+    d_obs = sum(len(w) - 1 for w in within)
+    k = s.n_blocks / p  # repeats per process
+    if noise.block is None:
+        # the calibration did not separate blocks: the whole run-to-run variance sits at the
+        # process level, and repeats within a process are taken to buy nothing (conservative)
+        return noise.process / p, float(noise.df_process)
+    d_block = noise.df_block + d_obs
+    block = (noise.df_block * noise.block + ss) / d_block if d_block else noise.block
+    parts = [(noise.process / p, noise.df_process), (block / (p * k), d_block)]
+    return _satterthwaite(parts)
+
+
+def _satterthwaite(parts: list[tuple[float, float]]) -> tuple[float, float]:
+    """Sum of variance terms and its Welch-Satterthwaite degrees of freedom."""
+    total = sum(v for v, _ in parts)
+    denom = sum(v * v / d for v, d in parts if d > 0 and v > 0)
+    return total, (total * total / denom if denom > 0 else math.inf)
+
+
+def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", threshold: float = 0.03,
+                         noise: RunNoise | None = None, base_processes: tuple[str, ...] | None = None,
+                         new_processes: tuple[str, ...] | None = None, seed: int = 0,
+                         change: float | None = None) -> Comparison:
+    """The same cell in two runs, with the noise between runs in the interval: a Welch t interval
+    and test on the log figures (each repeat's median step, or throughput), each side's variance
+    being the calibrated between-process variance (``noise``) plus its repeats' spread, or, with no
+    calibration, the observed spread between its processes (invocations). A side measured in one
+    process with no calibration cannot know its run-to-run noise: then the within-run interval is
+    shown, p stays None and the verdict is ``inconclusive``, with what would settle it. Unlike
+    Mann-Whitney's exact floor (3 against 3 never reaches p < 0.05), a t test's power grows with
+    the effect, so a small N can decide a large change. ``change``: the change to price in
+    ``needed`` (default: the threshold)."""
+    sb, sn = Side.of(base, base_processes, metric), Side.of(new, new_processes, metric)
+    vb, vn = _side_variance(sb, noise), _side_variance(sn, noise)
+    price = _price(noise, max(sb.n_blocks // sb.n_processes, 1), threshold, change, metric)
+    if vb is None or vn is None:
+        within = compare_runs(base, new, metric, threshold, seed)
+        return Comparison(metric, within.ratio, within.ci, None, None, "inconclusive",
+                          f"within-run interval only ({sb.n_processes} and {sn.n_processes} processes, "
+                          "no calibration of this device)", _uncalibrated_advice(price))
+    d = sn.log_mean() - sb.log_mean()
+    var, df = _satterthwaite([vb, vn])
+    ratio = math.exp(d)
+    if var <= 0:
+        ci, p = (ratio, ratio), (0.0 if d != 0 else 1.0)
+    else:
+        se = math.sqrt(var)
+        tq = float(sps.t.ppf(1 - ALPHA / 2, df)) if math.isfinite(df) else float(sps.norm.ppf(1 - ALPHA / 2))
+        ci = (math.exp(d - tq * se), math.exp(d + tq * se))
+        p = float(2 * (sps.t.sf(abs(d) / se, df) if math.isfinite(df) else sps.norm.sf(abs(d) / se)))
+    how = noise.source if noise is not None else "the spread between each side's processes"
+    basis = (f"Welch t on log figures over {sb.n_processes} and {sn.n_processes} processes "
+             f"({sb.n_blocks} and {sn.n_blocks} repeats), run-to-run noise from {how}")
+    v = verdict(ci, p, threshold, lower_is_better(metric))
+    needed = None
+    if v == "inconclusive":
+        needed = price or _needed(ratio, ci, threshold, "repeats", min(sb.n_processes, sn.n_processes))
+    return Comparison(metric, ratio, ci, p, None, v, basis, needed)
+
+
+def _uncalibrated_advice(price: str | None) -> str:
+    return ("one process per side and no calibration of this device: calibrate it "
+            "(bench calibrate --from RUN_DIR... or bench calibrate --models ...), or measure each side "
+            "in 3 or more processes (bench run --repeats i --out DIR, for i = 1, 2, 3)"
+            + (f"; {price}" if price else ""))
+
+
+def _price(noise: RunNoise | None, repeats: int, threshold: float, change: float | None, metric: str) -> str | None:
+    """The price of an answer in words, from the calibration (None without one)."""
+    if noise is None:
+        return None
+    x = threshold if change is None else change
+    n = runs_needed(noise, x, threshold, repeats)
+    what = f"a {100 * x:g}% change" if x > threshold else f"'same' within +-{100 * threshold:g}%"
+    if n is None:
+        return f"no number of runs tells {what} on this device"
+    return f"{n} run{'s' if n > 1 else ''} per side to tell {what} (90% of the time, this device's calibration)"
+
+
+POWER = 0.90
+
+
+def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int = 1, power: float = POWER,
+                alpha: float = ALPHA, most: int = 10_000) -> int | None:
+    """Processes (fresh runs) per side for the verdict rule to settle ``power`` of the time:
+    a true change above the threshold called ``slower`` (its interval wholly past +threshold),
+    or, for a change at or inside the threshold, no change called ``same`` (its interval inside
+    +-threshold). Each run holds ``repeats`` repeats. The normal approximation of the t interval,
+    as Kalibera & Jones size their repetitions: n = 2 s^2 (z_a + z_b)^2 / margin^2, with
+    s^2 = process + block / repeats."""
+    per_run = noise.process + (noise.block or 0.0) / max(repeats, 1)
+    za = float(sps.norm.ppf(1 - alpha / 2))
+    if change > threshold:
+        margin = math.log(1 + change) - math.log(1 + threshold)
+        zb = float(sps.norm.ppf(power))
+    else:
+        margin = math.log(1 + threshold)
+        zb = float(sps.norm.ppf(1 - (1 - power) / 2))
+    if margin <= 0:
+        return None
+    n = math.ceil(2 * per_run * (za + zb) ** 2 / margin ** 2)
+    return max(1, n) if n <= most else None
+
+
+# --------------------------------------------------------------------------- the verdict rules, simulated
+@dataclass(frozen=True)
+class Rates:
+    """How often a verdict rule calls a cell ``slower``/``faster`` when nothing changed (false
+    alarms) and ``slower`` when the new side is ``change`` slower (detections)."""
+
+    rule: str
+    runs: int            # processes (runs) per side
+    false_alarm: float
+    detection: float
+    change: float
+    trials: int
+
+
+def simulate_rates(noise_truth: tuple[float, float, float], runs: int, change: float = 0.5, rule: str = "calibrated",
+                   threshold: float = 0.03, iterations: int = 20, cells: int = 12, trials: int = 50,
+                   calibration_df: int = 60, seed: int = 0) -> Rates:
+    """Simulate two sides of ``cells`` cells, each side ``runs`` processes of one repeat of
+    ``iterations`` timed steps, with log latency = process effect + block effect + iteration noise
+    (``noise_truth`` = their variances); half the cells slowed by ``1 + change`` on the new side.
+    Each trial is one comparison (q over its cells), decided by ``rule``:
+    ``calibrated`` (compare_between_runs with the true components as the calibration),
+    ``uncalibrated`` (compare_between_runs without one), ``within-run`` (the old rule:
+    compare_runs, a bootstrap of one run's iterations and Mann-Whitney U)."""
+    proc_var, block_var, iter_var = noise_truth
+    rng = np.random.default_rng(seed)
+    noise = RunNoise(proc_var, calibration_df, block_var, calibration_df, "the simulation's true components") \
+        if rule == "calibrated" else None
+    alarms = nulls = hits = slowed = 0
+    for _ in range(trials):
+        comps, truth = [], []
+        for cell in range(cells):
+            shift = math.log(1 + change) if cell % 2 else 0.0
+            sides = []
+            for extra in (0.0, shift):
+                reps = [np.exp(3 + extra + rng.normal(0, math.sqrt(proc_var)) + rng.normal(0, math.sqrt(block_var))
+                               + rng.normal(0, math.sqrt(iter_var), iterations)) for _ in range(runs)]
+                sides.append(Timings(tuple(tuple(float(x) for x in r) for r in reps), 1))
+            b, n = sides
+            if rule == "within-run":
+                pooled_b = Timings((tuple(x for r in b.repeats for x in r),), 1)
+                pooled_n = Timings((tuple(x for r in n.repeats for x in r),), 1)
+                comps.append(compare_runs(pooled_b, pooled_n, "latency", threshold, seed=int(rng.integers(1 << 30))))
+            else:
+                procs = tuple(str(i) for i in range(runs))
+                comps.append(compare_between_runs(b, n, "latency", threshold, noise, procs, procs))
+            truth.append(shift > 0)
+        for c, slow in zip(adjust(comps, threshold), truth):
+            if slow:
+                slowed += 1
+                hits += c.verdict == "slower"
+            else:
+                nulls += 1
+                alarms += c.verdict in ("slower", "faster")
+    return Rates(rule, runs, alarms / max(nulls, 1), hits / max(slowed, 1), change, trials)

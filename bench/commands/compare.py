@@ -51,25 +51,39 @@ def _threshold(given: float | None, records: list[dict]) -> float:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per matched cell.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the bootstraps.")
 @click.option("--cross-device", is_flag=True, help="Compare runs made on different devices (a comparison of machines).")
+@click.option("--calibration", default=None,
+              help="This device's run-to-run noise: a file written by bench calibrate, or a folder of them "
+                   "[default: results/calibration, and calibration/ beside BASE].")
+@click.option("--within-run", is_flag=True,
+              help="Take each run's own spread as the whole noise (two copies of one run; a device known to be "
+                   "quiet): the old within-run interval and Mann-Whitney p, said in the basis.")
+@click.option("--change", type=float, default=None,
+              help="The change whose price (runs per side) inconclusive cells state [default: the threshold].")
 def compare_command(base: str, new: str, metric: str, threshold: float | None, fmt: str, as_json: bool, seed: int,
-                    cross_device: bool) -> None:
+                    cross_device: bool, calibration: str | None, within_run: bool, change: float | None) -> None:
     """Compare run NEW against run BASE, cell by cell (task, model, res, mode, batch, settings).
 
     Verdicts: faster / slower (q < 0.05 and the 95% CI of the ratio wholly beyond +-threshold),
-    same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it)."""
+    same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it).
+    The interval holds the noise between runs: this device's calibration (bench calibrate), or
+    the spread between each side's processes; a run of one process with neither is inconclusive."""
     base_records, new_records = _records(base, "base"), _records(new, "new")
     t = _threshold(threshold, base_records + new_records)
+    if change is not None and not (0 < change < 10 and math.isfinite(change)):
+        raise BadInput(f"--change {change!r} must lie strictly between 0 and 10 (0.10 = 10%)")
+    cal, cal_note = _calibration(base, new, calibration)
     db, dn = _devices(base_records), _devices(new_records)
     if db != dn and not cross_device:
         raise BadInput(f"the runs were measured on different devices ({', '.join(sorted(db)) or '?'} vs "
                        f"{', '.join(sorted(dn)) or '?'}); pass --cross-device to compare the machines")
     gpu = any(str(r.get("device") or "").startswith("cuda") for r in base_records + new_records)
     tolerance = 0.0 if gpu else stats.CPU_RSS_TOLERANCE
-    result = stats.compare_records(base_records, new_records, metric, t, seed, tolerance)
+    result = stats.compare_records(base_records, new_records, metric, t, seed, tolerance,
+                                   cal.noise() if cal else None, within_run, change)
     if as_json:
         click.echo(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
     else:
-        header = _header(result, base, new, db != dn, tolerance)
+        header = _header(result, base, new, db != dn, tolerance) + ("" if within_run else " " + cal_note)
         click.echo(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md")
         if fmt == "table":
             _print_table(result)
@@ -79,6 +93,23 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
     if not result.cells:
         click.echo("no cell is in both runs (cells match by task, model, res, mode, batch and settings)", err=True)
     raise SystemExit(1 if result.regressions else 0)
+
+
+def _calibration(base: str, new: str, given: str | None):
+    """(the calibration of the machine both runs were measured on, or None; a sentence saying which)."""
+    from bench.measure.calibration import DEFAULT_DIR, find, key_of, read_run
+
+    if given is not None and not Path(given).exists():
+        raise BadInput(f"--calibration {given} does not exist; pass a file or folder written by bench calibrate")
+    kb, kn = key_of(read_run(base)), key_of(read_run(new))
+    if kb is None or kb != kn:
+        return None, "No calibration applies: the runs differ in machine (device, CPUs, threads, torch or schema)."
+    places = [Path(given)] if given is not None else [DEFAULT_DIR, Path(base).resolve().parent / "calibration"]
+    cal = find(kb, places)
+    if cal is None:
+        return None, (f"No calibration for this machine ({kb.slug}): one-process cells stay inconclusive; "
+                      f"bench calibrate --from RUN_DIR... writes one.")
+    return cal, f"Run-to-run noise: calibration {kb.slug} ({cal.method}, {cal.created})."
 
 
 def _sorted(result: stats.RunComparison) -> list[stats.CellComparison]:

@@ -238,6 +238,29 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
     return good, tried
 
 
+PLANT_ENV = "BENCH_TEST_SLOWDOWN"
+
+
+def _planted_slowdown(step: Callable[[], object], model: str) -> Callable[[], object]:
+    """Test-only (issue 29's planted regression): with BENCH_TEST_SLOWDOWN='MODEL=FACTOR,...' a
+    listed model's step takes FACTOR times as long, the extra spent spinning the CPU right after
+    the real step (work, not a sleep that would free the core). Unset in every real run."""
+    spec = os.environ.get(PLANT_ENV, "")
+    factors = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    if model not in factors:
+        return step
+    extra = float(factors[model]) - 1
+
+    def slowed():
+        t0 = time.perf_counter()
+        out = step()
+        end = time.perf_counter() + extra * (time.perf_counter() - t0)
+        while time.perf_counter() < end:
+            pass
+        return out
+    return slowed
+
+
 def _timed(step: Callable[[], object], ctx: DistContext, cfg: RunConfig, time_left_s: float):
     if not ctx.distributed:
         return measure(step, ctx.device, cfg.budget, max_time_s=time_left_s)
@@ -303,7 +326,7 @@ def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContex
             clock.first_step_s = _first_step(step, ctx.device)
         clock.done()
         counters = trackers.enter_context(DeviceCounters(ctx.device))
-        latency = _timed(step, ctx, cfg, cfg.max_time)
+        latency = _timed(_planted_slowdown(step, cell.model), ctx, cfg, cfg.max_time)
     energy = counters.energy((latency.warmup_iters + latency.iters) * batch)
     return step, trainer, latency, peak.result(counters), energy, watch.result if watch else None
 
