@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from bench.build import place_model
 from bench.config import RunConfig, cudnn_benchmark_on
-from bench.engines import build_trainer, trainer_record_fields
+from bench.engines import build_trainer, comm_prediction, trainer_record_fields
 from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import (
@@ -342,7 +342,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
             # this rank's parts (the peak stays the largest rank's)
             result.memory = replace(result.memory, breakdown_mb=memory_breakdown(trainer, step))
             if comm_dir is not None and ctx.distributed:  # issue 19 comms: extra profiled steps, outside the timing
-                result.comms = CommFigures(*_comms(step, model, cell, batch, ctx, cfg, comm_dir, trainer))
+                result.comms = CommFigures(*_comms(step, cell, batch, ctx, cfg, comm_dir, trainer))
         if profile_dir is not None:
             from bench.measure.profile import profile_cell
 
@@ -366,20 +366,14 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
     return result
 
 
-def _comms(step: Callable[[], object], model: nn.Module, cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig,
-           comm_dir: Path, trainer) -> tuple[dict, list[str]]:
+def _comms(step: Callable[[], object], cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, comm_dir: Path,
+           trainer) -> tuple[dict, list[str]]:
     """Collective time, exposed communication, bytes and bus bandwidth of ``--comm-steps`` profiled
-    steps (bench.measure.comms), against the bytes the engine should move for this model."""
+    steps (bench.measure.comms), against the bytes the engine predicts it moves for this model."""
     from bench.measure import comms
 
-    zero = trainer_record_fields(trainer).get("zero")
-    params = [p for p in model.parameters() if p.requires_grad]
-    numel = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)  # ZeRO-3 keeps the full size aside
-    grad_bytes = params[0].element_size() if params else 4
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers()) if cfg.engine == "ddp" else 0
-    predicted = comms.predict(cfg.engine, zero or 0, numel, grad_bytes, ctx.world_size, buffers)
-    label = cfg.engine + (f"-z{zero}" if cfg.engine == "deepspeed" else "")
-    name = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{label}_w{ctx.world_size}"
+    tag, predicted = comm_prediction(trainer, ctx.world_size)
+    name = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{tag}_w{ctx.world_size}"
     return comms.measure_comms(step, ctx, cfg.comm_steps, comm_dir, name, predicted)
 
 

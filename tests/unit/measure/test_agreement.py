@@ -79,11 +79,11 @@ def test_task_agreement_is_judged_only_for_trained_weights():
 @pytest.fixture(autouse=True)
 def _one_timed_step(monkeypatch):
     """The timing is not under test here: one real step, recorded as a scripted series."""
-    def timed(step, ctx, cfg, left):
+    def timed(step, device, budget, agree, cap):
         step()
         return Latency(times_ms=[10.0] * 10, warmup_iters=1, warmup_ms=10.0, stop_reason="converged")
 
-    monkeypatch.setattr(classify, "_timed", timed)
+    monkeypatch.setattr(classify, "measure_lockstep", timed)
 
 
 def _cfg(**settings) -> RunConfig:

@@ -98,7 +98,7 @@ def test_classify_passes_the_cells_autocast_to_the_parts(monkeypatch, amp):
     got: list[PartsSetup] = []
     det = task_for("det")
     monkeypatch.setattr(type(det), "part_latency_ms", lambda self, model, x, setup: got.append(setup))
-    monkeypatch.setattr(classify, "_timed", lambda step, ctx, cfg, left: _scripted())
+    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: _scripted())
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], dtype="bf16" if amp else "fp32",
                     budget=0.3, max_time=50, compile=False)
     out = classify.measure_cell(CELL, ONE, cfg).to_record()
