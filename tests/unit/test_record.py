@@ -1,4 +1,4 @@
-"""The record schema (bench/record.py): field types read once from the annotations, the display
+"""The record schema (bench/record/declared.py): field types read once from the annotations, the display
 metadata that drives the report, the v1 shims in ``upgrade`` alone, and the proof that a field
 declared once in ``Record`` reaches the HTML, CSV and Markdown report with no other change."""
 from __future__ import annotations
