@@ -2,6 +2,6 @@
 
 A figure's way down the layers (pyproject's [tool.importlinter]; bench/README.md has the map):
 cli -> commands -> sweep + scenarios (one cell: task adapter, engine, trackers) -> typed results
-(measure/) -> one Record (record.py) -> run directory -> report (read from the Record schema).
+(measure/) -> one CellResult -> one Record (record/) -> run directory -> report (read from the Record schema).
 """
 __version__ = "0.1.0"

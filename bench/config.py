@@ -407,6 +407,12 @@ def option(*flags: str, default: Any = None, value: Any = _NO_VALUE, identity: b
     return field(default=value, metadata=metadata)
 
 
+def zero_option(scope: str = "all") -> Any:
+    """``--zero``, declared once for every command that trains (DeepSpeed's, refused under
+    another engine by its EngineOption)."""
+    return option("--zero", default="0", parse=Int(0, 3), scope=scope, help="DeepSpeed ZeRO stage.")
+
+
 def options_of(cls: type) -> list[tuple[str, Option]]:
     """(field name, Option) of a config class, in field order = --help order."""
     return [(f.name, f.metadata["option"]) for f in fields(cls) if "option" in f.metadata]
@@ -497,7 +503,7 @@ class RunConfig:
     accuracy_images: int = option("--accuracy-images", default="16", parse=Int(1, 100000), identity=False,
                                   help="Validation images --accuracy-data scores (the first N).")
     engine: str = option("--engine", default="none", choices=engine_choices, scope="train", help="Training engine.")
-    zero: int = option("--zero", default="0", parse=Int(0, 3), scope="train", help="DeepSpeed ZeRO stage.")
+    zero: int = zero_option(scope="train")
     ds_config: str | None = option("--ds-config", scope="train", by_content=True,
                                    help="Your DeepSpeed JSON config (deep-merged over the generated one).")
     grad_clip: float = option("--grad-clip", default="0", parse=Float(0), scope="train",
@@ -610,7 +616,7 @@ class FinetuneConfig:
     weight_decay: float = option("--weight-decay", default="1e-4", parse=Float(0, maximum=10))
     grad_clip: float = option("--grad-clip", default="0", parse=Float(0), help="Max gradient norm; 0 = off.")
     engine: str = option("--engine", default="none", choices=engine_choices)
-    zero: int = option("--zero", default="0", parse=Int(0, 3), help="DeepSpeed ZeRO stage.")
+    zero: int = zero_option()
     nproc: int = option("--nproc", default="1", parse=Int(), identity=False,
                         help="Ranks on this node (re-launches under torchrun).")
     dtype: str = option("--dtype", default="fp32", choices=DTYPE_CHOICES)

@@ -85,6 +85,12 @@ def outcomes_agreed(outcomes: list[str] | None) -> bool:
     return all(o == "ok" for o in outcomes) or all(o in AGREED_FAILURES for o in outcomes)
 
 
+class CellOutcome(Protocol):
+    """A scenario's typed result for one cell; ``to_record`` is its JSON record."""
+
+    def to_record(self) -> dict[str, Any]: ...
+
+
 class Scenario(Protocol):
     """What a sweep needs from a kind of cell."""
 
@@ -94,7 +100,7 @@ class Scenario(Protocol):
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None: ...
 
-    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict: ...
+    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> CellOutcome: ...
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None: ...
 
@@ -492,7 +498,7 @@ class _Sweep:
             self.unmeasured.append(f"{visit.claim_key} ({holder})")
             return None
         try:
-            rec = self.scenario.run(cell, ctx, self.todo.history)
+            rec = self.scenario.run(cell, ctx, self.todo.history).to_record()
             rec.update(cell_key=key, config_id=config_id, settings_id=self.todo.settings_ids[key],
                        repeat=visit.repeat, repeats=getattr(self.scenario.config, "repeats", 1),
                        order_seed=getattr(self.scenario.config, "order_seed", None),

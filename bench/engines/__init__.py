@@ -10,6 +10,7 @@ from bench.engines.base import (
     TrainSpec,
     base_record_fields,
     build_trainer,
+    comm_prediction,
     engine_label,
     engine_names,
     get_engine,
@@ -18,5 +19,5 @@ from bench.engines.base import (
 )
 
 __all__ = ["DEFAULT_DISTRIBUTED", "DTYPES", "PRECISIONS", "Engine", "TrainSpec", "Trainer", "base_record_fields",
-           "build_trainer", "engine_label", "engine_names", "get_engine", "trainer_record_fields",
+           "build_trainer", "comm_prediction", "engine_label", "engine_names", "get_engine", "trainer_record_fields",
            "validate_engine_settings"]

@@ -11,6 +11,8 @@ owns everything engine-specific, so nothing outside ``bench/engines/`` tests an 
   ranks would each train their own model);
 - ``label(record)``: how a report names it ("deepspeed ZeRO-2"), through ``engine_label``;
 - ``record_fields(trainer)``: what it adds to a cell's record (DeepSpeed's effective config);
+- ``comm_prediction(payload, trainer)``: the bytes its collectives should move per step
+  (bench.measure.comms holds the traced bytes against it; None: no model of its traffic);
 - ``self_autocast``: whether it applies mixed precision inside its own step.
 Adding an engine is one file in this folder plus its import in ``__init__``.
 
@@ -34,6 +36,7 @@ import torch.nn as nn
 
 from bench.errors import BadInput
 from bench.launch.context import DistContext
+from bench.traffic import Payload, Prediction
 
 # --dtype -> (precision recorded, autocast dtype or None, weight dtype)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-weights": torch.bfloat16}
@@ -162,6 +165,15 @@ class Engine:
         """Fields of a training cell's record from the built trainer (its effective configuration)."""
         return {}
 
+    def tag(self, trainer: Trainer) -> str:
+        """The engine in a file or folder name of a cell's traces ("deepspeed-z2")."""
+        return self.name
+
+    def comm_prediction(self, payload: Payload, trainer: Trainer) -> Prediction | None:
+        """Bytes per step this engine's collectives should move for ``payload`` (bench.measure.comms'
+        docstring has the formulas); None: no model of its traffic (a single-process engine)."""
+        return None
+
 
 _ENGINES: dict[str, Engine] = {}
 # What a distributed launch (Slurm, several tasks) uses when no --engine is given.
@@ -226,6 +238,13 @@ def trainer_record_fields(trainer: Trainer) -> dict[str, Any]:
     return get_engine(trainer.engine).record_fields(trainer)
 
 
+def comm_prediction(trainer: Trainer, world_size: int) -> tuple[str, Prediction | None]:
+    """``trainer``'s engine as a trace name says it, and what it predicts its collectives move per
+    step for its model."""
+    engine = get_engine(trainer.engine)
+    return engine.tag(trainer), engine.comm_prediction(Payload.of(trainer.module, world_size), trainer)
+
+
 def build_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
     engine = get_engine(spec.engine)
     if spec.dtype not in DTYPES:
@@ -271,6 +290,20 @@ def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSp
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def torch_trainer(engine: Engine, forward: nn.Module, model: nn.Module, ctx: DistContext, spec: TrainSpec,
+                  scaler_class: type = torch.amp.GradScaler, **fields: Any) -> Trainer:
+    """The Trainer of an engine whose step is torch's own (plain, DDP, FSDP2): the one AdamW over
+    ``model``'s parameters (as they are now: sharded already under FSDP2), ``torch_step``, inputs in
+    the weight dtype; ``forward`` is what forward is called on (DDP's wrapper), ``fields`` the
+    engine's extra Trainer fields (FSDP2's ``whole_weights``)."""
+    optimizer, impl = make_optimizer(model, spec, ctx.device)
+    hooks: list[Callable[[], None]] = []
+    return Trainer(forward, model, engine.name, spec.dtype, ctx.device,
+                   torch_step(model, optimizer, spec, ctx.device, scaler_class=scaler_class, after_backward=hooks),
+                   input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
+                   after_backward=hooks, **fields)
 
 
 def single_process_group(ctx: DistContext) -> None:

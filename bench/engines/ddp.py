@@ -9,13 +9,13 @@ from bench.engines.base import (
     EngineOption,
     Trainer,
     TrainSpec,
-    make_optimizer,
     register_engine,
     single_process_group,
-    torch_step,
+    torch_trainer,
     weight_dtype,
 )
 from bench.launch.context import DistContext
+from bench.traffic import Payload, Prediction
 
 
 @register_engine("ddp")
@@ -32,9 +32,9 @@ class DDP(Engine):
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=spec.find_unused_parameters,
         )
-        optimizer, impl = make_optimizer(model, spec, ctx.device)
-        hooks: list = []
-        return Trainer(wrapped, model, self.name, spec.dtype, ctx.device,
-                       torch_step(model, optimizer, spec, ctx.device, after_backward=hooks),
-                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
-                       after_backward=hooks)
+        return torch_trainer(self, wrapped, model, ctx, spec)
+
+    def comm_prediction(self, payload: Payload, trainer: Trainer) -> Prediction:
+        """One all-reduce of every trainable gradient, plus the buffers broadcast at each forward."""
+        p, e, b = payload.trainable_numel, payload.grad_bytes, payload.buffer_bytes
+        return Prediction(p * e + b, f"DDP: all-reduce P x e ({p} x {e}) + buffer broadcast {b}")

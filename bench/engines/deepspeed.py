@@ -31,6 +31,7 @@ from bench.engines.base import (
 )
 from bench.errors import BadInput, first_line
 from bench.launch.context import DistContext
+from bench.traffic import Payload, Prediction, gather_scatter_range
 
 _TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -142,6 +143,21 @@ class DeepSpeed(Engine):
     def record_fields(self, trainer: Trainer) -> dict[str, Any]:
         cfg = trainer.engine_config or {}
         return {"ds_config": cfg, "zero": effective_zero_stage(cfg)}
+
+    def tag(self, trainer: Trainer) -> str:
+        return f"{self.name}-z{effective_zero_stage(trainer.engine_config or {})}"
+
+    def comm_prediction(self, payload: Payload, trainer: Trainer) -> Prediction:
+        """ZeRO-0: the gradients all-reduced; ZeRO-1/2: reduced, then the updated parameters
+        all-gathered (padded to a multiple of n); ZeRO-3: the gather / scatter range."""
+        zero = effective_zero_stage(trainer.engine_config or {})
+        p, e, n = payload.trainable_numel, payload.grad_bytes, payload.world_size
+        if zero == 3:
+            return gather_scatter_range("ZeRO-3", payload)
+        if zero == 0:
+            return Prediction(p * e, f"ZeRO-0: all-reduce P x e (P={p}, e={e})")
+        return Prediction((p + math.ceil(p / n) * n) * e,
+                          f"ZeRO-{zero}: grad reduce P x e + param all-gather ceil(P/n) x n x e (P={p}, e={e}, n={n})")
 
     def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
         if ctx.device.type == "cpu":

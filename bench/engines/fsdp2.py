@@ -31,13 +31,13 @@ from bench.engines.base import (
     Engine,
     Trainer,
     TrainSpec,
-    make_optimizer,
     register_engine,
     single_process_group,
-    torch_step,
+    torch_trainer,
     weight_dtype,
 )
 from bench.launch.context import DistContext
+from bench.traffic import Payload, Prediction, gather_scatter_range
 
 
 def even_shard_placement(world_size: int):
@@ -91,7 +91,6 @@ class FSDP2(Engine):
         for unit, after_forward in zip(units, reshard):
             fully_shard(unit, mesh=mesh, reshard_after_forward=after_forward, shard_placement_fn=placement)
         fully_shard(model, mesh=mesh, shard_placement_fn=placement)
-        optimizer, impl = make_optimizer(model, spec, ctx.device)  # after sharding: DTensor state, 1/N
 
         @contextlib.contextmanager
         def whole_weights():
@@ -109,9 +108,9 @@ class FSDP2(Engine):
                     unit.set_reshard_after_forward(after_forward, recurse=False)
                     unit.reshard()
 
-        hooks: list = []
-        return Trainer(model, model, self.name, spec.dtype, ctx.device,
-                       torch_step(model, optimizer, spec, ctx.device, scaler_class=ShardedGradScaler,
-                                  after_backward=hooks),
-                       input_dtype=weight_dtype(spec.dtype), optimizer=optimizer, optimizer_impl=impl,
-                       whole_weights=whole_weights, after_backward=hooks)
+        # The optimizer after sharding: DTensor state, 1/N.
+        return torch_trainer(self, model, model, ctx, spec, scaler_class=ShardedGradScaler,
+                             whole_weights=whole_weights)
+
+    def comm_prediction(self, payload: Payload, trainer: Trainer) -> Prediction:
+        return gather_scatter_range("FSDP2", payload)

@@ -32,7 +32,7 @@ The figures, per profiled step (mean over the ``ProfilerStep#`` windows):
   busbw = algbw x 2(n-1)/n for all-reduce, x (n-1)/n for all-gather and reduce-scatter, x 1 for the
   rest (nccl-tests' PERFORMANCE.md); combined over kinds weighted by bytes.
 
-The prediction (``predict``), from the trainable parameter count P, the gradient element size e,
+The prediction (each engine's ``comm_prediction``), from the trainable parameter count P, the gradient element size e,
 the model's buffers B (bytes) and the world size n, per step:
 - DDP: one all-reduce of all trainable gradients, P x e (bucketed; the buckets are views of the
   gradients, no padding), plus the broadcast of the buffers from rank 0 at each forward
@@ -72,6 +72,7 @@ from typing import Callable, Iterable
 
 from bench.errors import first_line
 from bench.launch.context import DistContext, all_gather, broadcast_object
+from bench.traffic import Prediction
 
 Interval = tuple[float, float]
 
@@ -190,29 +191,8 @@ def combined_busbw(kinds: list[KindStats]) -> float | None:
 # The prediction
 
 
-@dataclass
-class Prediction:
-    bytes: float  # the payload, or the upper bound of a range
-    formula: str
-    low: float | None = None  # the lower bound where the engine's policy sets the amount (ZeRO-3, FSDP2)
-
-
-def predict(engine: str, zero: int, trainable_numel: int, grad_bytes: int, world_size: int,
-            buffer_bytes: int = 0) -> Prediction | None:
-    """Bytes per step the engine's collectives should move (module docstring); None for an engine
-    without a model of its traffic."""
-    p, e, n = trainable_numel, grad_bytes, world_size
-    if engine == "ddp":
-        return Prediction(p * e + buffer_bytes, f"DDP: all-reduce P x e ({p} x {e}) + buffer broadcast {buffer_bytes}")
-    if engine == "deepspeed" and zero in (0, 1, 2):
-        gathered = math.ceil(p / n) * n if zero else 0
-        what = "all-reduce" if zero == 0 else "reduce"
-        return Prediction((p + gathered) * e, f"ZeRO-{zero}: grad {what} P x e + param all-gather ceil(P/n) x n x e "
-                          f"(P={p}, e={e}, n={n})" if zero else f"ZeRO-0: all-reduce P x e (P={p}, e={e})")
-    if (engine == "deepspeed" and zero == 3) or engine == "fsdp2":
-        return Prediction(3 * p * e, f"{'ZeRO-3' if engine == 'deepspeed' else 'FSDP2'}: all-gather fwd (+ bwd for "
-                          f"units freed after fwd) + reduce-scatter: 2..3 x P x e (P={p}, e={e})", low=2 * p * e)
-    return None
+# Each engine predicts its own traffic (``Engine.comm_prediction``, the formulas above); the
+# prediction's type lives in the leaf bench.traffic so that engines and measure share it.
 
 
 def mismatch(traced: float, predicted: Prediction | None, tolerance: float = BYTES_TOLERANCE) -> bool:

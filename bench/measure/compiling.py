@@ -3,7 +3,7 @@ and graph breaks and recompiles are counted until the tracker closes (over the t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -16,11 +16,18 @@ class Compile:
     seconds: float
     graph_breaks: int
     recompiles: int
+    flags_over_ranks: list[str] | None = None  # any rank's flags (``over_ranks``); None: this process's
 
     @property
     def flags(self) -> list[str]:
-        """A break or a recompile means part of the step ran eagerly or compiled twice."""
+        """A break or a recompile means part of the step ran eagerly or compiled twice (on any rank)."""
+        if self.flags_over_ranks is not None:
+            return list(self.flags_over_ranks)
         return ["compile-fallback"] if self.graph_breaks or self.recompiles else []
+
+    def over_ranks(self, flags_per_rank: list[list[str]]) -> "Compile":
+        """The same compile with a flag raised on any rank as the cell's."""
+        return replace(self, flags_over_ranks=list(dict.fromkeys(f for flags in flags_per_rank for f in flags)))
 
     def to_record(self) -> dict:
         return {"compile_s": round(self.seconds, 3), "compile_graph_breaks": self.graph_breaks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -54,10 +54,25 @@ class Memory:
     device_used_mb: float | None = None
     breakdown_mb: dict[str, float] | None = None
     compile_peak_mb: float | None = None  # the peak up to the end of the compile (``--compile``), kept apart
+    per_rank_peak_mb: list[float | None] | None = None  # every rank's peak (``over_ranks``); None: one process
+
+    def over_ranks(self, per_rank_peak_mb: list[float | None]) -> "Memory":
+        """The same window with every rank's peak kept: the cell's peak is the largest rank's."""
+        return replace(self, per_rank_peak_mb=list(per_rank_peak_mb))
+
+    @property
+    def cell_peak_mb(self) -> float | None:
+        """This rank's peak, or the largest rank's once ``over_ranks`` has them (rounded as recorded)."""
+        if self.per_rank_peak_mb is None:
+            return round(self.peak_mb, 1)
+        known = [v for v in self.per_rank_peak_mb if v is not None]
+        return max(known) if known else None
 
     def to_record(self) -> dict:
-        rec = {"peak_mem_mb": round(self.peak_mb, 1), "peak_mem_method": self.method,
+        rec = {"peak_mem_mb": self.cell_peak_mb, "peak_mem_method": self.method,
                "mem_reserved_mb": self.reserved_mb, "device_mem_used_mb": self.device_used_mb}
+        if self.per_rank_peak_mb is not None:
+            rec["per_rank_peak_mem_mb"] = self.per_rank_peak_mb
         if self.compile_peak_mb is not None:
             rec["compile_peak_mem_mb"] = round(self.compile_peak_mb, 1)
         if self.breakdown_mb is not None:  # training cells only

@@ -269,13 +269,18 @@ class Latency:
         """No flag of doubt: enough samples, a narrow CI, no drift, not capped, warm-up steady."""
         return not self.flags
 
+    @property
+    def kept_samples_ms(self) -> list[float]:
+        """The samples a record keeps (``MAX_KEPT_SAMPLES`` spread evenly: one JSON line)."""
+        return thinned(self.times_ms)
+
     def over_ranks(self, slowest_ms: list[float]) -> "Latency":
         """The same timing with the per-iteration maximum over ranks as its samples."""
         return replace(self, times_ms=list(slowest_ms))
 
     def to_record(self) -> dict:
         """The record fields (``RECORD_KEYS``); undefined statistics (too few samples) are None."""
-        kept = thinned(self.times_ms)
+        kept = self.kept_samples_ms
         return {
             "iters": self.iters,
             "warmup_iters": self.warmup_iters,
@@ -293,6 +298,32 @@ class Latency:
             "timing_stop": self.stop_reason,
             "timing_flags": self.flags,
         }
+
+
+@dataclass
+class Throughput:
+    """The sustained rate of one timed series: images over the summed time of the timed
+    iterations (timm's benchmark.py, MLPerf Offline), so a stall every few steps counts; per rank
+    and for the whole job, each rank's own median step kept beside it. ``bench run`` cells and
+    fine-tunes alike (the series is the per-step maximum over ranks)."""
+
+    per_rank_rate: float                # images/s of one rank
+    world_size: int
+    batch: int                          # per rank
+    per_rank_step_ms: list[float]       # each rank's own median step
+
+    @classmethod
+    def sustained(cls, latency: Latency, batch: int, world_size: int, per_rank_step_ms: list[float]) -> "Throughput":
+        return cls(batch * latency.iters / latency.total_s, world_size, batch, list(per_rank_step_ms))
+
+    @property
+    def images_per_s(self) -> float:
+        """The whole job's rate."""
+        return self.per_rank_rate * self.world_size
+
+    def to_record(self) -> dict:
+        return {"per_rank_step_ms": self.per_rank_step_ms, "global_batch": self.batch * self.world_size,
+                "throughput": self.images_per_s, "throughput_per_rank": self.per_rank_rate}
 
 
 # --------------------------------------------------------------------------- timed blocks

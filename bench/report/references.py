@@ -5,21 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.report.tables import Cell, Table, as_text, fmt_number, fmt_optional, missing_cell, sort_cells
+from models.references import PVT_V1_TABLE2
 
-# PVT v1 paper (Wang et al., 2021), Table 2: ImageNet-1k classification at 224x224. The paper's
-# "GFLOPs" count one multiply-add as one operation, i.e. they are GMACs.
-PAPER_TABLE2: dict[str, tuple[str, float, float]] = {
-    # our name: (paper's name, params in millions, GMACs)
-    "resnet18": ("ResNet18", 11.7, 1.8),
-    "pvt_tiny": ("PVT-Tiny", 13.2, 1.9),
-    "resnet50": ("ResNet50", 25.6, 4.1),
-    "vit_s": ("DeiT-Small/16", 22.1, 4.6),
-    "pvt_small": ("PVT-Small", 24.5, 3.8),
-    "resnet101": ("ResNet101", 44.7, 7.9),
-    "pvt_medium": ("PVT-Medium", 44.2, 6.7),
-    "vit_b": ("ViT-Base/16", 86.6, 17.6),
-    "pvt_large": ("PVT-Large", 61.4, 9.8),
-}
+# PVT v1 paper (Wang et al., 2021), Table 2 (params, GMACs at 224x224): kept once, with the models.
+PAPER_TABLE2 = PVT_V1_TABLE2
 
 # Published inference throughput at 224 (images/s): the V100 column is the survey table citing
 # DeiT and T2T; the RTX 4090 column is timm's published benchmark CSV (AMP, batch 1024).

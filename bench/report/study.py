@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measure.derived import StudyEfficiency, match_base, scaling_mode, study_efficiency
+from bench.record import span
 from bench.report.load import FINETUNE_MODES, Run
 from bench.report.plots import PlotSpec, panel_grid
 from bench.report.tables import Cell, Table, fmt_number, missing_cell
@@ -139,9 +140,8 @@ def _pct(x: float) -> str:
 
 
 def _ci_text(ci: tuple[float, float] | None, pct: bool = False) -> str:
-    if ci is None:
-        return "—"
-    return f"{_pct(ci[0])}–{_pct(ci[1])}" if pct else f"{fmt_number(ci[0])}–{fmt_number(ci[1])}"
+    """An interval as "low–high" (record.span, as every report cell writes one), "—" when none."""
+    return span(ci, _pct if pct else fmt_number) or "—"
 
 
 def statement(row: StudyRow) -> str | None:

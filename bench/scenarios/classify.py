@@ -19,6 +19,7 @@ import contextlib
 import copy
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,7 @@ import torch.nn as nn
 
 from bench.build import place_model
 from bench.config import RunConfig, cudnn_benchmark_on
-from bench.engines import build_trainer, trainer_record_fields
+from bench.engines import build_trainer, comm_prediction, trainer_record_fields
 from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
 from bench.launch.context import (
@@ -44,12 +45,13 @@ from bench.measure.compiling import CompileWatch
 from bench.measure.flops import Flops
 from bench.measure.memory import DeviceCounters, PeakMemory, free_memory, is_oom, memory_breakdown, warm_up
 from bench.measure.peak import Peak, datasheet_tflops, measure_peak, remeasure
-from bench.measure.setup import SETUP_TIMEOUT_FLAG, SetupClock, SetupTimeout
-from bench.measure.timing import Latency, measure, measure_lockstep
+from bench.measure.setup import SetupClock, SetupTimeout
+from bench.measure.timing import Throughput, measure_lockstep
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
-from bench.scenarios.numerics import GATE_FLAG, accuracy_against_labels, cell_math_mode, check_agreement
+from bench.scenarios.numerics import cell_math_mode, check_numerics
+from bench.scenarios.result import BatchSearch, CellResult, CommFigures
 from bench.tasks import Task, task_for
 from bench.tasks.dense import PartsSetup
 
@@ -71,7 +73,10 @@ class ClassifyScenario:
     def __init__(self, config: RunConfig):
         self.config = config
         apply_math_mode(config)  # before the environment is recorded, so env.json says it too
-        self.peak_tflops: float | None = None
+        self.peak: Peak | None = None  # the GEMM sweep's result (``prepare``), re-measured after each cell
+        self.profile_dir: Path | None = None
+        self.comm_dir: Path | None = None
+        self.run_id: str | None = None
         self._flops: dict[tuple[str, int, int], object] = {}
 
     def cells(self) -> list[Cell]:
@@ -83,8 +88,7 @@ class ClassifyScenario:
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
         # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
-        self.peak: Peak | None = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
-        self.peak_tflops = self.peak.tflops if self.peak else None
+        self.peak = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
         self.comm_dir = run_dir.path / "traces" / "comm" if self.config.comm_steps else None
         self.run_id = run_dir.path.name  # as the sweep stamps each record (scaling compares within it)
@@ -115,41 +119,40 @@ class ClassifyScenario:
             "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time,
             "setup_timeout_s": cfg.setup_timeout, "scaling_mode": cfg.scaling_mode}
 
-    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> dict:
-        """One cell's record: the base, the FLOP count, what ``measure_cell`` measured, and the
-        figures derived from them."""
-        rec = self._base(cell, ctx)
+    def run(self, cell: Cell, ctx: DistContext, history: list[dict]) -> CellResult:
+        """One cell: its FLOP count, what ``measure_cell`` measured, and the figures derived from them."""
         counted = self._count(cell, ctx)
         if isinstance(counted, BaseException):
-            return rec | {"status": "oom" if isinstance(counted, MemoryError) else "error",
-                          "error": str(counted)[:300], "flags": ["flops-failed"], "wall_s": 0.0, "cpu_time_s": 0.0,
-                          "loadavg_1m": os.getloadavg()[0]}
+            result = CellResult(self._base(cell, ctx), ctx.world_size, flops_failed=True, wall_s=0.0, cpu_time_s=0.0,
+                                loadavg_1m=os.getloadavg()[0])
+            result.failed("oom" if isinstance(counted, MemoryError) else "error", str(counted)[:300])
+            return result
         task = task_for(cell.task)
-        rec |= counted.to_record() | {"input_hw": list(task.input_hw(cell)), "bn_mode": task.bn_mode}
-        rec |= measure_cell(cell, ctx, self.config, getattr(self, "profile_dir", None), getattr(self, "comm_dir", None))
-        rec["flags"] = list(rec.get("flags") or []) + self._derive(rec, counted, cell, ctx, history)
-        return rec
+        result = CellResult(self._base(cell, ctx), ctx.world_size, flops=counted,
+                            shape={"input_hw": list(task.input_hw(cell)), "bn_mode": task.bn_mode})
+        measure_cell(cell, ctx, self.config, self.profile_dir, self.comm_dir, result)
+        if result.status == "ok" and result.throughput is not None:  # frontier-only cells have no time
+            self._derive(result, counted, cell, ctx, history)
+        return result
 
-    def _derive(self, rec: dict, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> list[str]:
-        """Achieved TFLOP/s, MFU and scaling efficiency into ``rec``; returns the flags they raise
-        (and the FLOP count's own: an uncounted non-trivial op, a cross-check that disagrees)."""
-        count_flags = counted.flags
-        if rec["status"] != "ok" or not rec.get("throughput"):  # frontier-only cells have no time
-            return count_flags
-        peak = getattr(self, "peak", None)
+    def _derive(self, result: CellResult, counted: Flops, cell: Cell, ctx: DistContext, history: list[dict]) -> None:
+        """Achieved TFLOP/s, MFU and scaling efficiency, and the flags they raise."""
+        derived_fields: dict = {}
+        peak = self.peak
         if peak is not None:  # the measurement nearest this cell: right after its timing
             self.peak = peak = remeasure(peak, ctx.device, self._peak_dtype(), min(0.25, self.config.budget / 4))
-            self.peak_tflops = peak.tflops
-            rec["peak_tflops_ci95"] = [v * ctx.world_size for v in peak.ci95] if peak.ci95 else None
-            rec["peak_method"] = peak.method + (f"; x {ctx.world_size} ranks" if ctx.world_size > 1 else "")
-        rec.update(derived.utilisation(counted.gmacs, cell.train, rec["throughput"], self.peak_tflops, ctx.world_size,
-                                       counted.trainable_fraction))
-        rec.update(derived.datasheet_utilisation(
-            rec["achieved_tflops"], datasheet_tflops(rec.get("device_name"), self.config.dtype, self.config.tf32),
-            ctx.world_size))
-        flags = derived.mfu_flags(rec.get("mfu"))
-        rec.update(derived.scaling(history, rec, getattr(self, "run_id", None)))  # a baseline of this run only
-        return count_flags + flags
+            derived_fields["peak_tflops_ci95"] = [v * ctx.world_size for v in peak.ci95] if peak.ci95 else None
+            derived_fields["peak_method"] = peak.method + (f"; x {ctx.world_size} ranks" if ctx.world_size > 1 else "")
+        derived_fields |= derived.utilisation(counted.gmacs, cell.train, result.throughput.images_per_s,
+                                              self.peak.tflops if self.peak else None, ctx.world_size,
+                                              counted.trainable_fraction)
+        derived_fields |= derived.datasheet_utilisation(
+            derived_fields["achieved_tflops"],
+            datasheet_tflops(result.settings.get("device_name"), self.config.dtype, self.config.tf32), ctx.world_size)
+        result.derived_flags = derived.mfu_flags(derived_fields.get("mfu"))
+        result.derived = derived_fields
+        # a baseline of this run only, matched on the measured record
+        result.derived = derived_fields | derived.scaling(history, result.to_record(), self.run_id)
 
     def summarize(self, records: list[dict], run_dir: RunDir, ctx: DistContext, console) -> None:
         """The summary table on the sweep's console; the command renders the report afterwards."""
@@ -238,6 +241,16 @@ def find_max_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int, l
     return good, tried
 
 
+def _resolve_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int | None, BatchSearch | None]:
+    """The batch to time (None: nothing to time) and the search that found it: ``--batch auto``
+    searches the largest that fits; without ``--time-auto-batch`` that frontier is the cell."""
+    if cell.batch != "auto":
+        return cell.batch, None
+    found, tried = find_max_batch(cell, ctx, cfg)
+    search = BatchSearch(tried, found, timed=cfg.time_auto_batch)
+    return (found if found and cfg.time_auto_batch else None), search
+
+
 PLANT_ENV = "BENCH_TEST_SLOWDOWN"
 
 
@@ -261,31 +274,6 @@ def _planted_slowdown(step: Callable[[], object], model: str) -> Callable[[], ob
     return slowed
 
 
-def _timed(step: Callable[[], object], ctx: DistContext, cfg: RunConfig, time_left_s: float):
-    if not ctx.distributed:
-        return measure(step, ctx.device, cfg.budget, max_time_s=time_left_s)
-    return measure_lockstep(step, ctx.device, cfg.budget, lambda v: all_reduce_max(v, ctx), max_time_s=time_left_s)
-
-
-def _resolve_batch(cell: Cell, ctx: DistContext, cfg: RunConfig) -> tuple[int | None, dict]:
-    """The batch to time (None: nothing to time) and what finding it recorded: ``--batch auto``
-    searches the largest that fits; without ``--time-auto-batch`` that frontier is the cell."""
-    if cell.batch != "auto":
-        return cell.batch, {}
-    batch, tried = find_max_batch(cell, ctx, cfg)
-    fields: dict = {"batch_search": tried}
-    if batch == 0:
-        return None, fields | {"status": "oom", "error": "batch 1 does not fit", "batch": None,
-                               "flags": ["batch-1-oom"]}
-    if not cfg.time_auto_batch:
-        # The frontier: one step per trial, the found batch not timed (ask --time-auto-batch).
-        found = next(t for t in reversed(tried) if t["batch"] == batch)
-        return None, fields | {"batch": batch, "global_batch": batch * ctx.world_size,
-                               "peak_mem_mb": found["peak_mem_mb"], "peak_mem_method": "largest fitting trial",
-                               "flags": ["frontier-only"]}
-    return batch, fields
-
-
 def _first_step(step: Callable[[], object], device: torch.device) -> float:
     """The untimed first step of an eager cell, in seconds: its allocations, cuDNN's autotuning and
     whatever an engine builds on first use (DeepSpeed's communication op) are set-up, not timing."""
@@ -296,182 +284,121 @@ def _first_step(step: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _track(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig,
-           clock: SetupClock):
-    """Build the step inside the trackers and time it: (step, trainer, latency, memory, energy,
-    compile or None). The memory window opens before the engine is built, on every device: DDP
-    buckets, ZeRO partitions, optimizer state and the input all count. Set-up ends (``clock``)
-    right before the timing, whose cap then runs from zero."""
-    if ctx.device.type == "cpu":  # first-use caches land before the window, in every cell alike
-        model = place_model(model, ctx.device, cfg.channels_last)
-        # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
-        amp = autocast_dtype(cfg.dtype) or (None if weight_dtype(cfg.dtype) == torch.float32 else torch.bfloat16)
-        if cell.train:
-            x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True,
-                        make_optimizer=lambda m: make_optimizer(m, train_spec(cfg, batch), ctx.device)[0])
-        else:
-            x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
-            warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)
-        del x
-    with contextlib.ExitStack() as trackers:
-        peak = trackers.enter_context(PeakMemory(ctx.device, model))
-        step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
-        # The first call of a compiled step is the compile: timed apart, never in warm-up.
-        watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
-        if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
-            peak.after_compile()
-        else:
-            clock.first_step_s = _first_step(step, ctx.device)
-        clock.done()
-        counters = trackers.enter_context(DeviceCounters(ctx.device))
-        latency = _timed(_planted_slowdown(step, cell.model), ctx, cfg, cfg.max_time)
-    energy = counters.energy((latency.warmup_iters + latency.iters) * batch)
-    return step, trainer, latency, peak.result(counters), energy, watch.result if watch else None
-
-
-def _engine_fields(trainer) -> dict:
-    """What the engine adds to a training cell's record."""
-    return {"optimizer_impl": trainer.optimizer_impl, **trainer_record_fields(trainer)}
-
-
-def _measure_batch(cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, clock: SetupClock,
-                   profile_dir: Path | None, out: dict, flags: list[str], comm_dir: Path | None = None) -> None:
-    """Measure the cell at ``batch`` into ``out`` and ``flags`` (filled as it goes, so a cell that
-    fails half-way keeps what it measured)."""
-    task = task_for(cell.task)
-    model = task.build(cell)
-    checking = cfg.numerics and ctx.is_main and cell_math_mode(cfg, ctx.device) is not None
-    pristine = copy.deepcopy(model) if checking else None  # the weights before any step moves them
-    step, trainer, latency, memory, energy, compiled = _track(task, cell, batch, model, ctx, cfg, clock)
-    own_median_ms = latency.median_ms
-    latency = latency.over_ranks(elementwise_max(latency.times_ms, ctx))  # one series: the slowest rank's
-    out |= clock.to_record() | memory.to_record() | _peak_over_ranks(memory.peak_mb, ctx) | energy.to_record()
-    out |= (compiled.to_record() if compiled else {}) | latency.to_record()
-    flags += _union_over_ranks(compiled.flags if compiled else [], ctx) + latency.flags
-    if latency.iters == 0:
-        raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
-                           f"({latency.warmup_iters} warm-up iterations after {clock.seconds():.1f} s of set-up)")
-    out |= _throughput(latency, own_median_ms, batch, ctx)
-    if not cell.train:  # the parts of a dense model, in a pass of their own
+def _warm_caches(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistContext, cfg: RunConfig) -> None:
+    """CPU: first-use caches land before the memory window opens, in every cell alike."""
+    model = place_model(model, ctx.device, cfg.channels_last)
+    # Training: fp32 weights (the engine casts them later), bf16 ops through autocast.
+    amp = autocast_dtype(cfg.dtype) or (None if weight_dtype(cfg.dtype) == torch.float32 else torch.bfloat16)
+    if cell.train:
+        x = task.input(cell, batch, ctx.device, torch.float32, cfg.channels_last)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            warm_up(model.train(), lambda: task.loss(model, x, task.train_targets(x)), train=True,
+                    make_optimizer=lambda m: make_optimizer(m, train_spec(cfg, batch), ctx.device)[0])
+    else:
         x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
-        setup = PartsSetup(amp=autocast_dtype(cfg.dtype), budget_s=cfg.budget, max_time_s=cfg.max_time,
-                           channels_last=cfg.channels_last, compiled=cfg.compile, data=cfg.data)
-        parts = task.part_latency_ms(model, x, setup)
-        if parts is not None:
-            out |= parts.to_record()
-    if trainer is not None:
-        out |= _engine_fields(trainer)
-        out["mem_breakdown_mb"] = memory_breakdown(trainer, step)  # this rank's parts (peak stays the largest rank's)
-        if comm_dir is not None and ctx.distributed:  # issue 19 comms: extra profiled steps, outside the timing
-            fields, comm_flags = _comms(step, model, cell, batch, ctx, cfg, comm_dir, out.get("zero"))
-            out |= fields
-            flags += comm_flags
-    if profile_dir is not None:
-        from bench.measure.profile import profile_cell
-
-        # One TensorBoard run per cell, one worker per rank.
-        engine = cfg.engine if cell.train else "none"
-        cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
-        out["op_breakdown"], out["trace_file"] = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
-    # Last: the check drops the cell's compiled graphs (torch._dynamo.reset) to compile its own.
-    numerics = _numerics(task, cell, pristine, batch, ctx, cfg) if cfg.numerics else {}
-    out |= broadcast_object(numerics, ctx)
-    flags += out.get("agreement_flags") or []
-    out.pop("agreement_flags", None)
-
-
-def _comms(step: Callable[[], object], model: nn.Module, cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig,
-           comm_dir: Path, zero: int | None) -> tuple[dict, list[str]]:
-    """Collective time, exposed communication, bytes and bus bandwidth of ``--comm-steps`` profiled
-    steps (bench.measure.comms), against the bytes the engine should move for this model."""
-    from bench.measure import comms
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    numel = sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)  # ZeRO-3 keeps the full size aside
-    grad_bytes = params[0].element_size() if params else 4
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers()) if cfg.engine == "ddp" else 0
-    predicted = comms.predict(cfg.engine, zero or 0, numel, grad_bytes, ctx.world_size, buffers)
-    label = cfg.engine + (f"-z{zero}" if cfg.engine == "deepspeed" else "")
-    name = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{label}_w{ctx.world_size}"
-    return comms.measure_comms(step, ctx, cfg.comm_steps, comm_dir, name, predicted)
-
-
-def _numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, ctx: DistContext,
-              cfg: RunConfig) -> dict:
-    """The cell's ``agreement`` with the fp32 eager reference, checked on rank 0 after the timing
-    and outside the memory window; how long it took (``agreement_s``). A check that fails is
-    recorded and flagged, never the cell's failure: the timing stands."""
-    if pristine is None:
-        return {"agreement": None}
-    t0 = time.perf_counter()
-    try:
-        agreement = check_agreement(task, cell, pristine, batch, ctx.device, cfg)
-        fields = agreement.to_record() | {"agreement_flags": agreement.flags}
-        if cfg.accuracy_data and not cell.train:
-            fields |= accuracy_against_labels(task, cell, pristine, ctx.device, cfg)
-            if fields["accuracy_vs_labels"]["passed"] is False:
-                fields["agreement_flags"].append(GATE_FLAG)
-    except Exception as exc:  # noqa: BLE001 - the timing stands; the check's failure is said
-        fields = {"agreement": None, "agreement_error": first_line(exc, with_type=True),
-                  "agreement_flags": ["numerics-unchecked"]}
-    free_memory(ctx.device)
-    return fields | {"agreement_s": round(time.perf_counter() - t0, 3)}
-
-
-def _throughput(latency: Latency, own_median_ms: float, batch: int, ctx: DistContext) -> dict:
-    """The sustained rate: images over the summed time of the timed blocks (as timm's benchmark.py
-    and MLPerf Offline), of the slowest-rank series, so a stall every few steps counts; per rank
-    and for the whole job. Each rank's own median step is kept beside it."""
-    per_rank = all_gather_floats(own_median_ms, ctx)
-    per_rank_rate = batch * latency.iters / latency.total_s
-    return {"per_rank_step_ms": per_rank, "global_batch": batch * ctx.world_size,
-            "throughput": per_rank_rate * ctx.world_size, "throughput_per_rank": per_rank_rate}
-
-
-def _peak_over_ranks(peak_mb: float | None, ctx: DistContext) -> dict:
-    """Peak memory is the largest rank's; every rank's is kept."""
-    per_rank = all_gather(None if peak_mb is None else round(peak_mb, 1), ctx)
-    known = [v for v in per_rank if v is not None]
-    return {"per_rank_peak_mem_mb": per_rank, "peak_mem_mb": max(known) if known else None}
-
-
-def _union_over_ranks(flags: list[str], ctx: DistContext) -> list[str]:
-    """A flag raised on any rank is the cell's."""
-    return list(dict.fromkeys(f for rank_flags in all_gather(list(flags), ctx) for f in rank_flags))
+        warm_up(model.to(weight_dtype(cfg.dtype)), task.infer_step(model, x, autocast_dtype(cfg.dtype)), False)
 
 
 def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path | None = None,
-                 comm_dir: Path | None = None) -> dict:
-    """Run one cell; returns the measured fields (status ok / oom / error)."""
-    out: dict = {"status": "ok", "error": None}
-    flags: list[str] = []
+                 comm_dir: Path | None = None, result: CellResult | None = None) -> CellResult:
+    """Measure one cell (status ok / oom / error) into ``result`` (a fresh one without settings
+    when None) and return it, top to bottom: resolve the batch,
+    build, open the trackers (memory, compile, device counters), time, then what runs after the
+    timing (parts, engine facts, communication, profile, numerics). Each tracker's typed result is
+    put in ``result`` as soon as it exists, so a cell that fails half-way keeps what it measured.
+    The memory window opens before the engine is built, on every device: DDP buckets, ZeRO
+    partitions, optimizer state and the input all count. Set-up ends (``clock``) right before the
+    timing, whose cap then runs from zero."""
+    result = result if result is not None else CellResult({}, ctx.world_size)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    out["loadavg_1m"] = os.getloadavg()[0]
+    result.loadavg_1m = os.getloadavg()[0]
     if cfg.compile:
         torch._dynamo.reset()  # nothing of the previous cell's graphs is reused
     try:
         with SetupClock(cfg.setup_timeout) as clock:
-            batch, searched = _resolve_batch(cell, ctx, cfg)
-            out |= searched
-            if batch is None:
-                return out
-            out["batch"] = batch
-            _measure_batch(cell, batch, ctx, cfg, clock, profile_dir, out, flags, comm_dir)
+            batch, result.batch_search = _resolve_batch(cell, ctx, cfg)
+            if batch is None:  # nothing fits, or the frontier is the cell
+                if result.batch_search.found == 0:
+                    result.failed("oom", "batch 1 does not fit")
+                return result
+            result.batch = batch
+            task = task_for(cell.task)
+            model = task.build(cell)
+            checking = cfg.numerics and ctx.is_main and cell_math_mode(cfg, ctx.device) is not None
+            pristine = copy.deepcopy(model) if checking else None  # the weights before any step moves them
+            if ctx.device.type == "cpu":
+                _warm_caches(task, cell, batch, model, ctx, cfg)
+
+            with contextlib.ExitStack() as trackers:
+                memory = trackers.enter_context(PeakMemory(ctx.device, model))
+                step, trainer = _make_step(task, cell, batch, model, ctx, cfg)
+                # The first call of a compiled step is the compile: timed apart, never in warm-up.
+                watch = trackers.enter_context(CompileWatch(step, ctx.device)) if cfg.compile else None
+                if watch:  # the steps' peak, not the compile's (kept apart as compile_peak_mem_mb)
+                    memory.after_compile()
+                else:
+                    clock.first_step_s = _first_step(step, ctx.device)
+                clock.done()
+                counters = trackers.enter_context(DeviceCounters(ctx.device))
+                # every rank times the same iterations (one rank: measure_lockstep is measure)
+                own = measure_lockstep(_planted_slowdown(step, cell.model), ctx.device, cfg.budget,
+                                       lambda v: all_reduce_max(v, ctx), cfg.max_time)
+
+        result.setup = clock
+        result.memory = memory.result(counters).over_ranks(
+            all_gather(None if memory.peak_mb is None else round(memory.peak_mb, 1), ctx))  # the largest rank's
+        result.energy = counters.energy((own.warmup_iters + own.iters) * batch)
+        result.compile = watch.result.over_ranks(all_gather(watch.result.flags, ctx)) if watch else None
+        result.latency = own.over_ranks(elementwise_max(own.times_ms, ctx))  # one series: the slowest rank's
+        if own.iters == 0:
+            raise TimeoutError(f"--max-time {cfg.max_time:g} s ran out before a single timed iteration "
+                               f"({own.warmup_iters} warm-up iterations after {clock.seconds():.1f} s of set-up)")
+        result.throughput = Throughput.sustained(result.latency, batch, ctx.world_size,
+                                                 all_gather_floats(own.median_ms, ctx))
+
+        if not cell.train:  # the parts of a dense model, in a pass of their own
+            x = task.input(cell, batch, ctx.device, weight_dtype(cfg.dtype), cfg.channels_last)
+            setup = PartsSetup(amp=autocast_dtype(cfg.dtype), budget_s=cfg.budget, max_time_s=cfg.max_time,
+                               channels_last=cfg.channels_last, compiled=cfg.compile, data=cfg.data)
+            result.parts = task.part_latency_ms(model, x, setup)
+        if trainer is not None:
+            result.engine_fields = {"optimizer_impl": trainer.optimizer_impl, **trainer_record_fields(trainer)}
+            # this rank's parts (the peak stays the largest rank's)
+            result.memory = replace(result.memory, breakdown_mb=memory_breakdown(trainer, step))
+            if comm_dir is not None and ctx.distributed:  # issue 19 comms: extra profiled steps, outside the timing
+                result.comms = CommFigures(*_comms(step, cell, batch, ctx, cfg, comm_dir, trainer))
+        if profile_dir is not None:
+            from bench.measure.profile import profile_cell
+
+            # One TensorBoard run per cell, one worker per rank.
+            engine = cfg.engine if cell.train else "none"
+            cell_dir = profile_dir / f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{engine}_w{ctx.world_size}"
+            op_breakdown, trace_file = profile_cell(step, ctx.device, cell_dir, f"rank{ctx.rank}")
+            result.profile = {"op_breakdown": op_breakdown, "trace_file": trace_file}
+        if cfg.numerics:  # last: the check drops the cell's compiled graphs (torch._dynamo.reset) to compile its own
+            result.numerics = broadcast_object(check_numerics(task, cell, pristine, batch, ctx.device, cfg), ctx)
     except SetupTimeout as exc:
-        out |= {"status": "error", "error": first_line(exc, with_type=True),
-                "setup_s": round(time.perf_counter() - clock.started, 3)}
-        flags.append(SETUP_TIMEOUT_FLAG)
+        clock.done()
+        result.setup, result.setup_timed_out = clock, True
+        result.failed("error", first_line(exc, with_type=True))
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
-        out["status"] = "oom" if is_oom(exc) else "error"
-        out["error"] = first_line(exc, with_type=True)
+        result.failed("oom" if is_oom(exc) else "error", first_line(exc, with_type=True))
     finally:
         free_memory(ctx.device)
-    out["flags"] = flags
-    out["wall_s"] = round(time.perf_counter() - t0, 3)
-    out["cpu_time_s"] = round(time.process_time() - cpu0, 3)
-    return out
+    result.wall_s = round(time.perf_counter() - t0, 3)
+    result.cpu_time_s = round(time.process_time() - cpu0, 3)
+    return result
+
+
+def _comms(step: Callable[[], object], cell: Cell, batch: int, ctx: DistContext, cfg: RunConfig, comm_dir: Path,
+           trainer) -> tuple[dict, list[str]]:
+    """Collective time, exposed communication, bytes and bus bandwidth of ``--comm-steps`` profiled
+    steps (bench.measure.comms), against the bytes the engine predicts it moves for this model."""
+    from bench.measure import comms
+
+    tag, predicted = comm_prediction(trainer, ctx.world_size)
+    name = f"{cell.model}_{cell.res}_{cell.mode}_b{batch}_{tag}_w{ctx.world_size}"
+    return comms.measure_comms(step, ctx, cfg.comm_steps, comm_dir, name, predicted)
 
 
 def _ci_text(r: dict) -> str:

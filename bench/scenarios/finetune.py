@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,6 @@ from torch.utils.data.distributed import DistributedSampler
 from bench.config import FinetuneConfig
 from bench.data import DataSplits, collate, open_data
 from bench.errors import BadInput, first_line
-from bench.measure.timing import median, percentile
 from bench.plan import Cell, make_cells
 from bench.scenarios.common import base_record as common_base_record
 from bench.scenarios.common import train_spec
@@ -168,21 +168,19 @@ def _train(steps: int, batches, trainer, task, ctx) -> tuple[list[float], list[f
 
 
 def step_time_fields(step_ms: list[float], data_ms: list[float], batch: int, ctx) -> dict:
-    """Step-time statistics by bench.measure.timing's functions, from one series as in a ``bench
-    run`` cell: the per-step maximum over ranks (a step is as slow as its slowest rank), kept as
-    ``latency_samples_ms``. Throughput is sustained: images over the summed step time (every step,
-    the first, cold ones included: this is what the fine-tune took); the data wait is apart."""
+    """Step-time statistics of bench.measure.timing's ``Latency`` and ``Throughput``, from one series
+    as in a ``bench run`` cell: the per-step maximum over ranks (a step is as slow as its slowest
+    rank), kept as ``latency_samples_ms``. Throughput is sustained: images over the summed step time
+    (every step, the first, cold ones included: this is what the fine-tune took); the data wait is
+    apart. The field names are the fine-tune's own (``step_time_ms``), as records have them."""
     from bench.launch.context import all_gather_floats, elementwise_max
-    from bench.measure.timing import thinned
+    from bench.measure.timing import Latency, Throughput, median
 
-    per_rank_ms = all_gather_floats(median(step_ms), ctx)
-    series = elementwise_max(step_ms, ctx)
-    per_rank_rate = batch * len(series) / (math.fsum(series) / 1e3)
-    kept = thinned(series)
-    return {"step_time_ms": median(series), "per_rank_step_ms": per_rank_ms,
-            "step_time_ms_p90": percentile(sorted(series), 0.90), "data_time_ms": median(data_ms),
-            "latency_samples_ms": kept, "samples_thinned": len(kept) < len(series),
-            "throughput": per_rank_rate * ctx.world_size, "throughput_per_rank": per_rank_rate}
+    steps = Latency(times_ms=elementwise_max(step_ms, ctx), warmup_iters=0, warmup_ms=0.0)
+    kept = steps.kept_samples_ms
+    throughput = Throughput.sustained(steps, batch, ctx.world_size, all_gather_floats(median(step_ms), ctx))
+    return {"step_time_ms": steps.median_ms, "step_time_ms_p90": steps.p90_ms, "data_time_ms": median(data_ms),
+            "latency_samples_ms": kept, "samples_thinned": len(kept) < steps.iters} | throughput.to_record()
 
 
 def loss_fields(losses: list[float]) -> dict:
@@ -305,6 +303,26 @@ def check_samples(dataset: Dataset, indices) -> None:
         dataset[index]
 
 
+@dataclass
+class FinetuneResult:
+    """A fine-tune cell: its settings (the base record), what ``run_cell`` measured (data, loss
+    curve, step ``Latency`` and ``Throughput``, memory, task metrics) and how it ended."""
+
+    settings: dict
+    measured: dict = field(default_factory=dict)
+    status: str = "ok"
+    error: str | None = None
+    traceback: str | None = None
+    wall_s: float = 0.0
+
+    def to_record(self) -> dict:
+        """The cell's JSON record: the one place a fine-tune's result becomes its fields."""
+        rec = self.settings | self.measured | {"status": self.status, "error": self.error}
+        if self.traceback is not None:
+            rec["traceback"] = self.traceback
+        return rec | {"wall_s": self.wall_s}
+
+
 class FinetuneScenario:
     """``bench finetune``'s cells for the shared sweep (bench.sweep)."""
 
@@ -348,26 +366,25 @@ class FinetuneScenario:
     def prepare(self, ctx, run_dir, todo) -> None:
         pass
 
-    def run(self, cell: Cell, ctx, history: list[dict]) -> dict:
-        record = base_record(self.config, cell, ctx)
+    def run(self, cell: Cell, ctx, history: list[dict]) -> FinetuneResult:
+        result = FinetuneResult(base_record(self.config, cell, ctx))
         started = time.time()
         try:
             key = (cell.height, cell.width)
             if key not in self._data:
                 self._data[key] = open_splits(self.config, cell.height, cell.width)
-            record.update(run_cell(self.config, cell.model, cell.height, cell.width, self._data[key], ctx))
-            record["status"], record["error"] = "ok", None
+            result.measured = run_cell(self.config, cell.model, cell.height, cell.width, self._data[key], ctx)
         except BadInput:
             raise
         except Exception as exc:  # one failed cell (OOM, diverged loss) must not end the sweep
             if ctx.distributed:
                 raise  # the other ranks may be waiting in a collective: end the job
-            record.update({"status": "error", "error": first_line(exc, 500, with_type=True)[:500],
-                           "traceback": traceback.format_exc(limit=5)})
-        record["wall_s"] = time.time() - started
+            result.status, result.error = "error", first_line(exc, 500, with_type=True)[:500]
+            result.traceback = traceback.format_exc(limit=5)
+        result.wall_s = time.time() - started
         if ctx.is_main:
-            print(summary_line(record), flush=True)
-        return record
+            print(summary_line(result.to_record()), flush=True)
+        return result
 
     def summarize(self, records: list[dict], run_dir, ctx, console) -> None:
         print(f"records: {run_dir.records_path}", flush=True)

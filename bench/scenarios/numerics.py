@@ -222,3 +222,61 @@ def _classes_of(model: nn.Module) -> int:
         return int(head.num_classes) + 1
     classifier = getattr(model, "classifier", None)
     return int(classifier.out_channels) if isinstance(classifier, nn.Conv2d) else 0
+
+
+@dataclass
+class NumericsCheck:
+    """``--numerics``' result for one cell: the agreement with the fp32 eager reference (None when
+    the cell was not checked: not rank 0, or a math mode that is the reference itself), the accuracy
+    against real labels (``--accuracy-data``), the check's own failure, and how long it took. A
+    check that fails is recorded and flagged, never the cell's failure: the timing stands."""
+
+    checked: bool = False
+    agreement: Agreement | None = None
+    accuracy_vs_labels: dict | None = None
+    error: str | None = None
+    seconds: float | None = None
+
+    @property
+    def flags(self) -> list[str]:
+        if self.error is not None:
+            return ["numerics-unchecked"]
+        flags = self.agreement.flags if self.agreement is not None else []
+        if self.accuracy_vs_labels is not None and self.accuracy_vs_labels["passed"] is False:
+            flags = [*flags, GATE_FLAG]
+        return flags
+
+    def to_record(self) -> dict:
+        if not self.checked:
+            return {"agreement": None}
+        rec = self.agreement.to_record() if self.agreement is not None else {"agreement": None}
+        if self.error is not None:
+            rec["agreement_error"] = self.error
+        if self.accuracy_vs_labels is not None:
+            rec["accuracy_vs_labels"] = self.accuracy_vs_labels
+        return rec | {"agreement_s": self.seconds}
+
+
+def check_numerics(task: Task, cell: Cell, pristine: nn.Module | None, batch: int, device: torch.device,
+                   cfg: RunConfig) -> NumericsCheck:
+    """The cell's agreement with the fp32 eager reference, checked on rank 0 after the timing and
+    outside the memory window (``pristine``: its weights before any step; None: not checked)."""
+    import time
+
+    from bench.errors import first_line
+    from bench.measure.memory import free_memory
+
+    if pristine is None:
+        return NumericsCheck()
+    t0 = time.perf_counter()
+    result = NumericsCheck(checked=True)
+    try:
+        result.agreement = check_agreement(task, cell, pristine, batch, device, cfg)
+        if cfg.accuracy_data and not cell.train:
+            result.accuracy_vs_labels = accuracy_against_labels(task, cell, pristine, device, cfg)["accuracy_vs_labels"]
+    except Exception as exc:  # noqa: BLE001 - the timing stands; the check's failure is said
+        result.agreement, result.accuracy_vs_labels = None, None
+        result.error = first_line(exc, with_type=True)
+    free_memory(device)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result

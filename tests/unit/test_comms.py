@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from bench.engines import get_engine
 from bench.measure import comms
 from bench.record import Record
+from bench.traffic import Payload
 
 # --------------------------------------------------------------------------------------------
 # Intervals
@@ -60,14 +63,31 @@ def test_busbw_of_a_kind_and_combined_by_bytes():
 # Predictions
 
 
+def predict(engine: str, zero: int, p: int, e: int, n: int, buffer_bytes: int = 0):
+    """The engine's own prediction (each engine owns it: Engine.comm_prediction)."""
+    trainer = SimpleNamespace(engine_config={"zero_optimization": {"stage": zero}})
+    return get_engine(engine).comm_prediction(Payload(p, e, n, buffer_bytes), trainer)
+
+
 def test_predictions_per_engine():
     p, e, n = 1001, 4, 2
-    assert comms.predict("ddp", 0, p, e, n, buffer_bytes=40).bytes == p * e + 40
-    assert comms.predict("deepspeed", 2, p, e, n).bytes == (p + 1002) * e  # all-gather padded to n
-    assert comms.predict("deepspeed", 1, p, e, 4).bytes == (p + 1004) * e
-    assert comms.predict("deepspeed", 3, p, e, n).bytes == 3 * p * e
-    assert comms.predict("fsdp2", 0, p, 2, n).bytes == 3 * p * 2
-    assert comms.predict("none", 0, p, e, n) is None
+    assert predict("ddp", 0, p, e, n, buffer_bytes=40).bytes == p * e + 40
+    assert predict("deepspeed", 2, p, e, n).bytes == (p + 1002) * e  # all-gather padded to n
+    assert predict("deepspeed", 1, p, e, 4).bytes == (p + 1004) * e
+    assert predict("deepspeed", 0, p, e, n).bytes == p * e
+    assert predict("deepspeed", 3, p, e, n).bytes == 3 * p * e
+    assert predict("fsdp2", 0, p, 2, n, buffer_bytes=40).bytes == 3 * p * 2  # only DDP broadcasts buffers
+    assert predict("none", 0, p, e, n) is None
+
+
+def test_the_payload_of_a_model_counts_trainable_parameters_and_buffers():
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    model[0].bias.requires_grad_(False)
+    got = Payload.of(model, 2)
+    assert (got.trainable_numel, got.grad_bytes, got.world_size) == (6 + 2 + 2, 4, 2)
+    assert got.buffer_bytes == sum(b.numel() * b.element_size() for b in model.buffers()) > 0
 
 
 def test_mismatch_tolerance_of_a_payload_and_of_a_range():
@@ -75,7 +95,7 @@ def test_mismatch_tolerance_of_a_payload_and_of_a_range():
     assert not comms.mismatch(100.5, one) and not comms.mismatch(99.5, one)  # 0.5% < 1%
     assert comms.mismatch(150, one) and comms.mismatch(98, one)
     assert not comms.mismatch(150, None)
-    zero3 = comms.predict("deepspeed", 3, 100, 4, 2)  # 800..1200 bytes
+    zero3 = predict("deepspeed", 3, 100, 4, 2)  # 800..1200 bytes
     assert (zero3.low, zero3.bytes) == (800, 1200)
     assert not comms.mismatch(800, zero3) and not comms.mismatch(1020, zero3) and not comms.mismatch(1200, zero3)
     assert comms.mismatch(400, zero3) and comms.mismatch(1300, zero3)
@@ -122,7 +142,7 @@ def test_read_and_analyse_a_gloo_trace(tmp_path):
     assert {c.kind for c in facts.collectives} == {"all_reduce", "broadcast", "all_gather"}
     assert (0, 60) in facts.compute and (40, 41) not in facts.compute  # c10d ops are not compute
     # per step: 1000 floats all-reduced + 10 longs broadcast (on half the steps) = DDP's P x 4 + buffers 40
-    res = comms.analyse(facts, 2, comms.predict("ddp", 0, 1000, 4, 2, buffer_bytes=40), "test")
+    res = comms.analyse(facts, 2, predict("ddp", 0, 1000, 4, 2, buffer_bytes=40), "test")
     assert res.steps == 2 and res.step_ms == pytest.approx(0.1)
     assert res.comm_ms == pytest.approx((40 + 5 + 40) / 2 / 1e3)
     assert res.exposed_ms == pytest.approx((20 + 0 + 40) / 2 / 1e3)
@@ -136,7 +156,7 @@ def test_read_and_analyse_a_gloo_trace(tmp_path):
     assert set(rec) <= set(Record.__dataclass_fields__)
     assert 0 <= rec["comm_exposed_share"] <= 1 and rec["comm_bytes_predicted"] == 4040
     # a prediction missing a third of the traffic (say the all-gather) is flagged
-    assert comms.analyse(facts, 2, comms.predict("ddp", 0, 700, 4, 2), "test").flags == [comms.MISMATCH_FLAG]
+    assert comms.analyse(facts, 2, predict("ddp", 0, 700, 4, 2), "test").flags == [comms.MISMATCH_FLAG]
 
 
 def test_a_trace_without_steps_is_refused(tmp_path):

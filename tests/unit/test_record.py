@@ -1,4 +1,4 @@
-"""The record schema (bench/record.py): field types read once from the annotations, the display
+"""The record schema (bench/record/declared.py): field types read once from the annotations, the display
 metadata that drives the report, the v1 shims in ``upgrade`` alone, and the proof that a field
 declared once in ``Record`` reaches the HTML, CSV and Markdown report with no other change."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from report_page import Page, _markdown_tables
 
 import bench.record as record
+import bench.record.declared as declared
 from bench.record import (
     FINETUNE,
     MEASURE,
@@ -77,7 +78,7 @@ def csv_column(rows: list[list[str]], table: str, header: str) -> list[str]:
 
 
 def test_a_field_added_to_the_record_shows_in_html_csv_and_markdown(tmp_path, monkeypatch):
-    monkeypatch.setattr(record, "SCHEMA", record.Schema(ToyRecord))
+    monkeypatch.setattr(declared, "SCHEMA", record.Schema(ToyRecord))
     page, rows, md = render_all(tmp_path, cells(toy_score=(0.5, 0.75), toy_detail=(3, 4)))
 
     headers = page.headers["results-infer"]
@@ -112,7 +113,7 @@ def test_without_the_field_there_is_no_such_column(tmp_path):
 
 
 def test_a_declared_field_nobody_measured_shows_no_empty_column(tmp_path, monkeypatch):
-    monkeypatch.setattr(record, "SCHEMA", record.Schema(ToyRecord))
+    monkeypatch.setattr(declared, "SCHEMA", record.Schema(ToyRecord))
     page, rows, _ = render_all(tmp_path, cells())
     assert TOY_HEADER not in page.headers["results-infer"] and TOY_HEADER not in rows[0]
     assert "results-infer-details" not in page.tables  # nothing of the details was recorded

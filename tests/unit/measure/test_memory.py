@@ -76,7 +76,7 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     its peak is kept apart and the cell's peak is the steps'."""
     import types
 
-    from bench.measure.setup import SetupClock
+    from bench.measure.timing import Latency
     from bench.scenarios import classify
 
     calls = []
@@ -87,21 +87,25 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
         block = torch.ones(mb * 2**18)  # touched: resident
         del block
 
-    def timed(step_fn, ctx, cfg, time_left):
+    def timed(step_fn, device, budget, agree, max_time_s):
         step_fn()
         step_fn()
-        return types.SimpleNamespace(warmup_iters=0, iters=2)
+        return Latency(times_ms=[1.0, 1.0], warmup_iters=0, warmup_ms=0.0)
 
     monkeypatch.setattr(classify, "_make_step", lambda *a: (step, None))
-    monkeypatch.setattr(classify, "_timed", timed)
-    cfg = types.SimpleNamespace(compile=True, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False)
+    monkeypatch.setattr(classify, "measure_lockstep", timed)
+    cfg = types.SimpleNamespace(compile=True, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False,
+                                setup_timeout=None, numerics=False, data="synthetic")
     warm = lambda m, x, amp: lambda: calls.append("warm-up")  # noqa: E731 - the CPU warm-up, before the window
-    task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm)
     model = nn.Linear(4, 4)
-    cell = types.SimpleNamespace(train=False)
-    _, _, _, memory, _, compiled = classify._track(task, cell, 1, model, CPU, cfg, SetupClock(None))
-    assert calls == ["warm-up", 400, 40, 40] and compiled is not None
-    rec = memory.to_record()
+    task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm, build=lambda cell: model,
+                                 part_latency_ms=lambda *a: None)
+    monkeypatch.setattr(classify, "task_for", lambda name: task)
+    cell = types.SimpleNamespace(train=False, batch=1, task="cls")
+    result = classify.measure_cell(cell, CPU, cfg)
+    assert result.status == "ok", result.error
+    assert calls == ["warm-up", 400, 40, 40] and result.compile is not None
+    rec = result.memory.to_record()
     assert rec["compile_peak_mem_mb"] >= 380
     assert 35 <= rec["peak_mem_mb"] < 200, rec
 
@@ -177,6 +181,7 @@ def test_nvml_reads_the_gpu_cuda_means_by_uuid(monkeypatch):
 def test_each_record_says_its_place_in_the_process_visit_order(tmp_path):
     """What ran before a cell in the process can change its CPU memory: the order is recorded."""
     import io
+    import types
 
     from rich.console import Console
 
@@ -190,7 +195,8 @@ def test_each_record_says_its_place_in_the_process_visit_order(tmp_path):
     scenario = ClassifyScenario(cfg)
     scenario.prepare = lambda *a: None
     scenario.summarize = lambda *a: None
-    scenario.run = lambda cell, ctx, history: scenario._base(cell, ctx) | {"status": "ok", "error": None}
+    scenario.run = lambda cell, ctx, history: types.SimpleNamespace(
+        to_record=lambda: scenario._base(cell, ctx) | {"status": "ok", "error": None})
     run_sweep(scenario, CPU, Console(file=io.StringIO()))
     records = RunDir(tmp_path / "run").records()
     assert [(r["model"], r["cell_index"]) for r in records] == [("resnet18", 0), ("pvt_tiny", 1)]

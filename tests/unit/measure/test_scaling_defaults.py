@@ -12,7 +12,9 @@ import torch
 from bench.config import RunConfig
 from bench.launch.context import DistContext
 from bench.measure import derived
+from bench.measure.timing import Latency, Throughput
 from bench.plan import Cell
+from bench.scenarios.result import CellResult
 from bench.stats import Timings, compare_runs
 
 CPU = torch.device("cpu")
@@ -67,12 +69,16 @@ def test_scenario_compares_within_its_own_run(monkeypatch):
     scenario.prepare(ONE, SimpleNamespace(path=Path("/somewhere/20260202-new")), [])
     counted = Flops(model="r", res="64", batch=1, params=1, gmacs=1.0, gflops=2.0)
     two = _rec(2, 1, _samples(12.0, seed=1))
+    latency = Latency(times_ms=two.pop("latency_samples_ms"), warmup_iters=0, warmup_ms=0.0)
+    two.pop("throughput"), two.pop("global_batch")
+    result = CellResult(two, world_size=2, latency=latency,
+                        throughput=Throughput.sustained(latency, two["batch"], 2, [latency.median_ms] * 2))
     history = [_rec(1, 2, _samples(10.0), run_id="20260101-old", timestamp="2026-01-01")]
-    scenario._derive(two, counted, Cell("r", 64, 64, "train", 2), ONE, history)
-    assert two["scaling_efficiency"] is None and two["scaling_efficiency_ci95"] is None
+    scenario._derive(result, counted, Cell("r", 64, 64, "train", 2), ONE, history)
+    assert result.derived["scaling_efficiency"] is None and result.derived["scaling_efficiency_ci95"] is None
     history.append({**history[0], "run_id": "20260202-new"})
-    scenario._derive(two, counted, Cell("r", 64, 64, "train", 2), ONE, history)
-    assert two["scaling_efficiency"] is not None and two["scaling_efficiency_ci95"] is not None
+    scenario._derive(result, counted, Cell("r", 64, 64, "train", 2), ONE, history)
+    assert result.derived["scaling_efficiency"] is not None and result.derived["scaling_efficiency_ci95"] is not None
 
 
 def test_cudnn_benchmark_auto_is_recorded_resolved_and_applied(monkeypatch):

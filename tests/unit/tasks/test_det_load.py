@@ -51,7 +51,7 @@ def test_bench_run_detector_is_the_worst_case_and_the_finetune_keeps_its_thresho
 
 def test_det_cell_records_its_nms_load_and_per_part_cis():
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], budget=0.1, max_time=400)
-    out = classify.measure_cell(CELL, ONE, cfg)
+    out = classify.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert out["det_load"] == "score_thresh=0 (random head, worst case)"
     assert out["nms_candidates"] == WORST_CASE_AT_64
@@ -98,10 +98,10 @@ def test_classify_passes_the_cells_autocast_to_the_parts(monkeypatch, amp):
     got: list[PartsSetup] = []
     det = task_for("det")
     monkeypatch.setattr(type(det), "part_latency_ms", lambda self, model, x, setup: got.append(setup))
-    monkeypatch.setattr(classify, "_timed", lambda step, ctx, cfg, left: _scripted())
+    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: _scripted())
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], dtype="bf16" if amp else "fp32",
                     budget=0.3, max_time=50, compile=False)
-    out = classify.measure_cell(CELL, ONE, cfg)
+    out = classify.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert got == [PartsSetup(amp, 0.3, 50.0, False, False)]
 
@@ -155,7 +155,7 @@ def test_det_cell_with_coco_data_times_val_images_at_their_own_aspect_ratio(tmp_
     assert model.transform.min_size == (64,) and model.transform.max_size == 64  # the cell's transform restored
 
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], budget=0.1, max_time=400, data=f"coco:{root}")
-    out = classify.measure_cell(CELL, ONE, cfg)
+    out = classify.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert out["fps_images"] >= 1 and out["fps_real_images"] > 0 and out["latency_ms"] > 0
 

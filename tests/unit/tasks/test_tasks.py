@@ -17,6 +17,7 @@ from bench.measure import derived
 from bench.measure.compiling import Compile
 from bench.measure.flops import Flops
 from bench.measure.memory import Energy, Memory
+from bench.measure.peak import Peak
 from bench.measure.timing import RECORD_KEYS, Latency, median, percentile
 from bench.plan import Cell
 from bench.scenarios import classify, dense
@@ -164,10 +165,11 @@ def test_classify_record_is_assembled_from_the_trackers(monkeypatch):
     the derived MFU; a stubbed-out tracker would leave its fields out."""
     scripted = Latency(times_ms=[20.0, 21.0, 19.0, 22.0, 20.5, 20.2, 19.8, 20.1, 20.3, 20.4], warmup_iters=6,
                        warmup_ms=120.0, stop_reason="converged")
-    monkeypatch.setattr(classify, "_timed", lambda step, ctx, cfg, left: scripted)
+    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: scripted)
+    monkeypatch.setattr(classify, "remeasure", lambda peak, *a: peak)
     scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
-    scenario.peak_tflops = 1.0
-    rec = scenario.run(Cell("resnet18", 64, 64, "infer", 2), ONE, history=[])
+    scenario.peak = Peak(tflops=1.0, ci95=None, size=512, iters=10)
+    rec = scenario.run(Cell("resnet18", 64, 64, "infer", 2), ONE, history=[]).to_record()
     assert rec["status"] == "ok", rec["error"]
     assert {k: rec[k] for k in RECORD_KEYS} == scripted.to_record()
     # sustained: 10 steps of 2 images over the summed 203.3 ms, not 2 images over the median step
@@ -185,9 +187,9 @@ def test_classify_record_is_assembled_from_the_trackers(monkeypatch):
 def test_classify_cell_without_a_timed_iteration_is_an_error_that_keeps_its_flags(monkeypatch):
     empty = Latency(times_ms=[], warmup_iters=2, warmup_ms=10.0, stop_reason="time-cap", sample_rules_met=False,
                     warmup_steady=False)
-    monkeypatch.setattr(classify, "_timed", lambda step, ctx, cfg, left: empty)
+    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: empty)
     cfg = RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10)
-    out = classify.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, cfg)
+    out = classify.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, cfg).to_record()
     assert out["status"] == "error" and out["error"].startswith("TimeoutError: --max-time 10 s ran out")
     assert out["flags"] == ["wide-ci", "few-samples", "time-cap", "warmup-unsteady"] and out["latency_ms"] is None
 
