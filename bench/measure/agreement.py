@@ -86,6 +86,11 @@ TOLERANCES: dict[str, Tolerance] = {
                               "bf16 weights: worst measured cosine 0.99971, rel_l2 0.024, grad cosine 0.931, "
                               "loss 1.5e-3"),
 }
+# issue 30: deployed runtimes at fp32 are held to fp32 compile's bounds (another compiler of the same
+# arithmetic); INT8 post-training quantization to the bounds of INT8_TOLERANCE below.
+for _runtime in ("aoti", "onnxruntime", "openvino", "tensorrt"):
+    TOLERANCES[_runtime] = Tolerance(0.999, 1e-3, 0.999, 1e-4, 0.9, f"fp32 {_runtime}: held to fp32 compile's bounds")
+TOLERANCES["onnxruntime-int8"] = Tolerance(0.99, 0.15, 0.9, 1e-2, 0.9, "INT8 static quantization: PLACEHOLDER")
 
 
 def math_mode(dtype: str, compile: bool, channels_last: bool, tf32_on_cuda: bool) -> str | None:
