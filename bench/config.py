@@ -304,6 +304,12 @@ def _accuracy_data(raw: Any, flag: str, parsed: dict[str, Any]) -> str | None:
     return str(raw)
 
 
+def _backends(raw: Any, flag: str, parsed: dict[str, Any]) -> list[str]:
+    from bench.deploy.registry import parse_backends
+
+    return parse_backends(raw)
+
+
 def _on_off(raw: Any, flag: str, parsed: dict[str, Any]) -> bool:
     return raw == "on"
 
@@ -492,6 +498,11 @@ class RunConfig:
     channels_last: bool = option("--channels-last", is_flag=True, help="NHWC memory format for models and inputs.")
     compile: bool = option("--compile", is_flag=True,
                            help="torch.compile the model (compile time recorded apart).")
+    backends: list[str] = option(  # a sweep axis (in the cell key), like --modes
+        "--backend", default="eager", parse=_backends, identity=False,
+        help="Inference backends side by side: eager, compile, aoti, onnxruntime, onnxruntime-int8, openvino, "
+             "tensorrt (GPU); each cell's export and build costs and its agreement with fp32 eager are recorded "
+             "(docs/deployed.md).")
     numerics: bool = option("--numerics", default="on", choices=("on", "off"), parse=_on_off, identity=False,
                             help="Check every cell whose math differs from fp32 eager (--dtype, --compile, "
                                  "--channels-last, TF32 on CUDA) against that reference on the same weights and "
@@ -546,7 +557,10 @@ class RunConfig:
             raise BadInput(f"--max-time {self.max_time:g} is below --budget {self.budget:g}: the cap must be >= the "
                            "soft timing budget")
         self._check_global_batch()
+        from bench.deploy.registry import validate_backends
         from bench.engines import validate_engine_settings
+
+        validate_backends(self)  # what a deployed runtime refuses (bench.deploy.registry)
 
         validate_engine_settings(self)  # each engine's options and refusals (bench.engines.base)
         return self

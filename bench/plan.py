@@ -1,7 +1,8 @@
-"""Cells: the units a sweep measures, one per model x resolution x mode x batch (x task).
+"""Cells: the units a sweep measures, one per model x resolution x mode x batch (x task x backend).
 
-``Cell.key`` names the cell across runs ("task|model|res|mode|batch"); together with the
-configuration's identity hash (bench.config.identity_id) it decides what resume skips.
+``Cell.key`` names the cell across runs ("task|model|res|mode|batch", then "|backend" for any
+backend but eager, so the keys of runs made before backends existed are unchanged); together with
+the configuration's identity hash (bench.config.identity_id) it decides what resume skips.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Cell:
     mode: str  # "infer" | "train" for bench run; the task ("det" | "seg") for a fine-tune
     batch: int | str  # an int, or "auto" (largest batch that fits)
     task: str = "cls"
+    backend: str = "eager"  # --backend: eager, compile, or a deployed runtime (bench.deploy)
 
     @property
     def res(self) -> str:
@@ -24,7 +26,8 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{self.model}|{self.res}|{self.mode}|{self.batch}"
+        key = f"{self.task}|{self.model}|{self.res}|{self.mode}|{self.batch}"
+        return key if self.backend == "eager" else f"{key}|{self.backend}"
 
     @property
     def train(self) -> bool:
@@ -36,8 +39,11 @@ class Cell:
 
 
 def make_cells(models: Iterable[str], resolutions: Iterable[tuple[int, int]], modes: Iterable[str],
-               batches: Iterable[int | str], task: str = "cls") -> list[Cell]:
-    """Cells in the order they run (model-major, so one model is built once per resolution);
-    a cell asked for twice (``--modes infer,infer``) appears once."""
-    cells = [Cell(m, h, w, mode, b, task) for m in models for (h, w) in resolutions for mode in modes for b in batches]
+               batches: Iterable[int | str], task: str = "cls", backends: Iterable[str] = ("eager",)) -> list[Cell]:
+    """Cells in the order they run (model-major, so one model is built once per resolution; the
+    backends of one model x resolution x mode x batch side by side); a cell asked for twice
+    (``--modes infer,infer``) appears once."""
+    backends = list(backends)
+    cells = [Cell(m, h, w, mode, b, task, backend) for m in models for (h, w) in resolutions for mode in modes
+             for b in batches for backend in backends]
     return list(dict.fromkeys(cells))

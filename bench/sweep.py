@@ -62,7 +62,8 @@ from bench.record import (
     writer_name,
 )
 
-FINISHED = ("ok", "oom")
+# export-failed: the exporter's refusal is the cell's finding (bench.deploy), not retried on resume
+FINISHED = ("ok", "oom", "export-failed")
 # How a cell may fail on every rank by one decision, so the ranks stay in step: flags first, then status.
 AGREED_FAILURES = ("setup-timeout", "time-cap", "flops-failed", "oom")
 

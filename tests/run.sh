@@ -23,7 +23,7 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c .ci/lock.txt -e '.[test]'
+.venv/bin/python -m pip install -q -c .ci/lock.txt -e '.[test,deploy]'
 
 export DS_ACCELERATOR=cpu
 .venv/bin/python - <<'PY'

@@ -86,6 +86,18 @@ TOLERANCES: dict[str, Tolerance] = {
                               "bf16 weights: worst measured cosine 0.99971, rel_l2 0.024, grad cosine 0.931, "
                               "loss 1.5e-3"),
 }
+# issue 30: deployed runtimes at fp32 are held to fp32 compile's bounds (another compiler of the same
+# arithmetic; measured on resnet18 at 64: ORT, OpenVINO and AOTI cosine 1.0000, rel_l2 <= 4.3e-7). INT8
+# post-training quantization is held to bf16 autocast's bounds: it may lose no more than the cheapest
+# float mode is allowed to. Measured with tests/benchmarks/int8_agreement.py at 64 px, random weights,
+# batch 1: resnet18 cosine 0.99989, rel_l2 0.015 (kept); pvt_tiny cosine 0.963, rel_l2 0.27 (flagged
+# numerics-drift, with top-1 unchanged on that input): the transformer's LayerNorm / softmax activations
+# lose more to uint8 MinMax calibration on generated images.
+for _runtime in ("aoti", "onnxruntime", "openvino", "tensorrt"):
+    TOLERANCES[_runtime] = Tolerance(0.999, 1e-3, 0.999, 1e-4, 0.9, f"fp32 {_runtime}: held to fp32 compile's bounds")
+TOLERANCES["onnxruntime-int8"] = Tolerance(0.99, 0.1, 0.9, 1e-2, 0.9,
+                                           "INT8 static quantization: held to bf16 autocast's bounds; resnet18 at "
+                                           "64 measured cosine 0.99989, rel_l2 0.015")
 
 
 def math_mode(dtype: str, compile: bool, channels_last: bool, tf32_on_cuda: bool) -> str | None:

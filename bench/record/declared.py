@@ -105,6 +105,8 @@ class Record:
     channels_last: bool | None = _f(SETTING)
     numerics: bool | None = _f(SETTING, doc="--numerics: cells whose math differs from fp32 eager were checked")
     compile: bool | None = _f(SETTING)
+    backend: str | None = _f(SETTING, doc="--backend: eager | compile | aoti | onnxruntime | onnxruntime-int8 | "
+                             "openvino | tensorrt (bench.deploy); absent in older records: eager")
     grad_clip: float | None = _f(SETTING)
     budget_s: float | None = _f(SETTING, "s")
     max_time_s: float | None = _f(SETTING, "s")
@@ -220,6 +222,19 @@ class Record:
     comm_error: str | None = _f(MEASURE, doc="why the comm steps' trace could not be read (flag comm-unmeasured)")
     # issue 19 A
     scaling_mode: str | None = _f(SETTING, doc="weak: --batch per rank; strong: --global-batch split over the ranks")
+    # issue 30: deployed backends (bench.deploy), their costs beside the latency
+    export_s: float | None = _f(MEASURE, "s", "torch.export (+ ONNX translation) of the deployed model",
+                                Display("export time", "s", "min", main=False))
+    build_s: float | None = _f(MEASURE, "s", "session creation / AOT compile / engine build (+ INT8 calibration)",
+                               Display("build time", "s", "min", main=False))
+    artifact_bytes: int | None = _f(MEASURE, "bytes", "what the deployment ships (.onnx, IR, .pt2)",
+                                    Display("artifact size", "MB", "min", scale=2.0**-20, main=False))
+    runtime_version: str | None = _f(PROVENANCE, doc="the runtime package and its version")
+    runtime_providers: list | None = _f(PROVENANCE, doc="what actually ran the cell (ORT providers, OpenVINO "
+                                        "execution devices); a fall-back is refused, flag provider-fallback")
+    runtime_settings: dict | None = _f(PROVENANCE, doc="the runtime's threads / streams / precision as it reports them")
+    calibration: dict | None = _f(PROVENANCE, doc="INT8: calibration images, batches, method, tool")
+    export_error_op: str | None = _f(MEASURE, doc="export-failed: the op or line of model code the exporter blamed")
     # --- memory
     peak_mem_mb: float | None = _f(MEASURE, "MB", show=Display("peak memory", better="min", **_BOTH))
     peak_mem_method: str | None = _f(MEASURE)
@@ -283,7 +298,7 @@ class Record:
     train_cpu_s: float | None = _f(PROVENANCE, "s")
     train_wall_s: float | None = _f(PROVENANCE, "s")
     # --- outcome
-    status: str | None = _f(MEASURE, doc="ok | oom | error")
+    status: str | None = _f(MEASURE, doc="ok | oom | error | export-failed | backend-unavailable")
     error: str | None = _f(MEASURE)
     traceback: str | None = _f(PROVENANCE)
     flags: list | None = _f(MEASURE, doc="what a reader must know (wide-ci, drift, few-samples, time-cap, ...)")

@@ -34,9 +34,11 @@ def _cell(rec: dict) -> tuple:
 
 
 def _is_reference(rec: dict) -> bool:
-    """A cell whose math is the reference's own (the numerics check's rule, math_mode)."""
-    return math_mode(rec.get("dtype") or "fp32", bool(rec.get("compile")), bool(rec.get("channels_last")),
-                     bool(rec.get("tf32")) and rec.get("device") == "cuda") is None
+    """A cell whose math is the reference's own (the numerics check's rule, math_mode): never a
+    deployed runtime's or the compile backend's cell (bench.deploy)."""
+    eager = (rec.get("backend") or "eager") == "eager"
+    return eager and math_mode(rec.get("dtype") or "fp32", bool(rec.get("compile")), bool(rec.get("channels_last")),
+                               bool(rec.get("tf32")) and rec.get("device") == "cuda") is None
 
 
 def _speed(references: list[dict], cell: list[dict]) -> str:

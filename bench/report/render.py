@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench import __version__
 from bench.errors import BadInput
+from bench.report.deployed import DEPLOYED_INTRO, deployed_section
 from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
 from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
 from bench.report.load import Run, load_runs, records_frame
@@ -149,6 +150,7 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
     sra_statements, sra_tables = sra_section(df)
     study_statements, study_tables, study_plots = study_section(runs)  # issue 19 A
     numerics_statements, numerics_tables = numerics_section(runs)
+    deployed_statements, deployed_tables, deployed_plots = deployed_section(runs)  # issue 30
     headline: PlotSpec = ("Throughput and peak memory against resolution", headline_caption,
                           lambda d: headline_figure(d, runs))
     return [
@@ -159,6 +161,8 @@ def report_sections(df: pd.DataFrame, runs: list[Run] | None = None) -> list[Sec
                 tables=_present(*perf_tables(df, runs), comparison_table(df, runs))),
         Section("numerics", "Numerics", "numerics", NUMERICS_INTRO, statements=numerics_statements,
                 tables=numerics_tables),
+        Section("deployed", "Deployed", "deployed", DEPLOYED_INTRO, statements=deployed_statements,
+                tables=deployed_tables, plots=deployed_plots),
         Section("scaling", "Resolution scaling, fitted", "scaling", SCALING_INTRO,
                 statements=attention_statements(df), tables=scaling_tables(df), plots=SCALING_PLOTS),
         Section("study", "Scaling study: throughput against ranks", "scaling study", STUDY_INTRO,

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from bench.build import place_model
 from bench.config import RunConfig, cudnn_benchmark_on
+from bench.deploy import deployed
 from bench.engines import build_trainer, comm_prediction, trainer_record_fields
 from bench.engines.base import autocast_dtype, make_optimizer, weight_dtype
 from bench.errors import first_line
@@ -50,6 +51,7 @@ from bench.measure.timing import Throughput, measure_lockstep
 from bench.plan import Cell, make_cells
 from bench.record import RunDir
 from bench.scenarios.common import base_record, train_spec
+from bench.scenarios.deployed import measure_deployed
 from bench.scenarios.numerics import cell_math_mode, check_numerics
 from bench.scenarios.result import BatchSearch, CellResult, CommFigures
 from bench.tasks import Task, task_for
@@ -84,7 +86,7 @@ class ClassifyScenario:
         batch over this process group's world size (the group exists when the sweep asks)."""
         c = self.config
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return make_cells(c.models, c.res, c.modes, c.batches_for(world), c.task)
+        return make_cells(c.models, c.res, c.modes, c.batches_for(world), c.task, c.backends)
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
         # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
@@ -112,9 +114,13 @@ class ClassifyScenario:
             self._flops[key] = broadcast_object(counted, ctx)
         return self._flops[key]
 
+    def _cell_config(self, cell: Cell) -> RunConfig:
+        """The config a cell runs under: ``--backend compile`` is ``--compile`` for its cells."""
+        return replace(self.config, compile=True) if cell.backend == "compile" else self.config
+
     def _base(self, cell: Cell, ctx: DistContext) -> dict:
-        cfg = self.config
-        return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {
+        cfg = self._cell_config(cell)
+        return base_record(cell, ctx, cfg, kind="run", train=cell.train) | {"backend": cell.backend,
             "tf32": cfg.tf32, "cudnn_benchmark": cudnn_benchmark_on(cfg), "channels_last": cfg.channels_last,
             "compile": cfg.compile, "numerics": cfg.numerics, "budget_s": cfg.budget, "max_time_s": cfg.max_time,
             "setup_timeout_s": cfg.setup_timeout, "scaling_mode": cfg.scaling_mode}
@@ -130,7 +136,10 @@ class ClassifyScenario:
         task = task_for(cell.task)
         result = CellResult(self._base(cell, ctx), ctx.world_size, flops=counted,
                             shape={"input_hw": list(task.input_hw(cell)), "bn_mode": task.bn_mode})
-        measure_cell(cell, ctx, self.config, self.profile_dir, self.comm_dir, result)
+        if deployed(cell.backend):  # a runtime of bench.deploy: its own export, build and timing
+            measure_deployed(cell, ctx, self.config, result)
+        else:
+            measure_cell(cell, ctx, self._cell_config(cell), self.profile_dir, self.comm_dir, result)
         if result.status == "ok" and result.throughput is not None:  # frontier-only cells have no time
             self._derive(result, counted, cell, ctx, history)
         return result

@@ -96,6 +96,20 @@ def _fixed_input(task: Task, cell: Cell, n: int, device: torch.device) -> tuple[
         return x, task.train_targets(x) if cell.train else None
 
 
+def fixed_input(task: Task, cell: Cell, n: int, device: torch.device) -> torch.Tensor:
+    """The check's fixed-seed fp32 input of ``n`` images (a deployed cell's at its own batch)."""
+    return _fixed_input(task, cell, n, device)[0]
+
+
+def reference_output(task: Task, pristine: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The fp32 eager reference's whole output on ``x`` as a flat list of CPU tensors: what a deployed
+    runtime, whose inner layers cannot be tapped, is compared on."""
+    from bench.deploy.base import outputs_of
+
+    with _reference_math(), torch.inference_mode():
+        return outputs_of(place_model(_copy(pristine), x.device).eval()(task.feed(x)))
+
+
 @contextlib.contextmanager
 def _reference_math() -> Iterator[None]:
     """TF32 off for the reference, whatever the run set; restored after."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.deploy.base import DeployCosts
 from bench.measure.compiling import Compile
 from bench.measure.flops import Flops
 from bench.measure.memory import Energy, Memory
@@ -82,6 +83,9 @@ class CellResult:
     comms: CommFigures | None = None
     profile: dict[str, Any] | None = None  # op_breakdown, trace_file (--profile)
     numerics: NumericsCheck | None = None
+    deploy: DeployCosts | None = None  # --backend of bench.deploy: export, build, artifact, runtime
+    deploy_flags: list[str] = field(default_factory=list)  # the runtime's own (provider-fallback, ...)
+    export_error_op: str | None = None  # status export-failed: the op or model line the exporter refused
     wall_s: float | None = None
     cpu_time_s: float | None = None
     derived: dict[str, Any] = field(default_factory=dict)  # MFU, the peak it is against, scaling (measure.derived)
@@ -97,6 +101,7 @@ class CellResult:
         flags += self.compile.flags if self.compile else []
         flags += self.latency.flags if self.latency else []
         flags += self.comms.flags if self.comms else []
+        flags += self.deploy_flags
         flags += self.numerics.flags if self.numerics else []
         flags += [SETUP_TIMEOUT_FLAG] if self.setup_timed_out else []
         flags += [FLOPS_FAILED_FLAG] if self.flops_failed else (self.flops.flags if self.flops else [])
@@ -116,6 +121,9 @@ class CellResult:
             if part is not None:
                 rec |= part.to_record()
         rec |= self.engine_fields or {}
+        rec |= self.deploy.to_record() if self.deploy else {}
+        if self.export_error_op is not None:
+            rec["export_error_op"] = self.export_error_op
         rec |= self.comms.fields if self.comms else {}
         rec |= self.profile or {}
         rec |= self.numerics.to_record() if self.numerics else {}

@@ -1,0 +1,67 @@
+"""OpenVINO on the CPU: the cell's ``torch.export`` program converted by ``openvino.convert_model``
+(the same export ONNX Runtime and AOTInductor start from, so a model that cannot be exported fails
+alike everywhere), saved as IR (its size is the artifact) and compiled for "CPU" with
+INFERENCE_NUM_THREADS = the cell's threads, one stream (no inter-request parallelism), the LATENCY
+hint and INFERENCE_PRECISION_HINT f32: on a CPU with bf16 or AMX units OpenVINO would otherwise
+run bf16, which is another math than the fp32 eager cell's. The compiled model's own properties
+are recorded, not what was asked."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+from bench.deploy.base import Backend, BackendUnavailable, DeployCosts, Deployed, DeploySpec, Exported, size_of
+from bench.deploy.registry import register_backend
+
+READ_BACK = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
+             "EXECUTION_DEVICES")
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailable("openvino is not installed (pip install -e '.[deploy]')") from exc
+    return openvino
+
+
+@register_backend
+class OpenVino(Backend):
+    name = "openvino"
+
+    def export(self, model: nn.Module, example: torch.Tensor, spec: DeploySpec) -> Exported:
+        _openvino()  # not installed: said before the export is paid for
+        if spec.device.type != "cpu":
+            raise BackendUnavailable("bench runs OpenVINO on the CPU only; run it with --device cpu")
+        return super().export(model, example, spec)
+
+    def build(self, exported: Exported, example: torch.Tensor, spec: DeploySpec) -> Deployed:
+        ov = _openvino()
+        export_s = exported.seconds
+        t0 = time.perf_counter()
+        converted = ov.convert_model(exported.artifact)
+        xml = spec.workdir / "model.xml"
+        ov.save_model(converted, str(xml), compress_to_fp16=False)
+        compiled = ov.Core().compile_model(converted, "CPU", {
+            "INFERENCE_NUM_THREADS": spec.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        resident = example.detach().cpu().contiguous().numpy()
+        request.set_input_tensor(ov.Tensor(resident, shared_memory=True))
+        build_s = time.perf_counter() - t0
+        settings = {key: str(compiled.get_property(key)) for key in READ_BACK[:-1]}
+        devices = [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
+        costs = DeployCosts("openvino", ov.get_version(), export_s, build_s, size_of(xml, xml.with_suffix(".bin")),
+                            devices, settings)
+
+        def step():
+            request.infer()
+
+        def infer(x: torch.Tensor) -> list[torch.Tensor]:
+            other = compiled.create_infer_request()
+            result = other.infer({0: x.detach().cpu().contiguous().numpy()})
+            return [torch.from_numpy(result[out].copy()) for out in compiled.outputs]
+
+        return Deployed(step, infer, costs)
