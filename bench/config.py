@@ -71,8 +71,9 @@ def _shown(value: Any) -> str:
     (a 5000-digit int cannot be turned into text)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return "a very large integer"
-    text = str(value).strip()
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:40])
+    from bench.sanitize import visible
+
+    return visible(str(value).strip()[:40], one_line=True)
 
 
 def parse_int(text: str, what: str, minimum: int = 1, maximum: int | None = None) -> int:

@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 
 from bench import stats
-from bench.errors import BadInput
+from bench.errors import SLOWER_EXIT, BadInput
+from bench.outputs import print_out, print_rich
 from bench.record import RunDir, upgrade
+from bench.sanitize import md_text, terminal, visible
 
 
 def _records(path: str, role: str) -> list[dict]:
@@ -66,19 +68,21 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
     gpu = any(str(r.get("device") or "").startswith("cuda") for r in base_records + new_records)
     tolerance = 0.0 if gpu else stats.CPU_RSS_TOLERANCE
     result = stats.compare_records(base_records, new_records, metric, t, seed, tolerance)
+    code = SLOWER_EXIT if result.regressions else 0
+    # A reader that stops early (`| head`) ends the output, not the verdict: the exit code stays it.
     if as_json:
-        click.echo(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
+        print_out(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
     else:
         header = _header(result, base, new, db != dn, tolerance)
-        click.echo(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md")
-        if fmt == "table":
+        if print_out(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md") and fmt == "table":
             _print_table(result)
     for role, keys in (("base", result.only_base), ("new", result.only_new)):
         if keys:
-            click.echo(f"only in the {role} run ({len(keys)}): {', '.join(keys)}", err=True)
+            click.echo(f"only in the {role} run ({len(keys)}): {', '.join(visible(k, one_line=True) for k in keys)}",
+                       err=True)
     if not result.cells:
         click.echo("no cell is in both runs (cells match by task, model, res, mode, batch and settings)", err=True)
-    raise SystemExit(1 if result.regressions else 0)
+    raise SystemExit(code)
 
 
 def _sorted(result: stats.RunComparison) -> list[stats.CellComparison]:
@@ -103,6 +107,7 @@ def _header(result: stats.RunComparison, base: str, new: str, machines: bool, to
     said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     what = "a comparison of machines, " if machines else ""
     extra = f", CPU RSS tolerance +-{100 * tolerance:g}%" if result.metric == "peak_mem" and tolerance else ""
+    new, base = visible(new, one_line=True), visible(base, one_line=True)
     return (f"bench compare: {new} against {base}: {what}{result.metric} new/base, threshold "
             f"+-{100 * result.threshold:g}%{extra}; {len(result.cells)} cells: {said or 'none'}. "
             f"Intervals: {_basis(result)}.")
@@ -128,7 +133,8 @@ UNITS = {"latency": "ms", "throughput": "img/s", "peak_mem": "MB"}
 
 
 def _print_table(result: stats.RunComparison) -> None:
-    from rich.console import Console
+    """The rich table; every cell shown as text (bench.sanitize.terminal), never as markup or a
+    terminal escape: a cell key may hold "[/]", "[link=...]" or ESC."""
     from rich.table import Table
 
     colours = {"slower": "red", "more": "red", "faster": "green", "less": "green", "same": "cyan"}
@@ -137,11 +143,11 @@ def _print_table(result: stats.RunComparison) -> None:
         unit = f" ({UNITS[result.metric]})" if col in ("base", "new") else ""
         table.add_column(col + unit, justify="left" if col in ("cell", "verdict", "to settle it") else "right")
     for c in _sorted(result):
-        row = _row(c, result.metric)
+        row = [terminal(cell) for cell in _row(c, result.metric)]
         colour = colours.get(c.comparison.verdict)
         row[6] = f"[{colour}]{row[6]}[/]" if colour else row[6]
         table.add_row(*row)
-    Console(width=200).print(table)
+    print_rich(table, width=200)
 
 
 def _markdown(result: stats.RunComparison) -> str:
@@ -149,10 +155,9 @@ def _markdown(result: stats.RunComparison) -> str:
     head = [f"{col} ({unit})" if col in ("base", "new") else col for col in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for c in _sorted(result):
-        row = _row(c, result.metric)
-        row[0] = f"`{row[0]}`"
+        row = [md_text(cell) for cell in _row(c, result.metric)]  # escapes, links and HTML neutralised
         row[6] = f"**{row[6]}**" if row[6] in stats.REGRESSIONS else row[6]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

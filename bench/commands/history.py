@@ -303,7 +303,7 @@ def _print_table(h: History) -> None:
 
 
 def markdown(h: History) -> str:
-    from bench.report.sanitize import md_text
+    from bench.sanitize import md_text
 
     head = _columns(h)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -359,14 +359,11 @@ def _res(text: str) -> tuple[int, int]:
 def _out_path(out: str | None) -> Path | None:
     if out is None:
         return None
-    path = Path(out)
-    if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise BadInput(f"--out {out}: the plot is written as {', '.join(PLOT_SUFFIXES)}; end the name with one")
-    if not path.parent.is_dir():
-        raise BadInput(f"--out {out}: the directory {path.parent} does not exist")
-    if path.is_dir():
-        raise BadInput(f"--out {out} is a directory; give a file name ending in .png, .svg or .html")
-    return path
+    from bench.outputs import check_output_file, shown
+
+    if Path(out).suffix.lower() not in PLOT_SUFFIXES:
+        raise BadInput(f"--out {shown(out)}: the plot is written as {', '.join(PLOT_SUFFIXES)}; end the name with one")
+    return check_output_file(out)  # bench's one output-path rule (bench.outputs)
 
 
 @click.command("history")

@@ -55,7 +55,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 
 from bench.errors import BadInput, first_line
+from bench.outputs import check_output_file, is_duckdb_file
 from bench.record import INVOCATIONS, RECORDS, RunDir, read_records_counted, schema
+from bench.sanitize import visible
 
 INDEX_FORMAT = 1  # bump when the tables below change shape: older index files are rebuilt
 TAIL_BYTES = 4096
@@ -80,7 +82,7 @@ _GLOB_CHARS = set("*?[")
 
 def _shown(path: Any) -> str:
     """A path inside a one-line message: control characters escaped."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(path))
+    return visible(str(path), one_line=True)
 
 
 def record_columns() -> dict[str, str]:
@@ -297,9 +299,7 @@ class ResultsDB:
         if self.index is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-query-")
             return Path(self._tmp.name) / "index.duckdb"
-        path = self.index
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise BadInput(f"--index '{_shown(path)}' exists but is not a regular file; choose another path")
+        path = check_output_file(self.index, "--index", ours=self._is_index)  # bench's one output-path rule
         parent = path.resolve().parent
         if str(parent) in self.keys:
             raise BadInput(f"--index '{_shown(path)}' is inside a run directory; bench query never writes "
@@ -307,6 +307,17 @@ class ResultsDB:
         if not parent.is_dir():
             raise BadInput(f"--index '{_shown(path)}': directory '{_shown(parent)}' does not exist")
         return path
+
+    def _is_index(self, path: Path) -> bool:
+        """An index bench made (a _meta table): the only existing file --index may rebuild."""
+        try:
+            con = self._connect(path, read_only=True) if is_duckdb_file(path) else None
+        except BadInput:
+            return False
+        if con is None:
+            return False
+        with con:
+            return "_meta" in {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Open the index; a file that is not a DuckDB database, or one another process is
@@ -371,8 +382,13 @@ class ResultsDB:
                     con.execute(f"DELETE FROM {table} WHERE run_dir IN (SELECT run_dir FROM _gone)")
             self._ingest(con, stale, prints, known, stats)
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT has rolled back already: the first error is the one to say
+            if isinstance(exc, (duckdb.Error, OSError)):  # a full disk or TMPDIR, a quota
+                raise BadInput(f"cannot write the index '{_shown(path)}': {first_line(exc)}") from None
             raise
         finally:
             con.close()

@@ -9,7 +9,7 @@ import click
 from bench.errors import BadInput
 from bench.report.load import load_runs, load_where
 from bench.report.render import FORMATS, render_report
-from bench.report.sanitize import visible
+from bench.sanitize import visible
 
 
 @click.command("report")
