@@ -80,7 +80,7 @@ def parse_int(text: str, what: str, minimum: int = 1, maximum: int | None = None
     text = str(text).strip()
     if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum \
             or (maximum is not None and int(text) > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        bounds = f"from {minimum} to {maximum if maximum is not None else f'10^{MAX_DIGITS} - 1'}"  # the digit cap too
         raise BadInput(f"bad {what} '{_shown(text)}': give an integer {bounds} in ASCII digits")
     return int(text)
 

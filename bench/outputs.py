@@ -117,7 +117,7 @@ def _writable_folder(path: Path, flag: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise BadInput(f"{flag} {shown(path)}: {shown(folder)} does not take new files "
+        raise BadInput(f"{flag} {shown(path)}: {shown(folder)} is not writable "
                        f"({exc.strerror or exc}); choose another {flag}") from None
 
 

@@ -59,6 +59,9 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
 
     Verdicts: faster / slower (q < 0.05 and the 95% CI of the ratio wholly beyond +-threshold),
     same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it)."""
+    if Path(base).resolve() == Path(new).resolve():
+        raise BadInput(f"BASE and NEW are the same run directory ({visible(base, one_line=True)}): a run against "
+                       "itself says nothing (and no amount of samples would); compare two runs")
     base_records, new_records = _records(base, "base"), _records(new, "new")
     t = _threshold(threshold, base_records + new_records)
     db, dn = _devices(base_records), _devices(new_records)
@@ -74,6 +77,7 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
         print_out(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
     else:
         header = _header(result, base, new, db != dn, tolerance)
+        header = md_text(header) if fmt == "md" else header
         if print_out(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md") and fmt == "table":
             _print_table(result)
     for role, keys in (("base", result.only_base), ("new", result.only_new)):

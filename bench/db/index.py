@@ -45,6 +45,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -78,6 +79,8 @@ RUNS_TABLE = {"run_dir": "VARCHAR", "fingerprint": "VARCHAR", "n_records": "BIGI
 # What a user's statement may be: a query. WITH ... SELECT parses as SELECT.
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
 _GLOB_CHARS = set("*?[")
+# Nothing is downloaded at run time: a query naming an extension's function is refused, not fetched.
+NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 def _shown(path: Any) -> str:
@@ -325,7 +328,7 @@ class ResultsDB:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return duckdb.connect(str(path), read_only=read_only)
+                return duckdb.connect(str(path), read_only=read_only, config=NO_EXTENSIONS)
             except duckdb.IOException as exc:
                 text = first_line(exc)
                 if "lock" not in text.lower() or time.monotonic() > deadline:
@@ -466,7 +469,7 @@ class ResultsDB:
             desc = cur.description or []
             rows = cur.fetchall()
         except duckdb.Error as exc:
-            raise BadInput(f"query failed: {first_line(exc)}") from None
+            raise BadInput(f"query failed: {duck_message(exc)}") from None
         return QueryResult([d[0] for d in desc], [str(d[1]) for d in desc], rows)
 
     def record_dicts(self, where: str, chunk: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -480,14 +483,14 @@ class ResultsDB:
         try:
             cur = self.con.execute(sql)
         except duckdb.Error as exc:
-            raise BadInput(f"--where failed: {first_line(exc)}") from None
+            raise BadInput(f"--where failed: {duck_message(exc)}") from None
         names = [d[0] for d in cur.description]
         json_cols = {n for n, t in record_columns().items() if t == "JSON"}
         while True:
             try:
                 batch = cur.fetchmany(chunk)
             except duckdb.Error as exc:  # an error at run time (a failed cast) surfaces while fetching
-                raise BadInput(f"--where failed: {first_line(exc)}") from None
+                raise BadInput(f"--where failed: {duck_message(exc)}") from None
             if not batch:
                 return
             for row in batch:
@@ -522,13 +525,30 @@ def _invocation_lines(path: Path) -> Iterator[Any]:
                 yield entry
 
 
+_EXTENSION = re.compile(r"(?:exists in the|requires the extension|the required extension) '?([A-Za-z0-9_]+)")
+
+
+def duck_message(exc: BaseException) -> str:
+    """DuckDB's error as one line a bench user can act on: never advice bench refuses (``SET ...``,
+    ``INSTALL ...``), and an extension's name whole (DuckDB breaks that message mid-name)."""
+    text = " ".join(str(exc).split())
+    if "max_expression_depth" in text:
+        return (text.split(" Use ", 1)[0] + " bench keeps DuckDB's limit: write the expression with fewer "
+                "nested parentheses or operators")
+    name = _EXTENSION.search(text)
+    if name:
+        return (f"this needs DuckDB's '{name.group(1)}' extension; bench query runs with DuckDB's built-in "
+                "functions only and never installs or loads an extension")
+    return first_line(exc, limit=500)
+
+
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> None:
     """One statement, a query (SELECT, WITH ... SELECT, EXPLAIN); anything else is refused before
     it runs (the connection is read-only as well: see the module doc)."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise BadInput(f"{what} is not valid SQL: {first_line(exc)}") from None
+        raise BadInput(f"{what} is not valid SQL: {duck_message(exc)}") from None
     if len(statements) != 1:
         raise BadInput(f"{what} must be one SQL statement, not {len(statements)}")
     kind = statements[0].type.name
