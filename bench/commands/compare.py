@@ -58,7 +58,10 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
     """Compare run NEW against run BASE, cell by cell (task, model, res, mode, batch, settings).
 
     Verdicts: faster / slower (q < 0.05 and the 95% CI of the ratio wholly beyond +-threshold),
-    same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it)."""
+    same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it).
+
+    Exit codes: 0 no cell slower, 1 a cell slower (or more memory), 2 bad input, 3 internal
+    error, 130 interrupted (docs/exit-codes.md)."""
     if Path(base).resolve() == Path(new).resolve():
         raise BadInput(f"BASE and NEW are the same run directory ({visible(base, one_line=True)}): a run against "
                        "itself says nothing (and no amount of samples would); compare two runs")

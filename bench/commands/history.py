@@ -364,9 +364,10 @@ def _out_path(out: str | None) -> Path | None:
         return None
     from bench.outputs import check_output_file
 
-    if Path(out).suffix.lower() not in PLOT_SUFFIXES:
+    path = check_output_file(out)  # bench's one output-path rule (bench.outputs)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
         raise BadInput(f"--out {shown(out)}: the plot is written as {', '.join(PLOT_SUFFIXES)}; end the name with one")
-    return check_output_file(out)  # bench's one output-path rule (bench.outputs)
+    return path
 
 
 @click.command("history")
@@ -396,7 +397,10 @@ def history_command(run_dirs: tuple[str, ...], model: str, res: str, mode: str, 
                     out: str | None, fmt: str, seed: int) -> None:
     """Follow one cell identity across RUN_DIRS in time (or commit, or torch) order: each run's
     figure with its 95% interval, each step's verdict as bench compare gives it
-    (faster / slower / same / inconclusive). Exit 1 when the newest step is slower."""
+    (faster / slower / same / inconclusive).
+
+    Exit codes: 0 the newest step not slower, 1 it is slower, 2 bad input, 3 internal error,
+    130 interrupted (docs/exit-codes.md)."""
     flt = Filter(model, _res(res), mode, batch, engine, dtype, precision, task, device_name, config_id)
     plot_path = _out_path(out)
     if threshold is not None and not (0 < threshold < 1 and math.isfinite(threshold)):
