@@ -68,9 +68,12 @@ main.add_command(history_command)
 
 def entry() -> None:
     """Console-script entry: click's own usage errors (bad option, bad choice) also come out as
-    one line and exit code 2, like our BadInput errors."""
+    one line and exit code 2, like our BadInput errors; an unexpected exception is one line and
+    exit 3 (never 1, compare's and history's "slower"), its traceback with BENCH_TRACEBACK=1; a
+    reader that goes away (`| head`) ends the output quietly. The codes: docs/exit-codes.md."""
     import os
 
+    from bench.errors import BAD_INPUT_EXIT, INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, TRACEBACK_ENV, first_line
     from bench.launch.local import JOB_STATUS_ENV
 
     # Kineto (torch.profiler: bench profile, --comm-steps) logs "ERROR ... gpuGetDeviceCount failed"
@@ -87,17 +90,34 @@ def entry() -> None:
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"Error: {exc.format_message()}{hint}", err=True)
-        sys.exit(2)
+        sys.exit(BAD_INPUT_EXIT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         from bench.launch.local import report_stop_to_launcher
 
-        code = report_stop_to_launcher(130)  # a rank of a self-launched job: the parent says it
+        code = report_stop_to_launcher(INTERRUPTED_EXIT)  # a rank of a self-launched job: the parent says it
         if code:
             click.echo("Interrupted.", err=True)
         sys.exit(code)
+    except BrokenPipeError:
+        from bench.outputs import quiet_stdout
+
+        quiet_stdout()  # the reader has all it wanted; Python's flush at exit must not complain
+        sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - any other exception is a bug of bench's: one line, its own code
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        from bench.sanitize import visible
+
+        click.echo(f"bench: internal error{at}: {visible(first_line(exc, with_type=True), one_line=True)} "
+                   f"(a bug of bench's; {TRACEBACK_ENV}=1 prints the traceback)", err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

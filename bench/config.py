@@ -71,15 +71,16 @@ def _shown(value: Any) -> str:
     (a 5000-digit int cannot be turned into text)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return "a very large integer"
-    text = str(value).strip()
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:40])
+    from bench.sanitize import visible
+
+    return visible(str(value).strip()[:40], one_line=True)
 
 
 def parse_int(text: str, what: str, minimum: int = 1, maximum: int | None = None) -> int:
     text = str(text).strip()
     if not _DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS or int(text) < minimum \
             or (maximum is not None and int(text) > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        bounds = f"from {minimum} to {maximum if maximum is not None else f'10^{MAX_DIGITS} - 1'}"  # the digit cap too
         raise BadInput(f"bad {what} '{_shown(text)}': give an integer {bounds} in ASCII digits")
     return int(text)
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 
 from bench import stats
-from bench.errors import BadInput
+from bench.errors import SLOWER_EXIT, BadInput
+from bench.outputs import print_out, print_rich
 from bench.record import RunDir, upgrade
+from bench.sanitize import md_text, terminal, visible
 
 
 def _records(path: str, role: str) -> list[dict]:
@@ -66,7 +68,13 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
     Verdicts: faster / slower (q < 0.05 and the 95% CI of the ratio wholly beyond +-threshold),
     same (the CI wholly inside +-threshold), inconclusive (neither; says what would settle it).
     The interval holds the noise between runs: this device's calibration (bench calibrate), or
-    the spread between each side's processes; a run of one process with neither is inconclusive."""
+    the spread between each side's processes; a run of one process with neither is inconclusive.
+
+    Exit codes: 0 no cell slower, 1 a cell slower (or more memory), 2 bad input, 3 internal
+    error, 130 interrupted (docs/exit-codes.md)."""
+    if Path(base).resolve() == Path(new).resolve():
+        raise BadInput(f"BASE and NEW are the same run directory ({visible(base, one_line=True)}): a run against "
+                       "itself says nothing (and no amount of samples would); compare two runs")
     base_records, new_records = _records(base, "base"), _records(new, "new")
     t = _threshold(threshold, base_records + new_records)
     if change is not None and not (0 < change < 10 and math.isfinite(change)):
@@ -80,19 +88,22 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
     tolerance = 0.0 if gpu else stats.CPU_RSS_TOLERANCE
     result = stats.compare_records(base_records, new_records, metric, t, seed, tolerance,
                                    cal.noise() if cal else None, within_run, change)
+    code = SLOWER_EXIT if result.regressions else 0
+    # A reader that stops early (`| head`) ends the output, not the verdict: the exit code stays it.
     if as_json:
-        click.echo(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
+        print_out(json.dumps([_json_row(c, metric) for c in _sorted(result)], indent=2))
     else:
         header = _header(result, base, new, db != dn, tolerance) + ("" if within_run else " " + cal_note)
-        click.echo(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md")
-        if fmt == "table":
+        header = md_text(header) if fmt == "md" else header
+        if print_out(header + "\n" + (_markdown(result) if fmt == "md" else ""), nl=fmt == "md") and fmt == "table":
             _print_table(result)
     for role, keys in (("base", result.only_base), ("new", result.only_new)):
         if keys:
-            click.echo(f"only in the {role} run ({len(keys)}): {', '.join(keys)}", err=True)
+            click.echo(f"only in the {role} run ({len(keys)}): {', '.join(visible(k, one_line=True) for k in keys)}",
+                       err=True)
     if not result.cells:
         click.echo("no cell is in both runs (cells match by task, model, res, mode, batch and settings)", err=True)
-    raise SystemExit(1 if result.regressions else 0)
+    raise SystemExit(code)
 
 
 def _calibration(base: str, new: str, given: str | None):
@@ -134,6 +145,7 @@ def _header(result: stats.RunComparison, base: str, new: str, machines: bool, to
     said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     what = "a comparison of machines, " if machines else ""
     extra = f", CPU RSS tolerance +-{100 * tolerance:g}%" if result.metric == "peak_mem" and tolerance else ""
+    new, base = visible(new, one_line=True), visible(base, one_line=True)
     return (f"bench compare: {new} against {base}: {what}{result.metric} new/base, threshold "
             f"+-{100 * result.threshold:g}%{extra}; {len(result.cells)} cells: {said or 'none'}. "
             f"Intervals: {_basis(result)}.")
@@ -159,7 +171,8 @@ UNITS = {"latency": "ms", "throughput": "img/s", "peak_mem": "MB"}
 
 
 def _print_table(result: stats.RunComparison) -> None:
-    from rich.console import Console
+    """The rich table; every cell shown as text (bench.sanitize.terminal), never as markup or a
+    terminal escape: a cell key may hold "[/]", "[link=...]" or ESC."""
     from rich.table import Table
 
     colours = {"slower": "red", "more": "red", "faster": "green", "less": "green", "same": "cyan"}
@@ -168,11 +181,11 @@ def _print_table(result: stats.RunComparison) -> None:
         unit = f" ({UNITS[result.metric]})" if col in ("base", "new") else ""
         table.add_column(col + unit, justify="left" if col in ("cell", "verdict", "to settle it") else "right")
     for c in _sorted(result):
-        row = _row(c, result.metric)
+        row = [terminal(cell) for cell in _row(c, result.metric)]
         colour = colours.get(c.comparison.verdict)
         row[6] = f"[{colour}]{row[6]}[/]" if colour else row[6]
         table.add_row(*row)
-    Console(width=200).print(table)
+    print_rich(table, width=200)
 
 
 def _markdown(result: stats.RunComparison) -> str:
@@ -180,10 +193,9 @@ def _markdown(result: stats.RunComparison) -> str:
     head = [f"{col} ({unit})" if col in ("base", "new") else col for col in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for c in _sorted(result):
-        row = _row(c, result.metric)
-        row[0] = f"`{row[0]}`"
+        row = [md_text(cell) for cell in _row(c, result.metric)]  # escapes, links and HTML neutralised
         row[6] = f"**{row[6]}**" if row[6] in stats.REGRESSIONS else row[6]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import click
 
 from bench import stats
-from bench.errors import BadInput
+from bench.errors import SLOWER_EXIT, BadInput
+from bench.outputs import print_out, print_rich, shown
 from bench.record import ENV, INVOCATIONS, RunDir, cell_identity
+from bench.sanitize import md_text, terminal, visible
 
 METRICS = {"latency_ms": "latency", "throughput": "throughput"}  # --metric -> bench.stats's metric
 UNITS = {"latency_ms": "ms", "throughput": "img/s"}
@@ -278,7 +280,8 @@ def rows(h: History) -> list[list[str]]:
 def _header(h: History) -> str:
     counts = {v: sum(1 for s in h.steps if s is not None and s.verdict == v) for v in stats.VERDICTS}
     said = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "none"
-    return (f"bench history: {h.identity[0]} (config {h.identity[1]}), {len(h.points)} runs by {h.by}; "
+    key, config = (visible(part, one_line=True) for part in h.identity)
+    return (f"bench history: {key} (config {config}), {len(h.points)} runs by {h.by}; "
             f"{h.metric}, each step against the previous point, threshold +-{100 * h.threshold:g}%, "
             f"q over the {len(h.steps) - 1 if h.steps else 0} steps; steps: {said}.")
 
@@ -288,7 +291,8 @@ def _columns(h: History) -> list[str]:
 
 
 def _print_table(h: History) -> None:
-    from rich.console import Console
+    """The rich table; every cell shown as text (bench.sanitize.terminal), never as markup or a
+    terminal escape: a run path, commit or torch version may hold "[/]", "[link=...]" or ESC."""
     from rich.table import Table
 
     colours = {"slower": "red", "faster": "green", "same": "cyan"}
@@ -297,14 +301,13 @@ def _print_table(h: History) -> None:
         table.add_column(col, justify="left" if col in ("run", "time", "commit", "torch", "verdict") else "right")
     for row in rows(h):
         colour = colours.get(row[-1])
+        row = [terminal(cell) for cell in row]
         row[-1] = f"[{colour}]{row[-1]}[/]" if colour else row[-1]
         table.add_row(*row)
-    Console(width=220).print(table)
+    print_rich(table, width=220)
 
 
 def markdown(h: History) -> str:
-    from bench.report.sanitize import md_text
-
     head = _columns(h)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows(h):
@@ -359,13 +362,11 @@ def _res(text: str) -> tuple[int, int]:
 def _out_path(out: str | None) -> Path | None:
     if out is None:
         return None
-    path = Path(out)
+    from bench.outputs import check_output_file
+
+    path = check_output_file(out)  # bench's one output-path rule (bench.outputs)
     if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise BadInput(f"--out {out}: the plot is written as {', '.join(PLOT_SUFFIXES)}; end the name with one")
-    if not path.parent.is_dir():
-        raise BadInput(f"--out {out}: the directory {path.parent} does not exist")
-    if path.is_dir():
-        raise BadInput(f"--out {out} is a directory; give a file name ending in .png, .svg or .html")
+        raise BadInput(f"--out {shown(out)}: the plot is written as {', '.join(PLOT_SUFFIXES)}; end the name with one")
     return path
 
 
@@ -396,7 +397,10 @@ def history_command(run_dirs: tuple[str, ...], model: str, res: str, mode: str, 
                     out: str | None, fmt: str, seed: int) -> None:
     """Follow one cell identity across RUN_DIRS in time (or commit, or torch) order: each run's
     figure with its 95% interval, each step's verdict as bench compare gives it
-    (faster / slower / same / inconclusive). Exit 1 when the newest step is slower."""
+    (faster / slower / same / inconclusive).
+
+    Exit codes: 0 the newest step not slower, 1 it is slower, 2 bad input, 3 internal error,
+    130 interrupted (docs/exit-codes.md)."""
     flt = Filter(model, _res(res), mode, batch, engine, dtype, precision, task, device_name, config_id)
     plot_path = _out_path(out)
     if threshold is not None and not (0 < threshold < 1 and math.isfinite(threshold)):
@@ -404,16 +408,17 @@ def history_command(run_dirs: tuple[str, ...], model: str, res: str, mode: str, 
     matches = _load_points(list(run_dirs), flt)
     identity = _one_identity(matches, flt, len(run_dirs))
     h = build_history(matches, identity, metric, by, threshold, seed)
+    code = SLOWER_EXIT if h.newest_slower else 0
+    # A reader that stops early (`| head`) ends the output, not the verdict: the exit code stays it.
     if fmt == "json":
-        click.echo(json.dumps(as_json(h), indent=2))
+        print_out(json.dumps(as_json(h), indent=2))
     elif fmt == "md":
-        click.echo(_header(h) + "\n\n" + markdown(h))
-    else:
-        click.echo(_header(h))
+        print_out(md_text(_header(h)) + "\n\n" + markdown(h))
+    elif print_out(_header(h)):
         _print_table(h)
     if plot_path is not None:
         from bench.report.history import write_plot
 
         write_plot(plot_data(h), plot_path)
-        click.echo(f"wrote {plot_path}", err=True)
-    raise SystemExit(1 if h.newest_slower else 0)
+        click.echo(f"wrote {shown(plot_path)}", err=True)
+    raise SystemExit(code)

@@ -19,7 +19,7 @@ import click
 from bench.db import QueryResult, ResultsDB, resolve_run_dirs
 from bench.errors import BadInput
 from bench.report.render import neutralise_csv_cell
-from bench.report.sanitize import md_text, visible
+from bench.sanitize import md_text, visible
 
 FORMATS = ("table", "csv", "json", "md")
 INDEX_HELP = ("A saved index (a DuckDB file) to read and keep up to date: only run directories whose records "
@@ -54,7 +54,7 @@ def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | N
 
 
 def format_result(result: QueryResult, fmt: str) -> str:
-    """The answer in ``fmt``; text from the run directories shown, never acted on (bench.report.sanitize)."""
+    """The answer in ``fmt``; text from the run directories shown, never acted on (bench.sanitize)."""
     if fmt == "json":
         return json.dumps([{c: _json_value(v, t) for c, v, t in zip(result.columns, row, result.types)}
                            for row in result.rows], indent=1, allow_nan=False) + "\n"

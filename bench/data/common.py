@@ -4,7 +4,6 @@ buffer from its own metadata."""
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,14 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 Sample = dict[str, Any]
 
-# Everything str.splitlines() splits on, plus the other C0 controls and DEL.
-_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-
 
 def one_line(text: str) -> str:
     """``text`` with line breaks and control characters escaped (``\\n``) and undecodable
-    file-name bytes (lone surrogates) shown as ``\\udcXX``: safe for a one-line message."""
-    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    file-name bytes (lone surrogates) shown as ``\\udcXX``: safe for a one-line message
+    (bench.sanitize's rule, the one every message and export uses)."""
+    from bench.sanitize import visible
+
+    return visible(text, one_line=True)
 
 
 def data_error(message: str) -> BadInput:

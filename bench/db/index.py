@@ -45,6 +45,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -55,7 +56,9 @@ from typing import Any, Iterable, Iterator
 import duckdb
 
 from bench.errors import BadInput, first_line
+from bench.outputs import check_output_file, is_duckdb_file
 from bench.record import INVOCATIONS, RECORDS, RunDir, read_records_counted, schema
+from bench.sanitize import visible
 
 INDEX_FORMAT = 1  # bump when the tables below change shape: older index files are rebuilt
 TAIL_BYTES = 4096
@@ -76,11 +79,13 @@ RUNS_TABLE = {"run_dir": "VARCHAR", "fingerprint": "VARCHAR", "n_records": "BIGI
 # What a user's statement may be: a query. WITH ... SELECT parses as SELECT.
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
 _GLOB_CHARS = set("*?[")
+# Nothing is downloaded at run time: a query naming an extension's function is refused, not fetched.
+NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 def _shown(path: Any) -> str:
     """A path inside a one-line message: control characters escaped."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(path))
+    return visible(str(path), one_line=True)
 
 
 def record_columns() -> dict[str, str]:
@@ -297,9 +302,7 @@ class ResultsDB:
         if self.index is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-query-")
             return Path(self._tmp.name) / "index.duckdb"
-        path = self.index
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise BadInput(f"--index '{_shown(path)}' exists but is not a regular file; choose another path")
+        path = check_output_file(self.index, "--index", ours=self._is_index)  # bench's one output-path rule
         parent = path.resolve().parent
         if str(parent) in self.keys:
             raise BadInput(f"--index '{_shown(path)}' is inside a run directory; bench query never writes "
@@ -308,13 +311,24 @@ class ResultsDB:
             raise BadInput(f"--index '{_shown(path)}': directory '{_shown(parent)}' does not exist")
         return path
 
+    def _is_index(self, path: Path) -> bool:
+        """An index bench made (a _meta table): the only existing file --index may rebuild."""
+        try:
+            con = self._connect(path, read_only=True) if is_duckdb_file(path) else None
+        except BadInput:
+            return False
+        if con is None:
+            return False
+        with con:
+            return "_meta" in {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         """Open the index; a file that is not a DuckDB database, or one another process is
         writing, is a one-line error (retried for a while in the second case)."""
         deadline = time.monotonic() + 30
         while True:
             try:
-                return duckdb.connect(str(path), read_only=read_only)
+                return duckdb.connect(str(path), read_only=read_only, config=NO_EXTENSIONS)
             except duckdb.IOException as exc:
                 text = first_line(exc)
                 if "lock" not in text.lower() or time.monotonic() > deadline:
@@ -371,8 +385,13 @@ class ResultsDB:
                     con.execute(f"DELETE FROM {table} WHERE run_dir IN (SELECT run_dir FROM _gone)")
             self._ingest(con, stale, prints, known, stats)
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT has rolled back already: the first error is the one to say
+            if isinstance(exc, (duckdb.Error, OSError)):  # a full disk or TMPDIR, a quota
+                raise BadInput(f"cannot write the index '{_shown(path)}': {first_line(exc)}") from None
             raise
         finally:
             con.close()
@@ -450,7 +469,7 @@ class ResultsDB:
             desc = cur.description or []
             rows = cur.fetchall()
         except duckdb.Error as exc:
-            raise BadInput(f"query failed: {first_line(exc)}") from None
+            raise BadInput(f"query failed: {duck_message(exc)}") from None
         return QueryResult([d[0] for d in desc], [str(d[1]) for d in desc], rows)
 
     def record_dicts(self, where: str, chunk: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -464,14 +483,14 @@ class ResultsDB:
         try:
             cur = self.con.execute(sql)
         except duckdb.Error as exc:
-            raise BadInput(f"--where failed: {first_line(exc)}") from None
+            raise BadInput(f"--where failed: {duck_message(exc)}") from None
         names = [d[0] for d in cur.description]
         json_cols = {n for n, t in record_columns().items() if t == "JSON"}
         while True:
             try:
                 batch = cur.fetchmany(chunk)
             except duckdb.Error as exc:  # an error at run time (a failed cast) surfaces while fetching
-                raise BadInput(f"--where failed: {first_line(exc)}") from None
+                raise BadInput(f"--where failed: {duck_message(exc)}") from None
             if not batch:
                 return
             for row in batch:
@@ -506,13 +525,30 @@ def _invocation_lines(path: Path) -> Iterator[Any]:
                 yield entry
 
 
+_EXTENSION = re.compile(r"(?:exists in the|requires the extension|the required extension) '?([A-Za-z0-9_]+)")
+
+
+def duck_message(exc: BaseException) -> str:
+    """DuckDB's error as one line a bench user can act on: never advice bench refuses (``SET ...``,
+    ``INSTALL ...``), and an extension's name whole (DuckDB breaks that message mid-name)."""
+    text = " ".join(str(exc).split())
+    if "max_expression_depth" in text:
+        return (text.split(" Use ", 1)[0] + " bench keeps DuckDB's limit: write the expression with fewer "
+                "nested parentheses or operators")
+    name = _EXTENSION.search(text)
+    if name:
+        return (f"this needs DuckDB's '{name.group(1)}' extension; bench query runs with DuckDB's built-in "
+                "functions only and never installs or loads an extension")
+    return first_line(exc, limit=500)
+
+
 def check_sql(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> None:
     """One statement, a query (SELECT, WITH ... SELECT, EXPLAIN); anything else is refused before
     it runs (the connection is read-only as well: see the module doc)."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise BadInput(f"{what} is not valid SQL: {first_line(exc)}") from None
+        raise BadInput(f"{what} is not valid SQL: {duck_message(exc)}") from None
     if len(statements) != 1:
         raise BadInput(f"{what} must be one SQL statement, not {len(statements)}")
     kind = statements[0].type.name

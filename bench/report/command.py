@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from bench.errors import BadInput
+from bench.outputs import print_out, shown
 from bench.report.load import load_runs, load_where
 from bench.report.render import FORMATS, render_report
-from bench.report.sanitize import visible
+from bench.sanitize import visible
 
 
 @click.command("report")
@@ -26,11 +27,11 @@ from bench.report.sanitize import visible
 def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None, where: str | None,
                    index: Path | None) -> None:
     """Render a report comparing one or more run directories side by side."""
+    if where is not None and not where.strip():
+        raise BadInput("--where is empty; give an SQL condition, e.g. --where \"model = 'pvt_tiny'\", or leave it out")
     if index is not None and where is None:
         raise BadInput("--index is read only with --where; add --where SQL or leave --index out")
-    if fmt is None:
-        suffix = out.suffix.lstrip(".").lower() if out is not None else ""
-        fmt = suffix if suffix in FORMATS else "html"
+    fmt = _format(out, fmt)
     if out is None:
         out = Path("reports") / f"{Path(run_dirs[0]).resolve().name}.{fmt}"
     if all(Path(p).is_dir() for p in run_dirs):
@@ -39,4 +40,17 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
 
         run_dirs = tuple(resolve_run_dirs(run_dirs))
     load = load_runs if where is None else partial(load_where, where=where, index=index)
-    click.echo(visible(str(render_report(list(run_dirs), out, fmt, load))))
+    print_out(visible(str(render_report(list(run_dirs), out, fmt, load)), one_line=True))
+
+
+def _format(out: Path | None, fmt: str | None) -> str:
+    """The format: --format, else --out's suffix. A suffix that names no format (r.pdf) without
+    --format, or one that names another format than --format, is refused: the file would hold
+    something else than its name says."""
+    suffix = out.suffix.lstrip(".").lower() if out is not None else ""
+    if fmt is None and out is not None and suffix not in FORMATS:
+        raise BadInput(f"--out {shown(out)}: a report is written as {', '.join(FORMATS)}; end the name with "
+                       f"{', '.join('.' + f for f in FORMATS)} or give --format")
+    if fmt is not None and suffix in FORMATS and suffix != fmt:
+        raise BadInput(f"--out {shown(out)} ends in .{suffix} but --format is {fmt}; make them agree")
+    return fmt or suffix or "html"

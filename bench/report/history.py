@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report.plots import figure
-from bench.report.sanitize import visible
+from bench.sanitize import visible
 
 VERDICT_COLOURS = {"slower": "tab:red", "faster": "tab:green", "same": "tab:gray", "inconclusive": "tab:orange",
                    "no samples": "black", None: "tab:blue"}
@@ -61,14 +61,19 @@ def draw(p: HistoryPlot):
 
 
 def write_plot(p: HistoryPlot, path: Path) -> None:
-    """PNG or SVG by the suffix; .html: a self-contained page with the PNG inline and the table."""
+    """PNG or SVG by the suffix; .html: a self-contained page with the PNG inline and the table.
+    Drawn in memory, then written atomically by bench's one output rule (bench.outputs)."""
     import base64
     import io
+
+    from bench.outputs import write_atomically
 
     fig = draw(p)
     suffix = path.suffix.lower()
     if suffix in (".png", ".svg"):
-        fig.savefig(path, format=suffix[1:], dpi=96)
+        image = io.BytesIO()
+        fig.savefig(image, format=suffix[1:], dpi=96)
+        write_atomically(path, image.getvalue())
         return
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
@@ -80,7 +85,7 @@ def write_plot(p: HistoryPlot, path: Path) -> None:
     head = "".join(f"<th>{esc(c)}</th>" for c in p.table_head)
     body = "".join("<tr>" + "".join(f'<td class="v-{esc(c)}">{esc(c)}</td>' for c in row) + "</tr>"
                    for row in p.table_rows)
-    path.write_text(
+    write_atomically(path,
         "<!doctype html><html><head><meta charset='utf-8'><title>bench history</title><style>"
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
         ".v-slower{color:#c00;font-weight:bold}.v-faster{color:#080}</style></head><body>"

@@ -97,7 +97,7 @@ def run_from_records(path: Path, every: list[dict[str, Any]]) -> Run:
 
 def _not_a_run_dir(path: Path) -> str:
     """The message for a ``path`` that is not a directory: it names the real problem."""
-    from bench.report.sanitize import visible
+    from bench.sanitize import visible
 
     shown = visible(str(path))
     if path.is_file():

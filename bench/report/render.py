@@ -2,7 +2,6 @@
 the template in bench/templates), as CSV or as Markdown, written atomically to a file."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +10,7 @@ import pandas as pd
 
 from bench import __version__
 from bench.errors import BadInput
+from bench.outputs import check_output_file, write_atomically
 from bench.report.deployed import DEPLOYED_INTRO, deployed_section
 from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
 from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
@@ -23,7 +23,6 @@ from bench.report.references import (
     throughput_reference_table,
     v100_reference_table,
 )
-from bench.report.sanitize import md_text, neutral, visible
 from bench.report.scaling import SCALING_INTRO, attention_statements, scaling_tables
 from bench.report.sra import SRA_INTRO, sra_section
 from bench.report.study import STUDY_INTRO, study_section
@@ -38,6 +37,7 @@ from bench.report.tables import (
     status_text,
 )
 from bench.report.verdict import VERDICT_INTRO, headline_caption, headline_figure, matrix_tables, verdict_statements
+from bench.sanitize import md_text, neutral, visible
 
 FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
@@ -54,10 +54,7 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html",
         raise BadInput(f"unknown report format '{visible(str(fmt))}'; choose from {', '.join(FORMATS)}")
     if not run_dirs:
         raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
-    from bench.launch.local import check_out_file
-
-    check_out_file(out)  # before any work: a device, FIFO, symlink or unwritable place is refused
-    _refuse_overwriting_inputs(run_dirs, Path(out))
+    check_output_file(out)  # before any work: a run's data, a device, FIFO, symlink or unwritable place is refused
     runs = neutral_runs(load(run_dirs))
     df = records_frame(runs)
     sections = report_sections(df, runs)
@@ -68,47 +65,15 @@ def render_report(run_dirs: list[Path], out: Path, fmt: str = "html",
         text = render_csv(tables)
     else:
         text = render_md(runs, sections, tables)
-    return _write_atomically(Path(out), text)
-
-
-def _write_atomically(out: Path, text: str) -> Path:
-    """A temporary file beside ``out``, then os.replace: a reader sees the old report or the new
-    one. ``out`` is checked again just before the replace (it may have changed while rendering)."""
-    from bench.launch.local import check_out_file
-
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        check_out_file(out)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise BadInput(f"--out {out}: {exc.strerror or exc}; choose another --out") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # never made (its folder could not be): nothing to clean
-    return out
+    return write_atomically(Path(out), text)
 
 
 def neutral_runs(runs: list[Run]) -> list[Run]:
     """The runs with every string of their records, env.json, run ids and timing keys made
-    visible (bench.report.sanitize), so that every table, statement, plot label and export
+    visible (bench.sanitize), so that every table, statement, plot label and export
     built from them shows a control or bidi character as its escape instead of obeying it."""
     return [replace(run, env=neutral(run.env), records=neutral(run.records), run_id=visible(run.run_id),
                     timings={neutral(k): t for k, t in run.timings.items()}) for run in runs]
-
-
-def _refuse_overwriting_inputs(run_dirs: list[Path], out: Path) -> None:
-    """``--out`` must not name a file the report reads (records, env, invocations, a shard)."""
-    from bench.record import ENV, INVOCATIONS, RunDir
-
-    target = out.resolve()
-    for run_dir in run_dirs:
-        inputs = [*RunDir(run_dir).record_files(), Path(run_dir) / ENV, Path(run_dir) / INVOCATIONS]
-        if any(p.resolve() == target for p in inputs):
-            raise BadInput(f"--out {out} is one of the report's inputs; write the report elsewhere")
 
 
 def results_intro() -> list[str]:
@@ -280,7 +245,7 @@ def render_csv(tables: list[Table]) -> str:
 
 
 def neutralise_csv_cell(value: Any) -> Any:
-    """Control and bidi characters as escapes (bench.report.sanitize), then OWASP's rule against
+    """Control and bidi characters as escapes (bench.sanitize), then OWASP's rule against
     formula injection: a text cell that begins with =, +, -, @ (or a tab or carriage return) and
     is not a number gets a leading '."""
     if isinstance(value, str):
@@ -295,7 +260,7 @@ def neutralise_csv_cell(value: Any) -> Any:
 
 
 def _md_cell(text: str) -> str:
-    """One Markdown table cell, list item or heading (bench.report.sanitize.md_text): control and
+    """One Markdown table cell, list item or heading (bench.sanitize.md_text): control and
     bidi characters as escapes, HTML escaped (Markdown renderers pass raw HTML through), no line
     break and no bare "|" (either would end the cell), no link, image or autolink."""
     return md_text(text)

@@ -85,10 +85,10 @@ def _median(values: list) -> float | None:
 def every_record(run: Run) -> list[dict]:
     """Every record of the run, each repeat included: the loaded ``Run.records`` keep the latest
     record per cell only, and the CI is over the repeats. Read again from the run directory (made
-    visible as the rest of the report's strings: bench.report.sanitize); a run without a directory
+    visible as the rest of the report's strings: bench.sanitize); a run without a directory
     (built in memory) gives its records."""
     from bench.record import RunDir
-    from bench.report.sanitize import neutral
+    from bench.sanitize import neutral
 
     if not Path(run.path).is_dir():
         return run.records

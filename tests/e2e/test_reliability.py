@@ -267,7 +267,7 @@ def test_report_out_over_records_is_refused(measured, tmp_path):
     before = (out / "records.jsonl").read_bytes()
     proc = run_bench("report", str(out), "--out", str(out / "records.jsonl"), "--format", "csv")
     assert proc.returncode == 2
-    assert "one of the report's inputs" in one_line_error(proc)
+    assert "never writes over measured data" in one_line_error(proc)
     assert (out / "records.jsonl").read_bytes() == before
 
 

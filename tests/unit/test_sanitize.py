@@ -1,11 +1,11 @@
-"""bench.report.sanitize: untrusted text shown, never obeyed (issue 18, item 17)."""
+"""bench.sanitize: untrusted text shown, never obeyed (issue 18, item 17)."""
 from __future__ import annotations
 
 import markdown_it
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.report.sanitize import md_text, neutral, visible
+from bench.sanitize import md_text, neutral, visible
 
 
 def test_visible_escapes_controls_bidi_and_surrogates_and_keeps_the_rest():

@@ -2,11 +2,17 @@
 hold terminal escapes (ESC), bidirectional overrides (RLO, U+202E), carriage returns, lone
 surrogates, or Markdown links and images. Every export shows such text, never acts on it.
 
+The one sanitizer of bench (issue 28: it replaces three that each escaped control characters
+their own way): export cells, terminal tables and one-line error messages all use it.
+
 - ``visible``: each control, bidirectional-formatting or invisible character becomes the escape
   Python itself would print for it (``\\x1b``, ``\\u202e``, ``\\r``), so a `cat` of a Markdown or
   CSV export cannot drive the terminal, text cannot be reordered on screen, a plot label has no
   glyph that its font lacks, and a lone surrogate cannot stop the UTF-8 write. Newline and tab
-  stay: they are whitespace, the Markdown cell joins them into spaces and CSV quotes them.
+  stay: they are whitespace, the Markdown cell joins them into spaces and CSV quotes them;
+  ``one_line=True`` escapes them too (an error message, a path in a terminal table).
+- ``terminal``: ``visible``, and rich's markup (``[bold]``, ``[link=...]``, ``[/]``) escaped, for
+  a string printed in a rich table: shown as it is, never a style, a link or a MarkupError.
 - ``neutral``: ``visible`` through the str, list and dict values of a record or env.json.
 - ``md_text``: a Markdown-safe line: ``visible``, whitespace joined, HTML escaped (Markdown passes
   raw HTML through), and the syntax of links, images and autolinks backslash-escaped.
@@ -49,9 +55,23 @@ def _escape(ch: str) -> str:
 _SUSPECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\U0010ffff]")
 
 
-def visible(text: str) -> str:
-    """``text`` with every control, bidi-formatting or invisible character written as its escape."""
+_SUSPECT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\U0010ffff]")
+
+
+def visible(text: str, one_line: bool = False) -> str:
+    """``text`` with every control, bidi-formatting or invisible character written as its escape;
+    ``one_line``: newline and tab as well."""
+    if one_line:
+        return _SUSPECT_ONE_LINE.sub(lambda m: _escape(m.group()) if m.group() in KEPT or _hidden(m.group())
+                                     else m.group(), text)
     return _SUSPECT.sub(lambda m: _escape(m.group()) if _hidden(m.group()) else m.group(), text)
+
+
+def terminal(text: object) -> str:
+    """One cell or line for a rich Console: ``visible`` on one line, rich markup escaped."""
+    from rich.markup import escape
+
+    return escape(visible(str(text), one_line=True))
 
 
 def neutral(value: Any) -> Any:
