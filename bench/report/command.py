@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from bench.errors import BadInput
-from bench.report.load import load_runs, load_where
-from bench.report.render import FORMATS, render_report
+from bench.report.formats import FORMATS
 from bench.report.sanitize import visible
 
 
@@ -38,5 +37,9 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
         from bench.db import resolve_run_dirs
 
         run_dirs = tuple(resolve_run_dirs(run_dirs))
+    # pandas, matplotlib and scipy: imported when a report is rendered, not at `bench` start-up
+    from bench.report.load import load_runs, load_where
+    from bench.report.render import render_report
+
     load = load_runs if where is None else partial(load_where, where=where, index=index)
     click.echo(visible(str(render_report(list(run_dirs), out, fmt, load))))
