@@ -248,6 +248,9 @@ class Record:
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
     compile_peak_mem_mb: float | None = _f(MEASURE, "MB", "--compile: the peak up to the end of the compile, "
                                            "kept out of peak_mem_mb", Display("compile peak memory", main=False))
+    first_step_peak_mem_mb: float | None = _f(MEASURE, "MB", "an eager cell: the peak up to the end of its untimed "
+                                              "first step (cuDNN autotuning, first-use allocations), kept out of "
+                                              "peak_mem_mb", Display("first-step peak memory", main=False))
     batch_search: list | None = _f(MEASURE)
     # --- profile
     op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")
