@@ -113,6 +113,8 @@ class Record:
     setup_timeout_s: float | None = _f(SETTING, "s", "--setup-timeout: the limit on the cell's set-up")
     optimizer_impl: str | None = _f(SETTING)
     ds_config: dict | None = _f(SETTING, doc="the effective DeepSpeed config")
+    grad_comm_dtype: str | None = _f(SETTING, doc="DeepSpeed: the dtype ZeRO reduces gradients in (bench's config: "
+                                                  "the weights', as DDP and FSDP2; '+' joins several)")
     global_batch: int | None = _f(SETTING, "images")
     # --- cost
     params: int | None = _f(MEASURE, "parameters", show=Display("params", "M", "min", 1e-6))
