@@ -47,3 +47,19 @@ def test_defaults_the_gpu_tests_expect_are_bench_defaults():
                     expected = getattr(defaults, ECHOED_DEFAULTS[key.value])
                     assert right.value == expected, f"{path.name}:{node.lineno}: {key.value} == {right.value}, " \
                                                     f"default {expected}"
+
+
+def test_run_sh_names_only_test_files_and_checks_that_exist():
+    import re
+    import subprocess
+    import sys
+
+    gpu = Path(__file__).resolve().parents[1] / "gpu"
+    script = (gpu / "run.sh").read_text()
+    named = set(re.findall(r"tests/gpu/(test_\w+\.py)", script))
+    assert named and named <= {p.name for p in GPU_TESTS}, named
+    assert {p.name for p in GPU_TESTS} <= named  # every test file runs in the one call
+    listed = subprocess.run([sys.executable, str(gpu / "checks.py"), "--list"], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.split()
+    loop = re.search(r"for check in (.*?); do", script, re.S).group(1).replace("\\", " ").split()
+    assert loop == listed
