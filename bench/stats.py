@@ -30,7 +30,14 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-from scipy import stats as sps
+
+
+def _sps():
+    """scipy.stats, imported on first use: `bench --help`, `bench run` and `bench compare --help`
+    import this module for its names, and scipy.stats costs more to import than the rest of it."""
+    from scipy import stats
+
+    return stats
 
 DEFAULT_THRESHOLD = {"cpu": 0.03, "cuda": 0.02}
 # Peak RSS of one cell moves between identical visits on CPU (allocator, page cache, what the
@@ -174,12 +181,12 @@ def compare_runs(base: Timings, new: Timings, metric: str = "latency", threshold
     if base.n_repeats == 1 and new.n_repeats == 1:
         b, n = np.asarray(base.repeats[0]), np.asarray(new.repeats[0])
         ci = _two_sample_ci(b, n, metric, base.images_per_step, new.images_per_step, rng)
-        p = float(sps.mannwhitneyu(b, n, alternative="two-sided").pvalue)
+        p = float(_sps().mannwhitneyu(b, n, alternative="two-sided").pvalue)
         basis, unit, have, floor = "within-run samples only (1 repeat)", "samples", 1, None
     else:
         ci = _hierarchical_ci(base, new, metric, rng)
         b, n = base.per_repeat(metric), new.per_repeat(metric)
-        p = float(sps.mannwhitneyu(b, n, alternative="two-sided", method="exact").pvalue)
+        p = float(_sps().mannwhitneyu(b, n, alternative="two-sided", method="exact").pvalue)
         basis = f"hierarchical bootstrap over {base.n_repeats} and {new.n_repeats} repeats"
         unit, have, floor = "repeats", min(base.n_repeats, new.n_repeats), _mwu_floor(len(b), len(n))
     return _provisional(metric, ratio, ci, p, threshold, basis, unit, have, floor)
@@ -197,7 +204,7 @@ def _two_sample_ci(b: np.ndarray, n: np.ndarray, metric: str, images_b: int, ima
     if np.ptp(b) == 0 and np.ptp(n) == 0:  # constant samples: the ratio is exact
         r = float(stat(b, n))
         return r, r
-    res = sps.bootstrap((b, n), stat, n_resamples=RESAMPLES, vectorized=True, paired=False,
+    res = _sps().bootstrap((b, n), stat, n_resamples=RESAMPLES, vectorized=True, paired=False,
                         method="percentile", rng=rng)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -264,9 +271,9 @@ def compare_models(a: Timings, b: Timings, metric: str = "latency", threshold: f
     if sd == 0:
         ci, p = (math.exp(mean), math.exp(mean)), (0.0 if mean != 0 else 1.0)
     else:
-        half = float(sps.t.ppf(0.975, rounds - 1)) * sd / math.sqrt(rounds)
+        half = float(_sps().t.ppf(0.975, rounds - 1)) * sd / math.sqrt(rounds)
         ci = (math.exp(mean - half), math.exp(mean + half))
-        p = float(sps.ttest_1samp(logs, 0.0).pvalue)
+        p = float(_sps().ttest_1samp(logs, 0.0).pvalue)
     basis = f"paired ratios over {rounds} rounds (t interval on log ratios)"
     return _provisional(metric, ratio, ci, p, threshold, basis, "repeats", rounds, None)
 
@@ -289,7 +296,7 @@ def compare_values(base: list[float], new: list[float], tolerance: float, seed: 
     ci: tuple[float, float] = (ratio, ratio)
     basis = "one value per run"
     if len(b) >= 2 and len(n) >= 2 and (np.ptp(b) > 0 or np.ptp(n) > 0):
-        res = sps.bootstrap((b, n), lambda x, y, axis=-1: np.median(y, axis=axis) / np.median(x, axis=axis),
+        res = _sps().bootstrap((b, n), lambda x, y, axis=-1: np.median(y, axis=axis) / np.median(x, axis=axis),
                             n_resamples=RESAMPLES, vectorized=True, method="percentile",
                             rng=np.random.default_rng(seed))
         ci = (float(res.confidence_interval.low), float(res.confidence_interval.high))
@@ -313,7 +320,7 @@ def adjust(comparisons: list[Comparison], threshold: float) -> list[Comparison]:
     out = list(comparisons)
     if not with_p:
         return out
-    qs = sps.false_discovery_control([comparisons[i].p for i in with_p], method="bh")
+    qs = _sps().false_discovery_control([comparisons[i].p for i in with_p], method="bh")
     for i, q in zip(with_p, qs):
         c = comparisons[i]
         v = verdict(c.ci, float(q), threshold, lower_is_better(c.metric))
@@ -672,9 +679,9 @@ def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", t
         ci, p = (ratio, ratio), (0.0 if d != 0 else 1.0)
     else:
         se = math.sqrt(var)
-        tq = float(sps.t.ppf(1 - ALPHA / 2, df)) if math.isfinite(df) else float(sps.norm.ppf(1 - ALPHA / 2))
+        tq = float(_sps().t.ppf(1 - ALPHA / 2, df)) if math.isfinite(df) else float(_sps().norm.ppf(1 - ALPHA / 2))
         ci = (math.exp(d - tq * se), math.exp(d + tq * se))
-        p = float(2 * (sps.t.sf(abs(d) / se, df) if math.isfinite(df) else sps.norm.sf(abs(d) / se)))
+        p = float(2 * (_sps().t.sf(abs(d) / se, df) if math.isfinite(df) else _sps().norm.sf(abs(d) / se)))
     how = noise.source if noise is not None else "the spread between each side's processes"
     basis = (f"Welch t on log figures over {sb.n_processes} and {sn.n_processes} processes "
              f"({sb.n_blocks} and {sn.n_blocks} repeats), run-to-run noise from {how}")
@@ -716,13 +723,13 @@ def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int =
     as Kalibera & Jones size their repetitions: n = 2 s^2 (z_a + z_b)^2 / margin^2, with
     s^2 = process + block / repeats."""
     per_run = noise.process + (noise.block or 0.0) / max(repeats, 1)
-    za = float(sps.norm.ppf(1 - alpha / 2))
+    za = float(_sps().norm.ppf(1 - alpha / 2))
     if change > threshold:
         margin = math.log(1 + change) - math.log(1 + threshold)
-        zb = float(sps.norm.ppf(power))
+        zb = float(_sps().norm.ppf(power))
     else:
         margin = math.log(1 + threshold)
-        zb = float(sps.norm.ppf(1 - (1 - power) / 2))
+        zb = float(_sps().norm.ppf(1 - (1 - power) / 2))
     if margin <= 0:
         return None
     n = math.ceil(2 * per_run * (za + zb) ** 2 / margin ** 2)

@@ -12,14 +12,15 @@ import math
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bench.db import QueryResult, ResultsDB, resolve_run_dirs
 from bench.errors import BadInput
-from bench.report.render import neutralise_csv_cell
 from bench.sanitize import md_text, visible
+
+if TYPE_CHECKING:
+    from bench.db import QueryResult
 
 FORMATS = ("table", "csv", "json", "md")
 INDEX_HELP = ("A saved index (a DuckDB file) to read and keep up to date: only run directories whose records "
@@ -43,6 +44,8 @@ def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | N
     """
     if rebuild and index is None:
         raise BadInput("--rebuild needs --index PATH (without it every query reads the run directories afresh)")
+    from bench.db import ResultsDB, resolve_run_dirs  # duckdb: imported by this command only
+
     dirs = resolve_run_dirs(run_dirs)
     with ResultsDB(dirs, index, rebuild=rebuild) as db:
         for line in db.warnings():
@@ -60,6 +63,8 @@ def format_result(result: QueryResult, fmt: str) -> str:
                            for row in result.rows], indent=1, allow_nan=False) + "\n"
     cells = [[_text(v) for v in row] for row in result.rows]
     if fmt == "csv":
+        from bench.report.render import neutralise_csv_cell
+
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow([neutralise_csv_cell(c) for c in result.columns])

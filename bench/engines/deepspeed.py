@@ -4,6 +4,14 @@ The generated config makes DeepSpeed train the same model as the other engines: 
 AdamW instance (no FusedAdam op is compiled on CPU), clipping as ``--grad-clip``, ``overlap_comm``
 for ZeRO-1/2 (DDP overlaps its buckets too), and autocast mixed precision through the
 ``torch_autocast`` section (fp32 weights), or the ``bf16`` section for ``--dtype bf16-weights``.
+
+Gradient communication in the weights' dtype, like DDP and FSDP2: DeepSpeed's ``torch_autocast``
+marks the parameters of Linear and Conv layers by default (``lower_precision_safe_modules``) to be
+reduced in the autocast dtype, so ZeRO would reduce bf16 gradients where DDP and FSDP2 reduce fp32
+ones -- half the bytes, other rounding, not like for like, and not the 4 bytes a gradient element
+that ``bench.measure.comms.predict`` assumes. The generated config sets that list empty; a
+``--ds-config`` may set it again. Either way the record says what was reduced:
+``grad_comm_dtype``, read from the parameters after ``deepspeed.initialize``.
 """
 from __future__ import annotations
 
@@ -71,7 +79,9 @@ def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None)
         "gradient_clipping": spec.grad_clip,
         "bf16": {"enabled": spec.dtype == "bf16-weights"},
         "fp16": {"enabled": False},
-        "torch_autocast": {"enabled": amp is not None, **({"dtype": _TORCH_DTYPE_NAMES[amp]} if amp else {})},
+        # An empty list: no parameter is reduced in the autocast dtype (module docstring).
+        "torch_autocast": {"enabled": amp is not None,
+                           **({"dtype": _TORCH_DTYPE_NAMES[amp], "lower_precision_safe_modules": []} if amp else {})},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -142,7 +152,7 @@ class DeepSpeed(Engine):
 
     def record_fields(self, trainer: Trainer) -> dict[str, Any]:
         cfg = trainer.engine_config or {}
-        return {"ds_config": cfg, "zero": effective_zero_stage(cfg)}
+        return {"ds_config": cfg, "zero": effective_zero_stage(cfg), "grad_comm_dtype": grad_comm_dtype(trainer.module)}
 
     def tag(self, trainer: Trainer) -> str:
         return f"{self.name}-z{effective_zero_stage(trainer.engine_config or {})}"
@@ -190,6 +200,16 @@ class DeepSpeed(Engine):
         return Trainer(engine, model, self.name, spec.dtype, ctx.device, step, input_dtype=input_dtype,
                        optimizer=optimizer, optimizer_impl=impl, engine_config=cfg, after_backward=hooks,
                        grad_buffers=lambda: _zero_grad_buffers(engine.optimizer))
+
+
+def grad_comm_dtype(module: nn.Module) -> str | None:
+    """The dtype(s) ZeRO reduces the trainable parameters' gradients in: the one DeepSpeed's
+    ``torch_autocast`` attached to a parameter (``comm_dtype``), else the parameter's own; several
+    joined by '+' (sorted), None without trainable parameters."""
+    from deepspeed.runtime.torch_autocast import get_comm_dtype
+
+    names = {str(get_comm_dtype(p)).removeprefix("torch.") for p in module.parameters() if p.requires_grad}
+    return "+".join(sorted(names)) or None
 
 
 def _zero_grad_buffers(zero_optimizer: Any) -> list[torch.Tensor]:

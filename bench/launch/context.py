@@ -91,6 +91,25 @@ def first_slurm_host_addr() -> str:
         return "127.0.0.1"
 
 
+# TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (CleanUpOnly): see nccl_error_handling.
+NCCL_ERROR_HANDLING = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+
+
+def nccl_error_handling() -> None:
+    """Let a rank whose collective timed out live to say so. torch's default (3, SkipCleanUp) has
+    NCCL's watchdog abort the whole process after ``--timeout``: a rank waiting in a collective for
+    a peer that ran out of memory would die with no record and never reach the outcome exchange
+    (``exchange_outcomes``), so the job would end as "no answer from every rank". CleanUpOnly (2)
+    aborts the communicators instead and raises in the rank (the next wait or collective throws
+    ``DistBackendError``): the cell fails there, its outcome reaches the rendezvous store, and the
+    ranks end the job together, each saying why. The job still ends (an aborted communicator cannot
+    run the next cell), but with every rank's record. Blocking wait (TORCH_NCCL_BLOCKING_WAIT=1) is
+    not used: it makes every wait block the CPU, which would change what the timing measures. A
+    user's own setting is kept."""
+    name, value = NCCL_ERROR_HANDLING
+    os.environ.setdefault(name, value)
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
     """Initialise the process group when launched with several ranks; a world of 1 otherwise."""
     _slurm_env_to_torch()
@@ -109,6 +128,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
     backend = None
     if world_size > 1:
         backend = "nccl" if use_cuda else "gloo"
+        if backend == "nccl":
+            nccl_error_handling()
         if not dist.is_initialized():
             dist.init_process_group(
                 backend=backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank, world_size=world_size

@@ -16,8 +16,12 @@ Gloo has no reduce-scatter: c10d runs ``_reduce_scatter_base_`` as an all-reduce
 so FSDP2's reduce-scatters are traced as ``gloo:all_reduce`` of the full gradient. A gloo
 all-gather's dims are the rank's input; its payload (nccl-tests' ``size``) is that x world size.
 On CUDA (NCCL), ``record_param_comms`` carries ``Collective name``, ``In msg nelems``,
-``Out msg nelems`` and ``dtype``, and the transfer is an ``nccl*`` kernel; that path is read the
-same way (not exercised by the tests, which run on CPU).
+``Out msg nelems`` and ``dtype``, and the transfer is an ``nccl*`` kernel, joined to the
+``record_param_comms`` it was launched for through its launch event (``correlation``) or its
+``External id`` (``_nccl_collectives``), never by list position. A CUDA trace names each step twice:
+a CPU ``user_annotation`` ProfilerStep#k and a ``gpu_user_annotation`` of the same name per stream;
+steps are counted on the CPU, and kernels are clipped to the steps' device windows (the tests use
+hand-made traces of that shape; no GPU has produced one for them yet).
 
 The figures, per profiled step (mean over the ``ProfilerStep#`` windows):
 - ``comm_ms``: the union of the collective intervals (two buckets in flight at once count once);
@@ -219,9 +223,18 @@ class Collective:
 class TraceFacts:
     """What the analysis needs from one rank's trace."""
 
-    steps: list[Interval]  # ProfilerStep#k windows, us
+    steps: list[Interval]  # the CPU ProfilerStep#k windows, us: one per profiled step
     collectives: list[Collective]
     compute: list[Interval]
+    # CUDA: each step's window on the device (the union over streams of its gpu_user_annotation),
+    # where its kernels ran; empty on CPU, where the CPU windows are the steps' time.
+    gpu_steps: list[Interval] = field(default_factory=list)
+
+    @property
+    def windows(self) -> list[Interval]:
+        """Where the step's work ran: the GPU windows on CUDA (kernels run after their launch, so
+        clipping them to the CPU windows would cut the last ones off), the CPU windows otherwise."""
+        return union(self.gpu_steps or self.steps)
 
 
 def _element_bytes(type_name: str) -> int:
@@ -244,18 +257,87 @@ def _gloo_collective(event: dict, world_size: int) -> Collective:
     return Collective(kind, event["ts"], event["ts"] + event["dur"], nbytes)
 
 
-def _nccl_sizes(events: list[dict]) -> list[tuple[str, float]]:
-    """(kind, bytes) of each ``record_param_comms`` in order (CUDA traces)."""
-    out = []
-    for e in events:
-        args = e.get("args") or {}
-        if e.get("name") != "record_param_comms" or "Collective name" not in args:
+def _param_comms_size(event: dict) -> tuple[str, float]:
+    """(kind, bytes) of one ``record_param_comms`` event (CUDA traces)."""
+    args = event.get("args") or {}
+    nelems = max(args.get("In msg nelems") or 0, args.get("Out msg nelems") or 0)
+    return _kind(args["Collective name"]), nelems * _element_bytes(args.get("dtype", "float"))
+
+
+def _is_param_comms(event: dict) -> bool:
+    return event.get("name") == "record_param_comms" and "Collective name" in (event.get("args") or {})
+
+
+def _steps(spans: list[dict]) -> tuple[list[Interval], list[Interval]]:
+    """(CPU step windows, GPU step windows). A CUDA trace names each step twice: the CPU
+    ``user_annotation`` ProfilerStep#k and, on the device, a ``gpu_user_annotation`` of the same
+    name (one per stream its kernels ran on). Only the CPU ones count steps; the GPU ones of one
+    name are merged into that step's device window."""
+    cpu, gpu = [], {}
+    for e in spans:
+        name = str(e.get("name", ""))
+        if not name.startswith("ProfilerStep#"):
             continue
-        size = _element_bytes(args.get("dtype", "float"))
-        kind = _kind(args["Collective name"])
-        nelems = max(args.get("In msg nelems") or 0, args.get("Out msg nelems") or 0)
-        out.append((kind, nelems * size))
-    return out
+        if e.get("cat") == "gpu_user_annotation":
+            lo, hi = gpu.get(name, (math.inf, -math.inf))
+            gpu[name] = (min(lo, e["ts"]), max(hi, e["ts"] + e["dur"]))
+        else:
+            cpu.append((e["ts"], e["ts"] + e["dur"]))
+    return sorted(cpu), sorted(gpu.values())
+
+
+def _nccl_collectives(spans: list[dict], nccl: list[dict]) -> list[Collective]:
+    """Each NCCL kernel with the size of the ``record_param_comms`` it was launched for, joined by
+    id, never by list position (a warm-up kernel or a coalesced group would shift every pair
+    after it).
+
+    Kineto ties a kernel to its launch (``cudaLaunchKernel`` / ``cuLaunchKernelEx``: a
+    ``cuda_runtime`` / ``cuda_driver`` event) by ``correlation``, and to the CPU op it ran under by
+    ``External id``; either gives the launching thread and the time of the launch. The kernel's
+    collectives are the ``record_param_comms`` events on that thread that began after the previous
+    NCCL launch there and no later than this one: the one enclosing the launch for a plain
+    collective, every member of a coalesced group (one kernel for several), none for a kernel no
+    collective was recorded for (then its kind comes from its name and its bytes are 0)."""
+    comms = sorted((e for e in spans if _is_param_comms(e)), key=lambda e: e["ts"])
+    launches = {(e.get("args") or {}).get("correlation"): e for e in spans
+                if e.get("cat") in ("cuda_runtime", "cuda_driver")
+                and (e.get("args") or {}).get("correlation") is not None}
+    cpu_by_external = {}
+    for e in spans:
+        ext = (e.get("args") or {}).get("External id")
+        if ext is not None and e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation"):
+            cpu_by_external.setdefault(ext, e)
+
+    def anchor(kernel: dict) -> dict | None:
+        args = kernel.get("args") or {}
+        return launches.get(args.get("correlation")) or cpu_by_external.get(args.get("External id"))
+
+    anchored = sorted(((anchor(k), k) for k in nccl), key=lambda ak: (ak[0] is None, ak[0]["ts"] if ak[0] else 0))
+    previous: dict = {}  # thread -> the previous NCCL launch's time there
+    out = []
+    for launch, k in anchored:
+        matched: list[dict] = []
+        if launch is not None:
+            tid, t = launch.get("tid"), launch["ts"]
+            since = previous.get(tid, -math.inf)
+            matched = [c for c in comms if c.get("tid") == tid and since < c["ts"] <= t]
+            previous[tid] = t
+        sizes = [_param_comms_size(c) for c in matched]
+        kinds = [kind for kind, nbytes in sizes if nbytes > 0] or [kind for kind, _ in sizes]
+        out.append(Collective(kinds[0] if kinds else _kind_of_kernel(k["name"]), k["ts"], k["ts"] + k["dur"],
+                              float(sum(nbytes for _, nbytes in sizes))))
+    return sorted(out, key=lambda c: c.start_us)
+
+
+def _kind_of_kernel(name: str) -> str:
+    """``ncclDevKernel_AllReduce_Sum_bf16_RING_LL`` -> all_reduce (a kernel with no record_param_comms)."""
+    low = name.lower().replace("_", "")
+    for key, kind in (("allreduce", "all_reduce"), ("allgather", "all_gather"), ("reducescatter", "reduce_scatter"),
+                      ("broadcast", "broadcast"), ("sendrecv", "send_recv"), ("alltoall", "all_to_all"),
+                      ("reduce", "reduce")):
+        if key in low:
+            return kind
+    return "nccl"
 
 
 def read_trace(path: Path, world_size: int) -> TraceFacts:
@@ -266,19 +348,16 @@ def read_trace(path: Path, world_size: int) -> TraceFacts:
     gloo_threads = {e.get("tid") for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
                     and "gloo" in str((e.get("args") or {}).get("name", ""))}
     spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
-    steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if str(e.get("name", "")).startswith("ProfilerStep#"))
+    steps, gpu_steps = _steps(spans)
     collectives = [_gloo_collective(e, world_size) for e in spans if str(e.get("name", "")).startswith("gloo:")]
     kernels = [e for e in spans if e.get("cat") == "kernel"]
     if kernels:  # CUDA: NCCL kernels are the collectives, the other kernels the compute
-        nccl = [e for e in kernels if "nccl" in e["name"].lower()]
-        sizes = _nccl_sizes(spans)
-        collectives = [Collective(sizes[i][0] if i < len(sizes) else _kind(e["name"]), e["ts"], e["ts"] + e["dur"],
-                                  sizes[i][1] if i < len(sizes) else 0.0) for i, e in enumerate(nccl)]
+        collectives = _nccl_collectives(spans, [e for e in kernels if "nccl" in e["name"].lower()])
         compute = [(e["ts"], e["ts"] + e["dur"]) for e in kernels if "nccl" not in e["name"].lower()]
     else:  # CPU: aten ops off the gloo threads (c10d ops only enqueue or wait)
         compute = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e.get("cat") == "cpu_op"
                    and e.get("tid") not in gloo_threads and str(e.get("name", "")).startswith("aten::")]
-    return TraceFacts(steps, collectives, compute)
+    return TraceFacts(steps, collectives, compute, gpu_steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,11 +397,12 @@ class CommResult:
 
 
 def analyse(facts: TraceFacts, world_size: int, predicted: Prediction | None, method: str) -> CommResult:
-    """Per-step figures from one rank's trace facts (collectives and compute clipped to the steps)."""
+    """Per-step figures from one rank's trace facts (collectives and compute clipped to the steps'
+    windows: on the device on CUDA; the step time is then the device's too)."""
     if not facts.steps:
         raise ValueError("no ProfilerStep# window in the trace")
-    windows = union(facts.steps)
-    n_steps = len(facts.steps)
+    windows = facts.windows
+    n_steps = len(facts.steps)  # the CPU steps: a CUDA trace's GPU annotations are the same steps
     inside = [c for c in facts.collectives if any(c.start_us < we and c.end_us > ws for ws, we in windows)]
     comm = clip([(c.start_us, c.end_us) for c in inside], windows)
     compute = clip(facts.compute, windows)

@@ -15,7 +15,11 @@ strong, ``--global-batch``: the global batch, so efficiency = speed-up / N), and
 total threads (``same-total-threads``: efficiency = speed-up, since both used the same cores; a
 local CPU study's default, which gives each of N ranks cores / N threads) or the same threads per rank
 (``same-threads-per-rank``: efficiency = throughput / (N x baseline), the usual weak-scaling figure,
-since the global batch grows with N while the batch per rank stays). Its 95% interval
+since the global batch grows with N while the batch per rank stays). On CUDA the resource each
+rank brings is its GPU, not its CPU threads (the launcher's cores / N split leaves a world-size-1
+base with N x the threads, which would read as ``same-total-threads`` and turn 2 GPUs at 95% into
+1.9): basis ``one-gpu-per-rank``, efficiency = throughput / (N x baseline) whatever the threads. Its
+95% interval
 (``scaling_efficiency_ci95``) is bench.stats' seeded percentile bootstrap of the throughput ratio
 over the two cells' timed iterations (``compare_runs``, one repeat a side: within-run noise only),
 divided by N where the basis is per rank; None where either side lacks samples.
@@ -67,6 +71,7 @@ def mfu_flags(mfu: float | None) -> list[str]:
 # world-size-1 DDP cell and a plain one are the same single-rank work.
 _SAME = ("model", "res", "mode", "task", "precision", "device_name", "channels_last", "compile", "tf32")
 BASES = ("same-total-threads", "same-threads-per-rank")
+GPU_BASIS = "one-gpu-per-rank"  # CUDA: each rank brings a GPU; the threads do not set the ideal
 
 
 def scaling_mode(rec: dict) -> str:
@@ -89,12 +94,15 @@ def comparable_base(rec: dict, r: dict) -> bool:
 def match_base(history: list[dict], rec: dict, run_id: str | None = None) -> tuple[list[dict], str] | None:
     """The world-size-1 records (every repeat) that ``rec`` is compared with, and the basis:
     ``same-total-threads`` (the base used the cores of all the ranks together: efficiency =
-    speed-up) before ``same-threads-per-rank`` (efficiency = speed-up / N). Only records of run
+    speed-up) before ``same-threads-per-rank`` (efficiency = speed-up / N); on CUDA
+    ``one-gpu-per-rank`` (efficiency = speed-up / N, any threads). Only records of run
     ``run_id`` when given (a run directory is one study). None where there is none."""
     world = rec.get("world_size") or 1
     if world <= 1 or not _ok(rec):
         return None
     singles = [r for r in history if comparable_base(rec, r) and (run_id is None or r.get("run_id") == run_id)]
+    if rec.get("device") == "cuda":
+        return (singles, GPU_BASIS) if singles else None
     threads = rec.get("threads") or 0
     for basis, want in zip(BASES, (threads * world, threads)):
         matching = [r for r in singles if r.get("threads") == want]
@@ -104,7 +112,8 @@ def match_base(history: list[dict], rec: dict, run_id: str | None = None) -> tup
 
 
 def resource_factor(basis: str, world: int) -> int:
-    """What the ideal speed-up is: N where each rank brings its own threads, 1 where the total is fixed."""
+    """What the ideal speed-up is: N where each rank brings its own threads or its own GPU, 1 where
+    the total threads are fixed."""
     return 1 if basis == "same-total-threads" else world
 
 

@@ -1,6 +1,10 @@
 """Peak memory of one cell.
 
 GPU: ``torch.cuda.max_memory_allocated`` after a reset (weights included).
+Either way the window's peak is that of the steady steps: the first step of an eager cell (cuDNN's
+autotuning workspace with benchmark mode on, first-use allocations) is kept apart as
+``first_step_peak_mem_mb`` and the peak is reset after it, as a compiled cell's is after its compile
+(``compile_peak_mem_mb``), so eager and compiled cells' ``peak_mem_mb`` cover the same steps.
 CPU: the kernel's peak-RSS counter (VmHWM) reset at the start of the cell by writing 5 to
 ``/proc/self/clear_refs`` (Linux >= 4.0); peak = growth of RSS over the start of the cell plus the
 bytes of the model's parameters and buffers, so the figure includes the weights like the GPU one.
@@ -54,6 +58,7 @@ class Memory:
     device_used_mb: float | None = None
     breakdown_mb: dict[str, float] | None = None
     compile_peak_mb: float | None = None  # the peak up to the end of the compile (``--compile``), kept apart
+    first_step_peak_mb: float | None = None  # an eager cell: the peak up to the end of its first step, kept apart
     per_rank_peak_mb: list[float | None] | None = None  # every rank's peak (``over_ranks``); None: one process
 
     def over_ranks(self, per_rank_peak_mb: list[float | None]) -> "Memory":
@@ -75,6 +80,8 @@ class Memory:
             rec["per_rank_peak_mem_mb"] = self.per_rank_peak_mb
         if self.compile_peak_mb is not None:
             rec["compile_peak_mem_mb"] = round(self.compile_peak_mb, 1)
+        if self.first_step_peak_mb is not None:
+            rec["first_step_peak_mem_mb"] = round(self.first_step_peak_mb, 1)
         if self.breakdown_mb is not None:  # training cells only
             rec["mem_breakdown_mb"] = self.breakdown_mb
         return rec
@@ -103,6 +110,7 @@ class PeakMemory:
         self.peak_mb: float | None = None
         self.reserved_mb: float | None = None
         self.compile_peak_mb: float | None = None
+        self.first_step_peak_mb: float | None = None
         self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "rss_growth+weights"
 
     def __enter__(self) -> "PeakMemory":
@@ -136,6 +144,13 @@ class PeakMemory:
         self.compile_peak_mb = self._peak_so_far()
         self._reset_peak()
 
+    def after_first_step(self) -> None:
+        """An eager cell's untimed first step ends here: its peak (cuDNN's autotuning workspace on
+        CUDA, first-use allocations) is kept apart as ``first_step_peak_mb`` and the window starts
+        again from what is resident (weights, optimizer state), like ``after_compile``."""
+        self.first_step_peak_mb = self._peak_so_far()
+        self._reset_peak()
+
     def __exit__(self, *exc) -> None:
         self.peak_mb = self._peak_so_far()
         if self.device.type == "cuda":
@@ -146,7 +161,7 @@ class PeakMemory:
         """The closed window as a ``Memory`` (with the device-level use ``counters`` read)."""
         return Memory(peak_mb=self.peak_mb, method=self.method, reserved_mb=self.reserved_mb,
                       device_used_mb=counters.used_mb if counters is not None else None, breakdown_mb=breakdown_mb,
-                      compile_peak_mb=self.compile_peak_mb)
+                      compile_peak_mb=self.compile_peak_mb, first_step_peak_mb=self.first_step_peak_mb)
 
 
 def warm_up(model: nn.Module, run: Callable[[], torch.Tensor | None], train: bool,

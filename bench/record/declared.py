@@ -113,6 +113,8 @@ class Record:
     setup_timeout_s: float | None = _f(SETTING, "s", "--setup-timeout: the limit on the cell's set-up")
     optimizer_impl: str | None = _f(SETTING)
     ds_config: dict | None = _f(SETTING, doc="the effective DeepSpeed config")
+    grad_comm_dtype: str | None = _f(SETTING, doc="DeepSpeed: the dtype ZeRO reduces gradients in (bench's config: "
+                                                  "the weights', as DDP and FSDP2; '+' joins several)")
     global_batch: int | None = _f(SETTING, "images")
     # --- cost
     params: int | None = _f(MEASURE, "parameters", show=Display("params", "M", "min", 1e-6))
@@ -248,6 +250,9 @@ class Record:
     mem_breakdown_mb: dict | None = _f(MEASURE, "MB")
     compile_peak_mem_mb: float | None = _f(MEASURE, "MB", "--compile: the peak up to the end of the compile, "
                                            "kept out of peak_mem_mb", Display("compile peak memory", main=False))
+    first_step_peak_mem_mb: float | None = _f(MEASURE, "MB", "an eager cell: the peak up to the end of its untimed "
+                                              "first step (cuDNN autotuning, first-use allocations), kept out of "
+                                              "peak_mem_mb", Display("first-step peak memory", main=False))
     batch_search: list | None = _f(MEASURE)
     # --- profile
     op_breakdown: dict | None = _f(MEASURE, "fraction of profiled time")

@@ -20,11 +20,24 @@ Modules, in the order the data flows:
   characters as escapes in every export, Markdown links and images escaped
 - ``render``: the page's sections in order (a section with nothing to show is left out), rendered
   as HTML, CSV or Markdown to a file
-- ``command``: the ``bench report`` command line
+- ``command``: the ``bench report`` command line; ``formats``: the formats it writes
+
+The names below are imported on first use (PEP 562): ``bench --help`` and ``bench run`` reach
+``bench.report.command`` and ``bench.report.sanitize`` at start-up, and must not pay for pandas,
+matplotlib and scipy, which ``render`` imports, before a report is rendered.
 """
-from bench.report.command import report_command
-from bench.report.references import PAPER_TABLE2
-from bench.report.render import render_report
-from bench.report.tables import fmt_number
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"report_command": "bench.report.command", "PAPER_TABLE2": "bench.report.references",
+         "render_report": "bench.report.render", "fmt_number": "bench.report.tables"}
 
 __all__ = ["PAPER_TABLE2", "fmt_number", "render_report", "report_command"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

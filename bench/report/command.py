@@ -8,8 +8,7 @@ import click
 
 from bench.errors import BadInput
 from bench.outputs import print_out, shown
-from bench.report.load import load_runs, load_where
-from bench.report.render import FORMATS, render_report
+from bench.report.formats import FORMATS
 from bench.sanitize import visible
 
 
@@ -39,6 +38,10 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
         from bench.db import resolve_run_dirs
 
         run_dirs = tuple(resolve_run_dirs(run_dirs))
+    # pandas, matplotlib and scipy: imported when a report is rendered, not at `bench` start-up
+    from bench.report.load import load_runs, load_where
+    from bench.report.render import render_report
+
     load = load_runs if where is None else partial(load_where, where=where, index=index)
     print_out(visible(str(render_report(list(run_dirs), out, fmt, load)), one_line=True))
 

@@ -13,6 +13,7 @@ from bench.errors import BadInput
 from bench.outputs import check_output_file, write_atomically
 from bench.report.deployed import DEPLOYED_INTRO, deployed_section
 from bench.report.finetune import FINETUNE_PLOTS, finetune_tables
+from bench.report.formats import FORMATS
 from bench.report.frontier import FRONTIER_INTRO, FRONTIER_PLOTS, frontier_table
 from bench.report.load import Run, load_runs, records_frame
 from bench.report.numerics import NUMERICS_INTRO, numerics_section
@@ -39,7 +40,6 @@ from bench.report.tables import (
 from bench.report.verdict import VERDICT_INTRO, headline_caption, headline_figure, matrix_tables, verdict_statements
 from bench.sanitize import md_text, neutral, visible
 
-FORMATS = ("html", "csv", "md")
 TEMPLATE = "report.html.j2"  # in bench/templates, shipped as package data of `bench`
 ENV_ORDER = ["run_id", "started_at", "command", "hostname", "platform", "python", "torch", "cuda",
              "device_name", "cpu", "threads", "nproc", "git_commit", "git_dirty"]

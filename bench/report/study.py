@@ -6,8 +6,9 @@ does not depend on the order the world sizes were measured in (Slurm jobs finish
 The base of a multi-rank cell, the formula and the basis are bench.measure.derived's (the same
 rule as the record's ``scaling_efficiency``): weak scaling compares the same batch per rank,
 strong scaling the same global batch, and efficiency = throughput ratio / resource factor, where
-the factor is N when each rank brings its own threads and 1 when the total threads were fixed
-(a CPU study's default: the ranks share the cores the single process had). The intervals are
+the factor is N when each rank brings its own threads or, on CUDA, its own GPU, and 1 when the
+total threads were fixed (a CPU study's default: the ranks share the cores the single process
+had). The intervals are
 bench.stats' bootstrap over both cells' samples and repeats.
 """
 from __future__ import annotations
@@ -30,7 +31,9 @@ STUDY_INTRO = [
     "global batch). Efficiency = throughput ratio / resource factor: N where each rank brings its "
     "own threads (basis same-threads-per-rank; weak scaling: throughput / (N × base), strong: "
     "speed-up / N), 1 where the total threads were fixed (basis same-total-threads, a CPU study's "
-    "default: the ranks share the cores of the single process, so efficiency is the speed-up). "
+    "default: the ranks share the cores of the single process, so efficiency is the speed-up). On "
+    "GPUs each rank brings its own GPU (basis one-gpu-per-rank): throughput / (N × base), whatever the "
+    "threads. "
     "95% intervals: bootstrap over both cells' samples and repeats. Exposed communication is the "
     "share of a step spent in collectives not hidden behind compute, where it was profiled.",
 ]
@@ -196,7 +199,7 @@ def study_table(rows: list[StudyRow]) -> Table | None:
              Cell(_pct(r.exposed_share), kind="num") if r.exposed_share is not None else missing_cell("-")])
     return Table("study", "Scaling study: throughput and efficiency against the world-size-1 cells", columns,
                  table_rows, ["ideal: the world-size-1 throughput times the resource factor (N, or 1 where the "
-                              "total threads were fixed)"], starts)
+                              "total CPU threads were fixed)"], starts)
 
 
 def _panels(rows: list[StudyRow]) -> dict[tuple, list[StudyRow]]:

@@ -347,6 +347,7 @@ def measure_cell(cell: Cell, ctx: DistContext, cfg: RunConfig, profile_dir: Path
                     memory.after_compile()
                 else:
                     clock.first_step_s = _first_step(step, ctx.device)
+                    memory.after_first_step()  # its peak kept apart, as a compile's is: the same steps
                 clock.done()
                 counters = trackers.enter_context(DeviceCounters(ctx.device))
                 # every rank times the same iterations (one rank: measure_lockstep is measure)

@@ -2,7 +2,8 @@
 
 ResNet-50 training at 2048 x 2048 in bf16 takes several GB of activations per image, so the
 doubling search hits CUDA OOM after a few trials (about 16 images on 80 GB) and bisects down to
-the largest batch that runs a step. ``--max-time`` counts the search, hence the long cap."""
+the largest batch that runs a step, which ``--time-auto-batch`` then times (without it the record
+is the frontier only, with no latency). ``--max-time`` counts the search, hence the long cap."""
 from __future__ import annotations
 
 from .conftest import check_cuda_record
@@ -10,6 +11,7 @@ from .conftest import check_cuda_record
 
 def test_batch_auto_finds_the_oom_boundary(bench, gpu):
     records = bench("run", "--models", "resnet50", "--res", "2048", "--batch", "auto", "--max-batch", "4096",
+                    "--time-auto-batch",  # without it the cell is the frontier only: no latency_ms to check
                     "--modes", "train", "--dtype", "bf16", "--device", "cuda", "--budget", "1", "--max-time", "240",
                     timeout=540, name="batch-auto")
     assert len(records) == 1

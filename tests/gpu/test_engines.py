@@ -55,7 +55,9 @@ def test_deepspeed_zero(bench, gpu, plain, zero):
         assert rec["zero"] == zero
         cfg = rec["ds_config"]
         assert cfg["zero_optimization"]["stage"] == zero
-        assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # autocast, fp32 weights
+        # autocast, fp32 weights, and fp32 gradient reduction like DDP and FSDP2 (no module marked for bf16)
+        assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+        assert rec["grad_comm_dtype"] == "float32"
         assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
         assert cfg["gradient_clipping"] == 0.0
 

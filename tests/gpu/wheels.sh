@@ -44,6 +44,12 @@ BINARY=(
   "pycocotools==2.0.11"         # bench finetune --task det (binary)
   "torch-tb-profiler==0.4.3"    # tensorboard's PyTorch Profiler tab for the traces
   "timm==1.0.31"                # the lock's version (the image has another timm)
+  "duckdb==2.0.1"               # bench query / history / report --where (binary; imported lazily since issue 26)
+)
+# The build backend for `pip install -e .` offline, kept apart in .whl/build/: run.sh offers it to
+# pip's isolated build environment (--find-links) and never installs it into the image.
+BUILD=(
+  "setuptools==84.2.1"          # pyproject [build-system] requires setuptools>=64
 )
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64
            manylinux2014_x86_64 manylinux1_x86_64)
@@ -74,10 +80,15 @@ if [ "$n_got" != "$n_expected" ]; then
   echo "error: expected $n_expected wheels, got $n_got:" >&2; ls "$TMP" >&2; exit 1
 fi
 
+mkdir -p "$TMP/build"
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --abi cp312 --abi abi3 --abi none "${platform_args[@]}" -d "$TMP/build" "${BUILD[@]}"
+
 # One version of each package (two of one name stop the whole install there): replace the folder.
 rm -rf "$DEST"
-mkdir -p "$DEST"
+mkdir -p "$DEST/build"
 mv "$TMP"/*.whl "$DEST"/
+mv "$TMP"/build/*.whl "$DEST"/build/
 if ! git check-ignore -q "$DEST/x.whl"; then
   echo "warning: $DEST/ is not git-ignored; add '*.whl' (or '/.whl/') to .gitignore" >&2
 fi
@@ -97,4 +108,9 @@ for w in "$DEST"/*.whl; do
   echo "  $(basename "$w"): ${reqs:-(none)}"
 done
 du -sh "$DEST"
-ls -1 "$DEST"
+ls -1R "$DEST"
+# The device tool carries at most 64 MiB of ignored paths in all.
+size_kb=$(du -sk "$DEST" | cut -f1)
+if [ "$size_kb" -gt $((60 * 1024)) ]; then
+  echo "error: $DEST is ${size_kb} KB, over the 60 MiB kept for it in the device tool's 64 MiB carry" >&2; exit 1
+fi

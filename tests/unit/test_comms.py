@@ -165,13 +165,80 @@ def test_a_trace_without_steps_is_refused(tmp_path):
         comms.analyse(facts, 2, None, "test")
 
 
-def test_cuda_traces_take_nccl_kernels_and_record_param_comms(tmp_path):
+# --------------------------------------------------------------------------------------------
+# A trace shaped as Kineto writes it on CUDA: each ProfilerStep# twice (the CPU user_annotation and a
+# gpu_user_annotation per stream), kernels tied to their launch by "correlation" and to the CPU op
+# by "External id", record_param_comms around the launch of its NCCL kernel.
+
+
+def _launch(ts, correlation, tid=1):
+    return _x("cudaLaunchKernel", ts, 2, tid=tid, cat="cuda_runtime", args={"correlation": correlation})
+
+
+def _kernel(name, ts, dur, correlation, stream=7, external=None):
+    args = {"correlation": correlation, "stream": stream, "device": 0}
+    if external is not None:
+        args["External id"] = external
+    return _x(name, ts, dur, tid=stream, cat="kernel", args=args)
+
+
+def _param_comms(ts, dur, collective, nelems, dtype="Float", external=None, tid=1):
+    args = {"Collective name": collective, "In msg nelems": nelems, "Out msg nelems": nelems, "dtype": dtype}
+    if external is not None:
+        args["External id"] = external
+    return _x("record_param_comms", ts, dur, tid=tid, args=args)
+
+
+def _gpu_step(k, ts, dur, stream):
+    return _x(f"ProfilerStep#{k}", ts, dur, tid=stream, cat="gpu_user_annotation")
+
+
+CUDA_EVENTS = [
+    _x("ProfilerStep#1", 0, 100, cat="user_annotation"), _x("ProfilerStep#2", 100, 100, cat="user_annotation"),
+    # the device runs behind the CPU: step 1 on the device is 20..160, step 2 160..300 (two streams each)
+    _gpu_step(1, 20, 100, 7), _gpu_step(1, 30, 130, 13), _gpu_step(2, 160, 70, 7), _gpu_step(2, 200, 100, 13),
+    # step 1: a warm-up NCCL kernel no collective was recorded for, then an all-reduce of 256 bf16
+    _launch(30, 5000), _kernel("ncclDevKernel_AllReduce_Sum_f32_RING_LL", 35, 2, 5000, stream=13),
+    _param_comms(40, 10, "allreduce", 256, "BFloat16", external=101), _launch(45, 5001),
+    _kernel("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", 110, 30, 5001, stream=13),
+    _launch(10, 4000), _kernel("sm90_xmma_gemm_bf16", 20, 100, 4000),
+    # step 2: a coalesced all-gather (two collectives, one kernel), 200 floats out each
+    _param_comms(105, 2, "all_gather", 200), _param_comms(108, 2, "all_gather", 200), _launch(115, 5002),
+    _kernel("ncclDevKernel_AllGather_RING_LL", 200, 60, 5002, stream=13),
+    _launch(120, 4001), _kernel("sm90_xmma_gemm_bf16", 160, 70, 4001),
+    # after the profiled steps: not counted
+    _param_comms(390, 5, "allreduce", 10**6), _launch(392, 5003), _kernel("ncclDevKernel_AllReduce", 400, 50, 5003),
+]
+
+
+def test_cuda_trace_counts_cpu_steps_and_clips_kernels_to_the_gpu_windows(tmp_path):
+    facts = comms.read_trace(_trace(tmp_path, CUDA_EVENTS), 2)
+    assert facts.steps == [(0, 100), (100, 200)]  # the gpu_user_annotation copies are not steps
+    assert facts.windows == [(20, 300)]  # per step the union of its streams' annotations, then merged
+    res = comms.analyse(facts, 2, None, "test")
+    assert res.steps == 2
+    assert res.step_ms == pytest.approx(280 / 2 / 1e3)
+    # the all-gather ran on the device at 200..260, after the CPU's last window (0..200) ended
+    assert res.comm_ms == pytest.approx((2 + 30 + 60) / 2 / 1e3)
+    assert res.exposed_ms == pytest.approx((0 + 20 + 30) / 2 / 1e3)  # gemms cover 20..120 and 160..230
+    assert res.bytes == pytest.approx((512 + 1600) / 2)
+
+
+def test_nccl_kernels_join_their_collectives_by_correlation_not_position(tmp_path):
+    facts = comms.read_trace(_trace(tmp_path, CUDA_EVENTS), 2)
+    by_start = {c.start_us: c for c in facts.collectives}
+    assert by_start[35].nbytes == 0 and by_start[35].kind == "all_reduce"  # the warm-up: no collective recorded
+    assert by_start[110].nbytes == 512 and by_start[110].kind == "all_reduce"  # 256 bf16
+    assert by_start[200].nbytes == 1600 and by_start[200].kind == "all_gather"  # both members of the group
+    assert by_start[400].nbytes == 4 * 10**6
+
+
+def test_a_kernel_without_its_launch_joins_by_external_id(tmp_path):
     events = [
-        _x("ProfilerStep#1", 0, 100, cat="user_annotation"),
-        _x("record_param_comms", 10, 1, args={"Collective name": "allreduce", "In msg nelems": 256,
-                                              "Out msg nelems": 256, "dtype": "BFloat16"}),
-        _x("ncclDevKernel_AllReduce_Sum_bf16", 20, 30, tid=7, cat="kernel"),
-        _x("sm90_gemm", 0, 40, tid=7, cat="kernel"),
+        _x("ProfilerStep#1", 0, 100, cat="user_annotation"), _gpu_step(1, 0, 100, 7),
+        _x("ProfilerStep#1", 10, 80, cat="gpu_user_annotation", tid=13),
+        _param_comms(20, 10, "allreduce", 64, external=7),
+        _kernel("ncclDevKernel_AllReduce_Sum_f32", 50, 10, 99, stream=13, external=7),
     ]
     res = comms.analyse(comms.read_trace(_trace(tmp_path, events), 2), 2, None, "test")
-    assert res.bytes == 512 and res.exposed_ms == pytest.approx(0.01)
+    assert res.steps == 1 and res.bytes == 256 and res.exposed_ms == pytest.approx(0.01)

@@ -259,3 +259,20 @@ def test_world_sizes_of_one_cell_never_pool_as_repeats():
     assert len(keys) == 3
     assert identity_key(one) == ("cls|resnet18|64|train|1", "s")  # single-rank identities as before
     assert len(cell_groups([one, two, dict(two), two_nodes])) == 3
+
+
+def test_on_cuda_each_rank_brings_a_gpu_so_efficiency_divides_by_n():
+    """The world-size-1 run got all the cores and each of 2 ranks half: on CPU that is the
+    same-total-threads basis (factor 1), but on CUDA the resource is the GPU (factor N)."""
+    gpu = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}
+    base, two = rec(1, 100.0, threads=16, **gpu), rec(2, 105.0, threads=8, **gpu)  # 2 GPUs at ~95%
+    got = derived.study_efficiency([two], [base, two])
+    assert got.basis == derived.GPU_BASIS and got.factor == 2
+    assert got.efficiency == pytest.approx(two["throughput"] / (2 * base["throughput"]))
+    assert got.efficiency == pytest.approx(100 / 105, rel=0.02)
+    assert got.ci95[0] < got.efficiency < got.ci95[1] < 1
+    written = derived.scaling([base, two], two, run_id="R")  # the record's field: the same rule
+    assert written["scaling_basis"] == derived.GPU_BASIS
+    assert written["scaling_efficiency"] == pytest.approx(got.efficiency)
+    # the same threads per rank on CUDA: still the GPU basis
+    assert derived.match_base([rec(1, 100.0, threads=8, **gpu)], two)[1] == derived.GPU_BASIS

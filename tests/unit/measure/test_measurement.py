@@ -116,7 +116,9 @@ def test_scaling_uses_a_comparable_latest_baseline():
 
 def test_deepspeed_config_means_autocast_and_merges_deeply():
     amp = deepspeed_config(TrainSpec(engine="deepspeed", zero=2, dtype="bf16"), world_size=2)
-    assert amp["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not amp["bf16"]["enabled"]
+    # no module's gradients reduced in bf16: fp32, as DDP and FSDP2 reduce them (issue 26, item 10)
+    assert amp["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert not amp["bf16"]["enabled"]
     assert amp["zero_optimization"]["overlap_comm"] is True
     weights = deepspeed_config(TrainSpec(engine="deepspeed", dtype="bf16-weights"), world_size=1)
     assert weights["bf16"]["enabled"] and not weights["torch_autocast"]["enabled"]

@@ -71,9 +71,9 @@ def test_grads_are_those_held_after_backward_not_every_one_produced():
             h.remove()
 
 
-def test_compile_is_outside_the_peak_window(monkeypatch):
-    """--compile: the first call of the step (the compile) may need far more memory than a step;
-    its peak is kept apart and the cell's peak is the steps'."""
+def _cell_with_a_big_first_call(monkeypatch, compile: bool):
+    """measure_cell on a step whose first call in the window (the compile, or an eager cell's
+    first step) needs 400 MB and every later call 40 MB. Returns (calls, result)."""
     import types
 
     from bench.measure.timing import Latency
@@ -82,7 +82,7 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
     calls = []
 
     def step():
-        mb = 400 if calls == ["warm-up"] else 40  # the first call stands in for the compile
+        mb = 400 if calls == ["warm-up"] else 40  # the first call stands in for the compile / autotuning
         calls.append(mb)
         block = torch.ones(mb * 2**18)  # touched: resident
         del block
@@ -94,20 +94,39 @@ def test_compile_is_outside_the_peak_window(monkeypatch):
 
     monkeypatch.setattr(classify, "_make_step", lambda *a: (step, None))
     monkeypatch.setattr(classify, "measure_lockstep", timed)
-    cfg = types.SimpleNamespace(compile=True, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False,
+    cfg = types.SimpleNamespace(compile=compile, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False,
                                 setup_timeout=None, numerics=False, data="synthetic")
     warm = lambda m, x, amp: lambda: calls.append("warm-up")  # noqa: E731 - the CPU warm-up, before the window
     model = nn.Linear(4, 4)
     task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm, build=lambda cell: model,
                                  part_latency_ms=lambda *a: None)
     monkeypatch.setattr(classify, "task_for", lambda name: task)
-    cell = types.SimpleNamespace(train=False, batch=1, task="cls")
+    cell = types.SimpleNamespace(train=False, batch=1, task="cls", model="linear")
     result = classify.measure_cell(cell, CPU, cfg)
     assert result.status == "ok", result.error
+    return calls, result
+
+
+def test_compile_is_outside_the_peak_window(monkeypatch):
+    """--compile: the first call of the step (the compile) may need far more memory than a step;
+    its peak is kept apart and the cell's peak is the steps'."""
+    calls, result = _cell_with_a_big_first_call(monkeypatch, compile=True)
     assert calls == ["warm-up", 400, 40, 40] and result.compile is not None
     rec = result.memory.to_record()
     assert rec["compile_peak_mem_mb"] >= 380
     assert 35 <= rec["peak_mem_mb"] < 200, rec
+
+
+def test_the_first_eager_step_is_outside_the_peak_window(monkeypatch):
+    """Eager: the untimed first step (cuDNN's autotuning workspace on CUDA, first-use allocations)
+    may need more than a step; its peak is kept apart, as a compile's is, so eager and compiled
+    windows cover the same steps."""
+    calls, result = _cell_with_a_big_first_call(monkeypatch, compile=False)
+    assert calls == ["warm-up", 400, 40, 40] and result.compile is None and result.setup.first_step_s is not None
+    rec = result.memory.to_record()
+    assert rec["first_step_peak_mem_mb"] >= 380
+    assert 35 <= rec["peak_mem_mb"] < 200, rec
+    assert "compile_peak_mem_mb" not in rec
 
 
 def _two_rank_deepspeed(tmp_path, zero: int) -> dict:
