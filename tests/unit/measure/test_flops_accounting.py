@@ -88,15 +88,18 @@ def test_run_counts_with_the_cross_check_once_per_model_and_size(monkeypatch):
 
 
 def test_scenario_flags_an_incomplete_count_even_without_a_time():
-    from bench.config import RunConfig
-    from bench.scenarios import classify
+    """A cell that never got a time (oom) still carries its FLOP count's flags: the record's
+    flags are the union of the typed parts' (CellResult), the count one of them."""
+    from bench.scenarios.result import CellResult
 
-    scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
     hidden = count_flops(_Hidden(), "hidden", 16, 16, cross_check=False)
-    cell = Cell("resnet18", 64, 64, "infer", 1)
-    assert scenario._derive({"status": "oom"}, hidden, cell, ONE, []) == ["flops-incomplete"]
+    failed = CellResult({"model": "resnet18"}, flops=hidden)
+    failed.failed("oom", "out of memory")
+    assert failed.to_record()["flags"] == ["flops-incomplete"]
     cheap = count_flops(_Cheap(), "cheap", 16, 16, cross_check=False)
-    assert scenario._derive({"status": "oom"}, cheap, cell, ONE, []) == []
+    failed = CellResult({"model": "resnet18"}, flops=cheap)
+    failed.failed("oom", "out of memory")
+    assert failed.to_record()["flags"] == []
 
 
 def test_trainable_fraction_counts_only_modules_whose_weights_train():
