@@ -36,7 +36,7 @@ def test_nproc_beyond_the_cores_is_one_line_and_creates_nothing(tmp_path):
     cases = [
         ["run", *TINY, "--nproc", str(cores + 1)],
         ["run", *TINY, "--nproc", f"1,{cores + 1}"],  # a study: refused before world size 1 runs
-        ["run", *TINY, "--nproc", str(10**18)],
+        ["run", *TINY, "--nproc", str(10**18 - 1)],  # the largest --nproc the parser takes
         ["finetune", "--task", "seg", "--models", "resnet18", "--res", "64", "--engine", "ddp",
          "--nproc", str(cores + 1)],
     ]

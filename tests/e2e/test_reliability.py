@@ -541,8 +541,8 @@ def test_sigint_to_the_parent_interrupts_every_rank(tmp_path):
 
 
 def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
-    """SIGKILL cannot be forwarded: torchrun gets SIGTERM when its parent dies (PR_SET_PDEATHSIG)
-    and ends the ranks."""
+    """SIGKILL cannot be forwarded: torchrun gets SIGKILL when its parent dies, and each rank when
+    torchrun dies (PR_SET_PDEATHSIG; tests/e2e/test_launch_bounds.py kills torchrun too)."""
     out = tmp_path / "ddp"
     proc = start(*DDP_RUN, "--out", str(out))
     deadline = time.time() + 600
