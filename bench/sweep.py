@@ -12,8 +12,9 @@ both:
   the file system for it.
 - Concurrent writers into one ``--out`` (SLURM array tasks share one) each claim a cell before
   measuring it: an exclusive claim file per cell identity under ``claims/``, released when the
-  cell ends; a claim whose process is gone (same host, dead pid) is taken over; a cell another
-  live writer holds is skipped, and said so.
+  cell ends; a claim whose process is gone (same host, dead pid) is taken over, and so is one
+  that does not name its process fully (host, pid, start time, boot id) or is a symlink; a cell
+  another live writer holds is skipped, and said so.
 - SIGUSR1 / SIGTERM stop the sweep at the next cell boundary with exit code 99
   (bench.launch.signals).
 - In a job of several ranks, each cell's outcome is exchanged after it (bench.launch.context.
@@ -32,11 +33,13 @@ import fcntl
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import secrets
 import shlex
 import socket
+import stat
 import sys
 import threading
 import time
@@ -170,11 +173,11 @@ class Claims:
         lock = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            holder = _read_claim(path) if path.exists() else None
+            holder = _read_claim(path)
             if path.exists() or path.is_symlink():
-                if holder and _alive(holder, path):
-                    return f"pid {holder.get('pid')} on {holder.get('host')}"
-                path.unlink(missing_ok=True)  # stale: its process is gone (or the file is unreadable)
+                if holder is not None and _alive(holder, path):
+                    return f"pid {holder['pid']} on {holder['host']}"
+                path.unlink(missing_ok=True)  # stale (its process is gone), unreadable, malformed or a symlink
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
@@ -219,12 +222,38 @@ def claim_holders(run_dir: RunDir) -> dict[str, str]:
     return out
 
 
+MAX_CLAIM_BYTES = 64 << 10  # a claim is ~200 bytes of JSON
+
+
 def _read_claim(path: Path) -> dict | None:
+    """A claim's holder, or None when it cannot stand: unreadable, not a regular file, a symlink
+    (never followed: its target says nothing of who measures the cell) or malformed. A claim
+    names its process fully (host, pid, start time, boot id), as ``Claims.take`` writes it; a
+    hand-written ``{"pid": 1}`` with no host is not another machine's claim to wait 600 s for."""
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # ELOOP: a symlink
         return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = json.loads(fh.read(MAX_CLAIM_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and _well_formed(data) else None
+
+
+def _well_formed(holder: dict) -> bool:
+    def text(key: str) -> bool:
+        return isinstance(holder.get(key), str) and bool(holder[key].strip())
+
+    def number(key: str) -> bool:
+        value = holder.get(key)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+    return text("host") and text("boot_id") and number("start_time") and number("pid") \
+        and isinstance(holder["pid"], int)
 
 
 HEARTBEAT_S = 30.0  # a held claim's mtime is refreshed this often
@@ -233,10 +262,12 @@ HEARTBEAT_STALE_S = 600.0  # another host's claim whose mtime is older than this
 
 def _boot_id() -> str | None:
     """This boot's id: a claim from an earlier boot is stale whatever its pid."""
+    import psutil
+
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
+    except OSError:  # no /proc (not Linux): the boot time names the boot as well
+        return f"booted-{psutil.boot_time():.0f}"
 
 
 def _start_time(pid: int) -> float | None:
@@ -274,7 +305,7 @@ def _fresh(path: Path | None) -> bool:
     if path is None:
         return True
     try:
-        return time.time() - path.stat().st_mtime < HEARTBEAT_STALE_S
+        return time.time() - path.lstat().st_mtime < HEARTBEAT_STALE_S
     except OSError:
         return False
 

@@ -10,10 +10,11 @@ from bench.commands.run import out_given, start, sweep
 @click.pass_context
 def _finetune_callback(ctx: click.Context, **params) -> None:
     """Fine-tune each backbone under RetinaNet (det) or Semantic FPN (seg) and score it."""
-    from bench.launch.local import check_out_dir
+    from bench.launch.local import check_nproc, check_out_dir
     from bench.scenarios.finetune import FinetuneScenario
 
     cfg = cfgmod.finetune_config(params)
+    check_nproc([cfg.nproc], "auto")  # finetune runs on the device torch finds (sweep(..., "auto"))
     check_out_dir(cfg.out)
     scenario = FinetuneScenario(cfg)
     scenario.check_inputs()

@@ -17,8 +17,9 @@ def start(nproc: int, threads: int | None, out: str | None, new_out: bool) -> st
     The run directory is chosen here, before the ranks exist, so every rank writes into one."""
     import torch
 
-    from bench.launch.local import relaunch_if_requested
+    from bench.launch.local import die_with_launcher, relaunch_if_requested
 
+    die_with_launcher()  # a rank of our own --nproc job: dies with torchrun (nothing elsewhere)
     if nproc > 1:
         out = out or str(default_run_dir())
         relaunch_if_requested(nproc, [] if not new_out else ["--out", out], threads)
@@ -70,7 +71,7 @@ def render_run_report(run_dir: RunDir, console) -> None:
 def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = False) -> None:
     import torch
 
-    from bench.launch.local import check_out_dir, under_launcher
+    from bench.launch.local import check_nproc, check_out_dir, own_job_world_size, under_launcher
     from bench.scenarios.classify import ClassifyScenario
 
     if cfg.global_batch is not None and batch_given:
@@ -78,9 +79,13 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
                        "(or drop --global-batch: then --batch is per rank, weak scaling)")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
+    world = own_job_world_size()
+    if world is not None:  # a rank of our own --nproc job (a --config file's study list is the parent's)
+        cfg.nproc = [world]
     if len(cfg.nproc) > 1 and under_launcher():
         raise BadInput(f"--nproc {','.join(map(str, cfg.nproc))} is a local study; under srun use bench slurm submit "
                        "--nodes ...")
+    check_nproc(cfg.nproc, cfg.device)
     check_out_dir(cfg.out)
     traces = Path(cfg.out) / "traces" if cfg.out and getattr(cfg, "profile", False) else None
     if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):

@@ -91,6 +91,9 @@ class Trainer:
     after_backward: list[Callable[[], None]] = field(default_factory=list)
     # Gradient buffers an engine keeps off ``p.grad`` (DeepSpeed's partitions), for held_grads.
     grad_buffers: Callable[[], list[torch.Tensor]] = list
+    # Keyword arguments of ``torch.compile(trainer.model, ...)`` under --compile, where the engine
+    # needs its own (FSDP2: static shapes, see bench.engines.fsdp2).
+    compile_options: dict[str, Any] = field(default_factory=dict)
 
     def step(self, loss: torch.Tensor) -> None:
         self._step(loss)

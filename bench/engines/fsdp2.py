@@ -19,6 +19,13 @@ Like for like with the other engines (bench.engines.base):
 - clipping with ``clip_grad_norm_``, which reduces the norm over the shards (DTensor);
 - fp16 on CUDA steps through the sharded GradScaler, whose inf check spans the ranks (each rank
   holds only its shard of the gradients).
+
+``--compile``: FSDP2's hooks break the graph at every block, so each block's ``forward`` is its
+own frame, compiled once per block shape (ResNet's stages differ in width). Left to itself
+dynamo then recompiles that frame with dynamic shapes, and inductor (torch 2.14, CPU) fails on
+the dynamic backward of a ResNet block ("InductorError: TypeError: Cannot convert expression to
+float", after minutes of compiling). The model is compiled with static shapes instead, as
+torchtitan compiles its blocks: one graph per distinct block shape (issue 27 group 6).
 """
 from __future__ import annotations
 
@@ -108,9 +115,10 @@ class FSDP2(Engine):
                     unit.set_reshard_after_forward(after_forward, recurse=False)
                     unit.reshard()
 
-        # The optimizer after sharding: DTensor state, 1/N.
+        # The optimizer after sharding: DTensor state, 1/N. Compiled with static shapes: FSDP2 breaks
+        # the graph at every block and inductor fails on dynamic-shape recompiles of the backward.
         return torch_trainer(self, model, model, ctx, spec, scaler_class=ShardedGradScaler,
-                             whole_weights=whole_weights)
+                             whole_weights=whole_weights, compile_options={"dynamic": False})
 
     def comm_prediction(self, payload: Payload, trainer: Trainer) -> Prediction:
         return gather_scatter_range("FSDP2", payload)

@@ -5,7 +5,9 @@ srun, the DeepSpeed launcher) nothing is re-launched: bench.launch.context reads
 
 Stopping: the parent forwards SIGTERM / SIGUSR1 to every rank (they stop at the next cell
 boundary, agreed by all-reduce) and exits 99 once the job has ended, as a single process does;
-on SIGINT (Ctrl-C) it interrupts every rank and exits 130. No process is left behind.
+on SIGINT (Ctrl-C) it interrupts every rank and exits 130. No process is left behind: a parent
+killed outright (SIGKILL, the OOM killer) takes torchrun with it, and each rank dies with torchrun
+(PR_SET_PDEATHSIG both ways), so no rank is orphaned.
 """
 from __future__ import annotations
 
@@ -35,6 +37,29 @@ def allotted_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_nproc(sizes: list[int], device: str) -> None:
+    """``--nproc`` is bounded by what a local launch can place, so a typo (``--nproc 64`` on 2
+    cores) is one line, not ranks started until memory runs out: on CUDA one visible GPU per rank
+    (two ranks on one GPU make NCCL abort, "Duplicate GPU detected"), on a CPU one allotted core
+    per rank. Under a launcher (torchrun, srun) the launcher placed the ranks: nothing to check."""
+    largest = max(sizes, default=1)
+    if largest <= 1 or under_launcher():
+        return
+    import torch
+
+    shown = ",".join(map(str, sizes)) if len(sizes) > 1 else str(largest)
+    if torch.cuda.is_available() if device == "auto" else device == "cuda":
+        gpus = torch.cuda.device_count()
+        if largest > gpus:
+            raise BadInput(f"--nproc {shown}: {largest} ranks need {largest} GPUs and {gpus} are visible (two ranks "
+                           f"on one GPU make NCCL abort); give at most --nproc {max(gpus, 1)}, or --device cpu")
+        return
+    cores = allotted_cores()
+    if largest > cores:
+        raise BadInput(f"--nproc {shown}: {largest} ranks on {cores} allotted core(s); give at most --nproc {cores} "
+                       "(one core per rank)")
+
+
 def check_out_dir(out: str | None) -> None:
     """A bad ``--out`` (a file, under a file, not writable, empty; a records file that is a
     directory or a symlink) is refused before anything runs or is created."""
@@ -43,6 +68,7 @@ def check_out_dir(out: str | None) -> None:
     if not str(out).strip():
         raise BadInput("--out is empty; give a directory, e.g. --out results/my-run")
     path = Path(out)
+    check_path_fits(out, path, room=RUN_DIR_ROOM)
     if path.exists() and not path.is_dir():
         raise BadInput(f"--out {out} is a file, not a directory; choose another --out")
     creatable_under(out, path)
@@ -60,6 +86,7 @@ def check_out_file(out: str | Path) -> None:
     if not str(out).strip():
         raise BadInput("--out is empty; give a file, e.g. --out reports/run.html")
     path = Path(out)
+    check_path_fits(out, path)
     try:
         mode = path.lstat().st_mode  # lstat: the link itself, not what it points to
     except FileNotFoundError:
@@ -72,6 +99,39 @@ def check_out_file(out: str | Path) -> None:
         kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
         raise BadInput(f"--out {out} is {kind}; the report replaces its file, so give a new path or a regular file")
     creatable_under(out, path.parent)
+
+
+RUN_DIR_ROOM = 256  # bytes a run directory's own paths add under --out (claims/<hash>.claim, traces/<cell>/...)
+
+
+def shown_path(out: str | Path, limit: int = 80) -> str:
+    """A path as a one-line message shows it: control characters escaped, a long one cut."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(out))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(os.fsencode(str(out)))} bytes)"
+
+
+def check_path_fits(out: str | Path, path: Path, room: int = 0, flag: str = "--out") -> None:
+    """A name longer than the file system takes (NAME_MAX, 255 bytes on most) or a path over
+    PATH_MAX (less ``room`` for what is written under it) fails at first use with ENAMETOOLONG,
+    after the run has started: refuse it up front. The limits are the nearest existing
+    directory's (os.pathconf); os.lstat alone is no check, since it says ENOENT for a long name
+    under a directory still to be made."""
+    absolute = Path(os.path.abspath(path))
+    anchor = absolute
+    while not os.path.lexists(anchor) and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        name_max, path_max = os.pathconf(anchor, "PC_NAME_MAX"), os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096  # Linux's
+    longest = max((len(os.fsencode(part)) for part in absolute.parts), default=0)
+    if longest > name_max:
+        raise BadInput(f"{flag} {shown_path(out)}: a name of {longest} bytes, over the {name_max} the file system "
+                       f"takes; choose a shorter {flag}")
+    if len(os.fsencode(str(absolute))) + room >= path_max:
+        raise BadInput(f"{flag} {shown_path(out)}: the path is {len(os.fsencode(str(absolute)))} bytes; the system "
+                       f"takes {path_max} in all{f' (and {room} for what bench writes under it)' if room else ''}; "
+                       f"choose a shorter {flag}")
 
 
 _FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO",
@@ -175,22 +235,65 @@ def _kill_job(job: subprocess.Popen) -> None:
             pass
 
 
-def _die_with_parent_hook():
-    """A preexec_fn for torchrun: get SIGTERM if this process dies, so a killed parent leaves no
-    job behind (torchrun then stops its ranks). prctl is looked up here, before the fork, so the
-    child only makes the one call. None where there is no prctl (not Linux)."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: the signal this process gets when the thread that forked it ends
+LAUNCHER_PID_ENV = "BENCH_LAUNCHER_PID"  # the bench process whose torchrun started this rank
+
+
+def _prctl():
+    """libc's prctl (ctypes: the standard library has no binding), None where there is none (not Linux)."""
     try:
         import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    sig = int(signal.SIGTERM)
+
+
+def _die_with_parent_hook():
+    """A preexec_fn for a child launcher (torchrun, a study's world size): SIGKILL when this
+    process dies, so a parent killed outright (SIGKILL cannot be forwarded) takes the job with it
+    at once; the cell in flight is lost, as it is for a single process killed so. prctl is looked
+    up here, before the fork, so the child only makes the one call. None where there is no prctl."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    sig = int(signal.SIGKILL)
 
     def hook() -> None:
-        prctl(1, sig)  # PR_SET_PDEATHSIG
+        prctl(PR_SET_PDEATHSIG, sig)
 
     return hook
+
+
+def own_job_world_size() -> int | None:
+    """In a rank of a job ``relaunch_if_requested`` started: its world size (torchrun's
+    WORLD_SIZE), which is what ``--nproc`` means there. A --config file's ``nproc: "1,2"`` is
+    read again by every rank, and is the parent's study, not the rank's (issue 27 group 4).
+    None in any other process."""
+    size = os.environ.get("WORLD_SIZE", "")
+    if LAUNCHER_PID_ENV not in os.environ or "RANK" not in os.environ or not size.isdigit():
+        return None
+    return int(size)
+
+
+def die_with_launcher() -> None:
+    """In a rank of a job ``relaunch_if_requested`` started: SIGKILL when torchrun (the parent)
+    dies. torchrun starts its ranks itself, each in its own session, so they cannot be given a
+    preexec_fn; the rank asks for it first thing, then checks that its torchrun, started by the
+    launcher it names, is still its parent (else it was orphaned before asking, and ends)."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    prctl = _prctl()
+    if not launcher.isdigit() or "RANK" not in os.environ or prctl is None:
+        return
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    import psutil
+
+    try:
+        orphaned = psutil.Process(os.getppid()).ppid() != int(launcher)
+    except psutil.Error:
+        orphaned = True
+    if orphaned:
+        os._exit(128 + int(signal.SIGKILL))
 
 
 def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threads_per_rank: int | None = None) -> None:
@@ -204,18 +307,10 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
     later (or at a second Ctrl-C) are killed; exit 130."""
     if nproc <= 1 or under_launcher():
         return
-    args = strip_option(sys.argv[1:], "--nproc") + list(extra_args or [])
     fd, status_path = tempfile.mkstemp(prefix="bench-job-", suffix=".status")
     os.close(fd)
     env = _rank_env(nproc, threads_per_rank, status_path)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1",
-        "--master-port", str(free_port()),
-        "--monitor-interval", "1",
-        "-m", "bench.cli", *args,
-    ]
+    cmd = torchrun_command(sys.argv[1:], nproc, extra_args)
     forwarder = _Forwarder()
     # Handlers first: a signal while torchrun starts is kept and delivered once ranks exist.
     previous = {s: signal.signal(s, forwarder.forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
@@ -229,6 +324,22 @@ def relaunch_if_requested(nproc: int, extra_args: list[str] | None = None, threa
     _exit_like_the_job(nproc, code, signal.SIGINT in forwarder.stopped, reported)
 
 
+def torchrun_command(argv: list[str], nproc: int, extra_args: list[str] | None = None) -> list[str]:
+    """torchrun running this command (``argv``, less ``--nproc``) as ``nproc`` ranks. The ranks
+    are not given ``--nproc N``: torchrun's own parser takes ``--nproc`` for an ambiguous
+    abbreviation of ``--nproc-per-node`` wherever it stands; a rank reads its world size from
+    the environment instead (own_job_world_size)."""
+    args = strip_option(argv, "--nproc") + list(extra_args or [])
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1",
+        "--master-port", str(free_port()),
+        "--monitor-interval", "1",
+        "-m", "bench.cli", *args,
+    ]
+
+
 def _rank_env(nproc: int, threads_per_rank: int | None, status_path: str) -> dict[str, str]:
     """The ranks' environment: threads per rank (never overwriting what SLURM or the user set)
     and the status file they report a stop in."""
@@ -238,6 +349,7 @@ def _rank_env(nproc: int, threads_per_rank: int | None, status_path: str) -> dic
     elif "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, allotted_cores() // nproc))
     env[JOB_STATUS_ENV] = status_path
+    env[LAUNCHER_PID_ENV] = str(os.getpid())
     return env
 
 

@@ -183,7 +183,7 @@ def _make_step(task: Task, cell: Cell, batch: int, model: nn.Module, ctx: DistCo
         return task.infer_step(fwd, x, autocast_dtype(cfg.dtype)), None
     trainer = build_trainer(model, ctx, train_spec(cfg, batch))
     x = task.input(cell, batch, ctx.device, trainer.input_dtype, cfg.channels_last)
-    fwd = torch.compile(trainer.model) if cfg.compile else trainer.model
+    fwd = torch.compile(trainer.model, **trainer.compile_options) if cfg.compile else trainer.model
     targets = task.train_targets(x)
 
     def step():

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_bench
 
 from bench.record import RunDir
-from bench.sweep import Claims, _read_claim
+from bench.sweep import Claims, _boot_id, _read_claim
 from tests.e2e.test_reliability import copy_run, measured, one_line_error, run_small  # noqa: F401 (a fixture)
 
 
@@ -33,7 +33,7 @@ def test_claim_of_a_reused_pid_or_earlier_boot_is_stale(tmp_path):
     claims = Claims(RunDir(tmp_path))
     claims.dir.mkdir()
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    claims._path("a", "c").write_text(json.dumps({**me, "start_time": 1.0}))  # pid reused
+    claims._path("a", "c").write_text(json.dumps({**me, "start_time": 1.0, "boot_id": _boot_id()}))  # pid reused
     claims._path("b", "c").write_text(json.dumps({**me, "start_time": time.time(), "boot_id": "old-boot"}))
     assert claims.take("a", "c") is None and claims.take("b", "c") is None
     claims.release_all()
@@ -45,7 +45,7 @@ def test_live_claim_is_respected_and_other_host_only_while_fresh(tmp_path):
     assert "pid" in second.take("k", "c")  # this very process, alive
     first.release_all()
     path = second._path("o", "c")
-    path.write_text(json.dumps({"host": "elsewhere", "pid": 7}))
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 7, "start_time": time.time(), "boot_id": "b"}))
     assert second.take("o", "c") is not None  # fresh heartbeat: respected
     os.utime(path, (time.time() - 3600, time.time() - 3600))
     assert second.take("o", "c") is None  # heartbeat an hour old: taken over
@@ -142,7 +142,8 @@ def _foreign_claim(out: Path, cell_key: str, config_id: str) -> None:
     """A fresh claim of another host on ``cell_key``, as a live writer elsewhere leaves it."""
     path = Claims(RunDir(out))._path(cell_key, config_id)
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"host": "node-elsewhere", "pid": 7, "cell": cell_key}))
+    path.write_text(json.dumps({"host": "node-elsewhere", "pid": 7, "cell": cell_key, "start_time": time.time(),
+                                "boot_id": "elsewhere-boot"}))
 
 
 def test_a_run_lists_the_cells_it_left_to_another_writer(measured, tmp_path):  # noqa: F811

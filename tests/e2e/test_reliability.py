@@ -345,7 +345,7 @@ def test_two_runs_into_one_out_measure_each_cell_once_and_take_over_stale_claims
 
 
 def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
-    from bench.sweep import Claims
+    from bench.sweep import Claims, _boot_id
 
     run_dir = RunDir(tmp_path / "run").create()
     claims = Claims(run_dir)
@@ -353,8 +353,8 @@ def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         started = psutil.Process(live.pid).create_time()  # a claim names its process by pid and start time
-        cases = {"live": {"host": socket.gethostname(), "pid": live.pid, "start_time": started},
-                 "other-host": {"host": "another-host.invalid", "pid": 1},
+        cases = {"live": {"host": socket.gethostname(), "pid": live.pid, "start_time": started, "boot_id": _boot_id()},
+                 "other-host": {"host": "another-host.invalid", "pid": 1, "start_time": 1.0, "boot_id": "b"},
                  "dead": {"host": socket.gethostname(), "pid": _dead_pid()}}
         for name, holder in cases.items():
             _claim_path(run_dir.path, name, "cfg").write_text(json.dumps(holder))
@@ -541,8 +541,8 @@ def test_sigint_to_the_parent_interrupts_every_rank(tmp_path):
 
 
 def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
-    """SIGKILL cannot be forwarded: torchrun gets SIGTERM when its parent dies (PR_SET_PDEATHSIG)
-    and ends the ranks."""
+    """SIGKILL cannot be forwarded: torchrun gets SIGKILL when its parent dies, and each rank when
+    torchrun dies (PR_SET_PDEATHSIG; tests/e2e/test_launch_bounds.py kills torchrun too)."""
     out = tmp_path / "ddp"
     proc = start(*DDP_RUN, "--out", str(out))
     deadline = time.time() + 600

@@ -185,3 +185,23 @@ def test_fsdp2_shards_a_short_dim_0_along_a_dimension_that_divides():
     assert place(nn.Parameter(torch.zeros(1, 16, 3))).dim == 1
     assert place(nn.Parameter(torch.zeros(1, 3, 5))).dim == 2  # none divides: the longest
     assert place(nn.Parameter(torch.zeros(5))).dim == 0
+
+
+def test_fsdp2_is_compiled_with_static_shapes(private_group, monkeypatch):
+    """Issue 27 group 6: FSDP2 breaks the graph at each block, so a block's forward recompiles per
+    block width, and dynamo's automatic dynamic shapes then made inductor fail on the backward of
+    a ResNet block on CPU ("InductorError: TypeError: Cannot convert expression to float", a
+    140-line traceback and an error record after minutes). The cell compiles what the engine asks."""
+    from bench.config import run_config
+    from bench.plan import make_cells
+    from bench.scenarios import classify
+    from bench.tasks import task_for
+
+    compiled: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compiled.append(options) or model)
+    cfg = run_config({"models": "resnet18", "res": "64", "modes": "train", "engine": "fsdp2", "compile": True})
+    (cell,) = make_cells(cfg.models, cfg.res, cfg.modes, [1], cfg.task)
+    classify._make_step(task_for(cell.task), cell, 1, models.create_model("resnet18"), CPU, cfg)
+    assert compiled == [{"dynamic": False}]
+    plain = build_trainer(models.create_model("resnet18"), CPU, TrainSpec(engine="none"))
+    assert plain.compile_options == {}  # every other engine: torch.compile's defaults
