@@ -14,7 +14,10 @@ Switches for the suspected sources that are ours (measure each before/after on a
   --denormals off (direct): FTZ/DAZ off;  --warmup N (direct): warm-up length;
   --warm-cell MODEL (direct): a throwaway cell before each measured one (allocator state);
   --order shuffled: cell order per process;  --cold-first (direct): no throwaway first cell,
-      so the first cell also pays imports and page cache.
+      so the first cell also pays imports and page cache;
+  --thp: torch's CPU allocator asks for transparent huge pages (THP_MEM_ALLOC_ENABLE=1), so a
+      tensor's cache and TLB behaviour depends less on which physical 4 KiB pages a process got;
+  --no-aslr: the address-space layout fixed (setarch -R), the same in every process.
 
     .venv/bin/python tests/benchmarks/variance_components.py --out /tmp/aa1 --processes 6 --blocks 3
     .venv/bin/python tests/benchmarks/variance_components.py --out /tmp/aa2 --merge /tmp/aa1   # later
@@ -57,11 +60,14 @@ def _env(a) -> dict:
         env["KMP_BLOCKTIME"] = str(a.kmp_blocktime)
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
+    if a.thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
     return env
 
 
 def _prefix(a) -> list[str]:
-    return ["taskset", "-c", f"0-{(a.threads or os.cpu_count() or 1) - 1}"] if a.pin else []
+    pin = ["taskset", "-c", f"0-{(a.threads or os.cpu_count() or 1) - 1}"] if a.pin else []
+    return pin + (["setarch", os.uname().machine, "-R"] if a.no_aslr else [])
 
 
 # --------------------------------------------------------------------------- one process
@@ -202,6 +208,8 @@ def main(argv=None) -> None:
     p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None)
     p.add_argument("--kmp-blocktime", type=int, default=None)
     p.add_argument("--pin", action="store_true")
+    p.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1: torch's allocations on huge pages.")
+    p.add_argument("--no-aslr", action="store_true", help="Run each process under setarch -R (no ASLR).")
     p.add_argument("--denormals", choices=("on", "off"), default="on")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--warm-cell", default=None)
