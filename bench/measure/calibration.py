@@ -238,3 +238,25 @@ def find(key: MachineKey, places: list[Path]) -> Calibration | None:
 def sd_percent(variance: float | None) -> str:
     return "-" if variance is None or not math.isfinite(variance) else f"{100 * math.sqrt(variance):.1f}%"
 
+
+
+def check_given(given: str | None) -> None:
+    """``--calibration PATH`` of compare and history: it must exist (a file or folder of bench calibrate's)."""
+    if given is not None and not Path(given).exists():
+        raise BadInput(f"--calibration {given} does not exist; pass a file or folder written by bench calibrate")
+
+
+def for_pair(base: str | Path, new: str | Path, given: str | None) -> tuple[Calibration | None, str]:
+    """The calibration of the machine both runs were measured on, or None; and a sentence saying
+    which. Looked for in ``given`` (a file or folder), else in results/calibration and in
+    calibration/ beside BASE: the one rule of bench compare and bench history."""
+    check_given(given)
+    kb, kn = key_of(read_run(base)), key_of(read_run(new))
+    if kb is None or kb != kn:
+        return None, "No calibration applies: the runs differ in machine (device, CPUs, threads, torch or schema)."
+    places = [Path(given)] if given is not None else [DEFAULT_DIR, Path(base).resolve().parent / "calibration"]
+    cal = find(kb, places)
+    if cal is None:
+        return None, (f"No calibration for this machine ({kb.slug}): one-process cells stay inconclusive; "
+                      f"bench calibrate --from RUN_DIR... writes one.")
+    return cal, f"Run-to-run noise: calibration {kb.slug} ({cal.method}, {cal.created})."
