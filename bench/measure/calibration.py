@@ -176,12 +176,19 @@ def components_by_cell(runs: list[Measured], metric: str = "latency") -> dict[tu
 
 
 def calibrate_from_runs(paths: list[str], method: str, metric: str = "latency") -> list[Calibration]:
-    """One calibration per machine key found in ``paths`` (cells measured in two or more processes)."""
+    """The calibration of the one machine key of ``paths`` (cells measured in two or more
+    processes). Runs of several machines are refused: a calibration is one device's noise, and a
+    mix is most often a wrong --from rather than a wish for several files."""
     runs = [read_run(p) for p in paths]
-    by_key: dict[MachineKey, list[Measured]] = {}
     for m in runs:
         if not m.records:
             raise BadInput(f"{m.run_dir} holds no finished (ok) record")
+    keys = sorted({k.slug for m in runs for k in m.keys})
+    if len(keys) > 1:
+        raise BadInput(f"the runs were measured on {len(keys)} machines ({', '.join(keys)}); "
+                       "calibrate each machine from its own runs")
+    by_key: dict[MachineKey, list[Measured]] = {}
+    for m in runs:
         for key in set(m.keys):
             idx = [i for i, k in enumerate(m.keys) if k == key]
             by_key.setdefault(key, []).append(Measured(m.run_dir, [m.records[i] for i in idx], [key] * len(idx)))
@@ -214,10 +221,11 @@ def per_cell_table(paths: list[str], metric: str = "latency") -> list[tuple[str,
 
 # --------------------------------------------------------------------------- finding one
 def save(cal: Calibration, directory: Path) -> Path:
+    """``<directory>/<slug>.json``, written whole or not at all (bench.outputs.write_atomically)."""
+    from bench.outputs import write_atomically
+
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{cal.key.slug}.json"
-    path.write_text(cal.to_json())
-    return path
+    return write_atomically(directory / f"{cal.key.slug}.json", cal.to_json(), "--out")
 
 
 def find(key: MachineKey, places: list[Path]) -> Calibration | None:
