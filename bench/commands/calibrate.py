@@ -58,12 +58,17 @@ def _measure(work: Path, models: str, res: str, modes: str, runs: int, repeats: 
 def calibrate_command(from_dirs: tuple[str, ...], models: str, res: str, modes: str, runs: int, repeats: int,
                       budget: float, threads: int | None, work: str | None, out: str, metric: str) -> None:
     """Measure this device's noise between runs and store it for bench compare."""
+    from bench.db.index import is_run_dir
+    from bench.outputs import check_output_file, shown
+
     for d in from_dirs:
-        if not Path(d).is_dir():
-            raise BadInput(f"--from {d} is not a run directory")
+        if not is_run_dir(Path(d)):
+            raise BadInput(f"--from {shown(d)} is not a run directory (no records or invocation log of bench run)")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"--out {out} is a file; give a folder")
+        raise BadInput(f"--out {shown(out)} is a file; give a folder")
+    # Before anything is measured or made: the folder (or its nearest existing parent) takes files.
+    check_output_file(out_dir / "<machine key>.json", "--out")
     if from_dirs:
         dirs, method = list(from_dirs), f"from {len(from_dirs)} run directories"
     else:

@@ -108,19 +108,9 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
 
 def _calibration(base: str, new: str, given: str | None):
     """(the calibration of the machine both runs were measured on, or None; a sentence saying which)."""
-    from bench.measure.calibration import DEFAULT_DIR, find, key_of, read_run
+    from bench.measure.calibration import for_pair  # shared with bench history
 
-    if given is not None and not Path(given).exists():
-        raise BadInput(f"--calibration {given} does not exist; pass a file or folder written by bench calibrate")
-    kb, kn = key_of(read_run(base)), key_of(read_run(new))
-    if kb is None or kb != kn:
-        return None, "No calibration applies: the runs differ in machine (device, CPUs, threads, torch or schema)."
-    places = [Path(given)] if given is not None else [DEFAULT_DIR, Path(base).resolve().parent / "calibration"]
-    cal = find(kb, places)
-    if cal is None:
-        return None, (f"No calibration for this machine ({kb.slug}): one-process cells stay inconclusive; "
-                      f"bench calibrate --from RUN_DIR... writes one.")
-    return cal, f"Run-to-run noise: calibration {kb.slug} ({cal.method}, {cal.created})."
+    return for_pair(base, new, given)
 
 
 def _sorted(result: stats.RunComparison) -> list[stats.CellComparison]:

@@ -5,8 +5,10 @@ Each point is one run directory's measurement of the identity (``cell_key`` and 
 every setting and runtime fact that changes a measurement): its estimate (the median step, or the
 mean of the repeat medians; or the sustained throughput) with a 95% interval from bench.stats's
 two-level bootstrap, and its provenance (run directory, time, git commit, torch). Each step
-between neighbours gets bench compare's verdict (``stats.compare_runs``, the same thresholds),
-with Benjamini-Hochberg q-values over the steps of the series. Exit 1 when the newest step is
+between neighbours gets bench compare's verdict by bench compare's rule
+(``stats.compare_between_runs`` with the machine's calibration, found as compare finds it,
+``bench.measure.calibration.for_pair``; ``--within-run``: the old within-run ``compare_runs``),
+the same thresholds, with Benjamini-Hochberg q-values over the steps of the series. Exit 1 when the newest step is
 ``slower``, 0 otherwise, 2 on bad input.
 
 Several identities matching the filter (two batch sizes, two engines) are refused with one line
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,7 @@ class Point:
     estimate: float | None      # the metric's figure (None: a record from before samples were kept)
     ci: tuple[float, float]
     samples: int
+    processes: tuple[str, ...] = ()  # the process (invocation) of each repeat (stats.repeat_processes)
 
     @property
     def commit_label(self) -> str:
@@ -106,6 +109,7 @@ class History:
     by: str
     points: list[Point]
     steps: list[stats.Comparison | None]  # steps[i]: point i against point i-1; None for the first
+    notes: list[str | None] = field(default_factory=list)  # notes[i]: which calibration step i used
 
     @property
     def newest_slower(self) -> bool:
@@ -225,8 +229,10 @@ def _ordered(points: list[Point], by: str) -> list[Point]:
 
 
 def build_history(matches: list[Match], identity: tuple[str, str], metric: str, by: str,
-                  threshold: float | None, seed: int = 0) -> History:
-    """The points of one identity, ordered, and each step's verdict (compare_runs, q over the steps)."""
+                  threshold: float | None, seed: int = 0, calibration: str | None = None,
+                  within_run: bool = False) -> History:
+    """The points of one identity, ordered, and each step's verdict by bench compare's rule
+    (compare_between_runs with the pair's calibration; compare_runs with ``within_run``), q over the steps."""
     m = METRICS[metric]
     points = []
     for match in (x for x in matches if x.identity == identity):
@@ -235,20 +241,30 @@ def build_history(matches: list[Match], identity: tuple[str, str], metric: str, 
         latest = max(match.records, key=lambda r: str(r.get("timestamp") or ""))
         estimate = t.estimate(m) if t else _recorded(latest, metric)
         points.append(Point(match.run_dir, str(latest.get("timestamp") or ""), match.provenance, t, estimate, ci,
-                            sum(len(r) for r in t.repeats) if t else 0))
+                            sum(len(r) for r in t.repeats) if t else 0, stats.repeat_processes(match.records)))
     points = _ordered(points, by)
     records = [r for x in matches if x.identity == identity for r in x.records]
     from bench.commands.compare import _threshold  # the same threshold rule (and check) as bench compare
 
     t = _threshold(threshold, records)
     raw: list[stats.Comparison] = []
+    notes: list[str | None] = [None] if points else []
     for prev, cur in zip(points, points[1:]):
         if prev.timings is None or cur.timings is None:
             raw.append(stats.Comparison.no_samples(m))
-        else:
+            notes.append(None)
+        elif within_run:
             raw.append(stats.compare_runs(prev.timings, cur.timings, m, t, seed))
+            notes.append(None)
+        else:
+            from bench.measure.calibration import for_pair  # the one calibration rule of compare and history
+
+            cal, note = for_pair(prev.run_dir, cur.run_dir, calibration)
+            raw.append(stats.compare_between_runs(prev.timings, cur.timings, m, t, cal.noise() if cal else None,
+                                                  prev.processes, cur.processes, seed))
+            notes.append(note)
     steps: list[stats.Comparison | None] = [None, *stats.adjust(raw, t)] if points else []
-    return History(identity, metric, t, by, points, steps)
+    return History(identity, metric, t, by, points, steps, notes)
 
 
 def _recorded(r: dict, metric: str) -> float | None:
@@ -283,7 +299,8 @@ def _header(h: History) -> str:
     key, config = (visible(part, one_line=True) for part in h.identity)
     return (f"bench history: {key} (config {config}), {len(h.points)} runs by {h.by}; "
             f"{h.metric}, each step against the previous point, threshold +-{100 * h.threshold:g}%, "
-            f"q over the {len(h.steps) - 1 if h.steps else 0} steps; steps: {said}.")
+            f"q over the {len(h.steps) - 1 if h.steps else 0} steps; steps: {said}."
+            + "".join(f" {n}" for n in dict.fromkeys(n for n in h.notes if n)))
 
 
 def _columns(h: History) -> list[str]:
@@ -321,9 +338,11 @@ def as_json(h: History) -> dict:
         return None if v is None or not math.isfinite(v) else v
 
     points = []
-    for p, s in zip(h.points, h.steps):
+    notes = h.notes or [None] * len(h.steps)
+    for p, s, note in zip(h.points, h.steps, notes):
         step = None if s is None else {"ratio": num(s.ratio), "ci": [num(s.ci[0]), num(s.ci[1])], "p": s.p,
-                                       "q": s.q, "verdict": s.verdict, "basis": s.basis, "needed": s.needed}
+                                       "q": s.q, "verdict": s.verdict, "basis": s.basis, "needed": s.needed,
+                                       "calibration": note}
         points.append({"run_dir": p.run_dir, "timestamp": p.timestamp, "git_commit": p.provenance.git_commit,
                        "git_dirty": p.provenance.git_dirty, "torch": p.provenance.torch,
                        "estimate": num(p.estimate), "ci": [num(p.ci[0]), num(p.ci[1])], "samples": p.samples,
@@ -388,13 +407,19 @@ def _out_path(out: str | None) -> Path | None:
               help="latency_ms: median step; throughput: sustained images/s.")
 @click.option("--threshold", type=float, default=None,
               help="The change that matters, as a fraction [default: 0.03 on CPU, 0.02 on CUDA].")
+@click.option("--calibration", default=None,
+              help="This device's run-to-run noise: a file written by bench calibrate, or a folder of them "
+                   "[default: results/calibration, and calibration/ beside each step's older run].")
+@click.option("--within-run", is_flag=True,
+              help="Take each run's own spread as the whole noise (as bench compare --within-run): the old "
+                   "within-run interval and Mann-Whitney p, said in each step's basis.")
 @click.option("--out", default=None, help="Also draw the history into this file (.png, .svg or .html).")
 @click.option("--format", "fmt", type=click.Choice(("table", "json", "md")), default="table", show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the bootstraps.")
 def history_command(run_dirs: tuple[str, ...], model: str, res: str, mode: str, batch: int | None,
                     engine: str | None, dtype: str | None, precision: str | None, task: str | None,
                     device_name: str | None, config_id: str | None, by: str, metric: str, threshold: float | None,
-                    out: str | None, fmt: str, seed: int) -> None:
+                    calibration: str | None, within_run: bool, out: str | None, fmt: str, seed: int) -> None:
     """Follow one cell identity across RUN_DIRS in time (or commit, or torch) order: each run's
     figure with its 95% interval, each step's verdict as bench compare gives it
     (faster / slower / same / inconclusive).
@@ -405,9 +430,12 @@ def history_command(run_dirs: tuple[str, ...], model: str, res: str, mode: str, 
     plot_path = _out_path(out)
     if threshold is not None and not (0 < threshold < 1 and math.isfinite(threshold)):
         raise BadInput(f"--threshold {threshold!r} must lie strictly between 0 and 1 (0.03 = 3%)")
+    from bench.measure.calibration import check_given
+
+    check_given(calibration)
     matches = _load_points(list(run_dirs), flt)
     identity = _one_identity(matches, flt, len(run_dirs))
-    h = build_history(matches, identity, metric, by, threshold, seed)
+    h = build_history(matches, identity, metric, by, threshold, seed, calibration, within_run)
     code = SLOWER_EXIT if h.newest_slower else 0
     # A reader that stops early (`| head`) ends the output, not the verdict: the exit code stays it.
     if fmt == "json":

@@ -176,12 +176,19 @@ def components_by_cell(runs: list[Measured], metric: str = "latency") -> dict[tu
 
 
 def calibrate_from_runs(paths: list[str], method: str, metric: str = "latency") -> list[Calibration]:
-    """One calibration per machine key found in ``paths`` (cells measured in two or more processes)."""
+    """The calibration of the one machine key of ``paths`` (cells measured in two or more
+    processes). Runs of several machines are refused: a calibration is one device's noise, and a
+    mix is most often a wrong --from rather than a wish for several files."""
     runs = [read_run(p) for p in paths]
-    by_key: dict[MachineKey, list[Measured]] = {}
     for m in runs:
         if not m.records:
             raise BadInput(f"{m.run_dir} holds no finished (ok) record")
+    keys = sorted({k.slug for m in runs for k in m.keys})
+    if len(keys) > 1:
+        raise BadInput(f"the runs were measured on {len(keys)} machines ({', '.join(keys)}); "
+                       "calibrate each machine from its own runs")
+    by_key: dict[MachineKey, list[Measured]] = {}
+    for m in runs:
         for key in set(m.keys):
             idx = [i for i, k in enumerate(m.keys) if k == key]
             by_key.setdefault(key, []).append(Measured(m.run_dir, [m.records[i] for i in idx], [key] * len(idx)))
@@ -214,10 +221,11 @@ def per_cell_table(paths: list[str], metric: str = "latency") -> list[tuple[str,
 
 # --------------------------------------------------------------------------- finding one
 def save(cal: Calibration, directory: Path) -> Path:
+    """``<directory>/<slug>.json``, written whole or not at all (bench.outputs.write_atomically)."""
+    from bench.outputs import write_atomically
+
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{cal.key.slug}.json"
-    path.write_text(cal.to_json())
-    return path
+    return write_atomically(directory / f"{cal.key.slug}.json", cal.to_json(), "--out")
 
 
 def find(key: MachineKey, places: list[Path]) -> Calibration | None:
@@ -238,3 +246,25 @@ def find(key: MachineKey, places: list[Path]) -> Calibration | None:
 def sd_percent(variance: float | None) -> str:
     return "-" if variance is None or not math.isfinite(variance) else f"{100 * math.sqrt(variance):.1f}%"
 
+
+
+def check_given(given: str | None) -> None:
+    """``--calibration PATH`` of compare and history: it must exist (a file or folder of bench calibrate's)."""
+    if given is not None and not Path(given).exists():
+        raise BadInput(f"--calibration {given} does not exist; pass a file or folder written by bench calibrate")
+
+
+def for_pair(base: str | Path, new: str | Path, given: str | None) -> tuple[Calibration | None, str]:
+    """The calibration of the machine both runs were measured on, or None; and a sentence saying
+    which. Looked for in ``given`` (a file or folder), else in results/calibration and in
+    calibration/ beside BASE: the one rule of bench compare and bench history."""
+    check_given(given)
+    kb, kn = key_of(read_run(base)), key_of(read_run(new))
+    if kb is None or kb != kn:
+        return None, "No calibration applies: the runs differ in machine (device, CPUs, threads, torch or schema)."
+    places = [Path(given)] if given is not None else [DEFAULT_DIR, Path(base).resolve().parent / "calibration"]
+    cal = find(kb, places)
+    if cal is None:
+        return None, (f"No calibration for this machine ({kb.slug}): one-process cells stay inconclusive; "
+                      f"bench calibrate --from RUN_DIR... writes one.")
+    return cal, f"Run-to-run noise: calibration {kb.slug} ({cal.method}, {cal.created})."

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from bench import stats
 from bench.commands.history import history_command
+from bench.measure.calibration import Calibration, MachineKey, save
 
 CELL = "cls|resnet18|224|infer|1"
 
@@ -57,12 +58,21 @@ def _json(*args: str):
     return result.exit_code, json.loads(result.stdout)
 
 
+def _calibrate(folder, sd: float = 0.005, torch: str = "2.6.0"):
+    """A calibration of the test machine (the key _run's runs have) in FOLDER/calibration, where
+    bench compare and history look beside the older run: run-to-run sd ``sd``."""
+    key = MachineKey("Test CPU", None, None, torch, 2)
+    return save(Calibration(key, sd ** 2, 30, sd ** 2, 30, 3, ["x"], "test", "2026-03-01"), folder / "calibration")
+
+
 @pytest.fixture
 def three(tmp_path):
-    """Three runs of one cell: 10 ms, 10 ms (same), then 13 ms (clearly slower), passed out of order."""
-    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)], commit="a" * 40, torch="2.9.0")
-    b = _run(tmp_path, "b", [_record(10.0, "2026-03-02T10:00:00.000000+0000", 2)], commit="b" * 40, torch="2.10.0")
-    c = _run(tmp_path, "c", [_record(13.0, "2026-03-03T10:00:00.000000+0000", 3)], commit="a" * 40, torch="2.11.0")
+    """Three runs of one cell on a calibrated machine: 10 ms, 10 ms (same), then 13 ms (clearly
+    slower), passed out of order."""
+    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)], commit="a" * 40)
+    b = _run(tmp_path, "b", [_record(10.0, "2026-03-02T10:00:00.000000+0000", 2)], commit="b" * 40)
+    c = _run(tmp_path, "c", [_record(13.0, "2026-03-03T10:00:00.000000+0000", 3)], commit="a" * 40)
+    _calibrate(tmp_path)
     return a, b, c
 
 
@@ -83,6 +93,7 @@ def test_the_table_marks_each_step(three):
 
 
 def test_same_newest_exits_0_and_faster_is_not_a_failure(tmp_path):
+    _calibrate(tmp_path)
     a = _run(tmp_path, "a", [_record(13.0, "2026-03-01T10:00:00.000000+0000", 1)])
     b = _run(tmp_path, "b", [_record(10.0, "2026-03-02T10:00:00.000000+0000", 2)])
     c = _run(tmp_path, "c", [_record(10.0, "2026-03-03T10:00:00.000000+0000", 3)])
@@ -97,8 +108,10 @@ def test_throughput_metric_calls_a_slower_newest_slower(three):
     assert h["points"][2]["estimate"] < h["points"][1]["estimate"]
 
 
-def test_by_torch_orders_versions_not_strings(three):
-    a, b, c = three
+def test_by_torch_orders_versions_not_strings(tmp_path):
+    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)], torch="2.9.0")
+    b = _run(tmp_path, "b", [_record(10.0, "2026-03-02T10:00:00.000000+0000", 2)], torch="2.10.0")
+    c = _run(tmp_path, "c", [_record(13.0, "2026-03-03T10:00:00.000000+0000", 3)], torch="2.11.0")
     _, h = _json(str(c), str(b), str(a), "--by", "torch")
     assert [p["torch"] for p in h["points"]] == ["2.9.0", "2.10.0", "2.11.0"]  # "2.10" < "2.9" as strings
 
@@ -119,7 +132,7 @@ def test_the_point_is_the_median_with_the_stats_bootstrap_interval_and_its_prove
     assert p["estimate"] == pytest.approx(float(np.median(rec["latency_samples_ms"])))
     assert p["ci"] == pytest.approx(list(stats.estimate_ci(t, "latency", 0)))
     assert p["ci"][0] < p["estimate"] < p["ci"][1]
-    assert (p["git_commit"], p["torch"], p["samples"], p["step"]) == ("a" * 40, "2.9.0", 40, None)
+    assert (p["git_commit"], p["torch"], p["samples"], p["step"]) == ("a" * 40, "2.6.0", 40, None)
 
 
 def test_repeats_give_a_hierarchical_interval_over_every_repeat(tmp_path):
@@ -193,3 +206,46 @@ def test_out_draws_the_plot(three, tmp_path, suffix):
     if suffix == ".html":
         text = out.read_text()
         assert "data:image/png;base64," in text and "v-slower" in text
+
+
+def test_a_one_process_step_without_calibration_is_inconclusive_and_exits_0(tmp_path):
+    """bench compare's rule: one process per side and no calibration of this device cannot know the
+    run-to-run noise, so even a 30% step within the runs is inconclusive (not slower: exit 0)."""
+    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)])
+    b = _run(tmp_path, "b", [_record(13.0, "2026-03-02T10:00:00.000000+0000", 2)])
+    code, h = _json(str(a), str(b))
+    step = h["points"][1]["step"]
+    assert step["verdict"] == "inconclusive" and step["p"] is None and code == 0
+    assert "within-run interval only" in step["basis"] and "No calibration for this machine" in step["calibration"]
+    code, h = _json(str(a), str(b), "--within-run")  # the old within-run rule, asked for
+    assert h["points"][1]["step"]["verdict"] == "slower" and code == 1
+
+
+def test_a_calibration_given_or_beside_the_runs_decides_the_step(tmp_path):
+    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)])
+    b = _run(tmp_path, "b", [_record(13.0, "2026-03-02T10:00:00.000000+0000", 2)])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = _calibrate(elsewhere)
+    code, h = _json(str(a), str(b), "--calibration", str(path))
+    assert h["points"][1]["step"]["verdict"] == "slower" and code == 1
+    assert "calibration" in h["points"][1]["step"]["basis"]
+    _calibrate(tmp_path)  # calibration/ beside the older run: found without the option
+    code, h = _json(str(a), str(b))
+    assert h["points"][1]["step"]["verdict"] == "slower" and code == 1
+
+
+def test_a_step_across_torch_versions_takes_no_calibration(tmp_path):
+    """The calibration holds for one machine key; a torch upgrade between two runs is another."""
+    a = _run(tmp_path, "a", [_record(10.0, "2026-03-01T10:00:00.000000+0000", 1)], torch="2.6.0")
+    b = _run(tmp_path, "b", [_record(13.0, "2026-03-02T10:00:00.000000+0000", 2)], torch="2.7.0")
+    _calibrate(tmp_path)
+    code, h = _json(str(a), str(b))
+    step = h["points"][1]["step"]
+    assert step["verdict"] == "inconclusive" and code == 0 and "differ in machine" in step["calibration"]
+
+
+def test_a_missing_calibration_path_is_bad_input(three, tmp_path):
+    result = _history(*map(str, three), "--calibration", str(tmp_path / "nope.json"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert len(result.output.strip().splitlines()) == 1
