@@ -104,3 +104,11 @@ def md_text(text: Any) -> str:
     line = _MD_PUNCTUATION.sub(r"\\\1", line)
     line = _MD_AUTOLINK.sub(lambda m: "\\" + m.group(), line)
     return html.escape(line, quote=False)
+
+
+def shown_value(value: Any) -> str:
+    """A bad value as an error message shows it: short, on one line, and never itself an error
+    (a 5000-digit int cannot be turned into text)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"
+    return visible(str(value).strip()[:40], one_line=True)

@@ -162,7 +162,7 @@ def _load_points(paths: list[str], flt: Filter) -> list[Match]:
     """Every (run directory, cell identity) whose ok records match the filter. The one place that
     reads run directories (bench.record.RunDir), so that another reader can replace it."""
     out: list[Match] = []
-    from bench.db import resolve_run_dirs  # results/*: runs, folders of runs; others passed over
+    from bench.rundirs import resolve_run_dirs  # results/*: runs, folders of runs; others passed over
 
     runs = [RunDir(path) for path in resolve_run_dirs(paths)]
     for run in runs:

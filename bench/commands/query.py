@@ -44,7 +44,8 @@ def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | N
     """
     if rebuild and index is None:
         raise BadInput("--rebuild needs --index PATH (without it every query reads the run directories afresh)")
-    from bench.db import ResultsDB, resolve_run_dirs  # duckdb: imported by this command only
+    from bench.db import ResultsDB  # duckdb: imported by this command only
+    from bench.rundirs import resolve_run_dirs
 
     dirs = resolve_run_dirs(run_dirs)
     with ResultsDB(dirs, index, rebuild=rebuild) as db:

@@ -29,13 +29,13 @@ from typing import Any
 
 import click
 
+from bench.claims import claim_holders
 from bench.config import identity, identity_id, parse_command, parse_int
 from bench.errors import BadInput
 from bench.launch.local import strip_option
 from bench.launch.slurm import SOURCE_ROOT, launch_mode, queue_states, render_script, sbatch
 from bench.plan import make_cells
 from bench.record import RunDir, default_run_dir
-from bench.sweep import claim_holders
 
 SCRIPT = "slurm_job.sbatch"
 PLAN = "slurm_plan.json"

@@ -41,23 +41,20 @@ only one SELECT-like statement is accepted (``check_sql``).
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import duckdb
 
 from bench.errors import BadInput, first_line
 from bench.outputs import check_output_file, is_duckdb_file
-from bench.record import INVOCATIONS, RECORDS, RunDir, read_records_counted, schema
+from bench.record import INVOCATIONS, RunDir, read_records_counted, schema
 from bench.sanitize import visible
 
 INDEX_FORMAT = 1  # bump when the tables below change shape: older index files are rebuilt
@@ -78,7 +75,6 @@ RUNS_TABLE = {"run_dir": "VARCHAR", "fingerprint": "VARCHAR", "n_records": "BIGI
               "builds": "BIGINT", "indexed_at": "DOUBLE"}
 # What a user's statement may be: a query. WITH ... SELECT parses as SELECT.
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
-_GLOB_CHARS = set("*?[")
 # Nothing is downloaded at run time: a query naming an extension's function is refused, not fetched.
 NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
@@ -101,68 +97,6 @@ def record_columns() -> dict[str, str]:
 
 def _signature() -> str:
     return hashlib.sha256(json.dumps([INDEX_FORMAT, record_columns()]).encode()).hexdigest()[:16]
-
-
-def is_run_dir(path: Path) -> bool:
-    """A directory bench wrote: it holds a records file, a shard or an invocation log."""
-    return path.is_dir() and (any(p.is_file() for p in RunDir(path).record_files())
-                              or (path / INVOCATIONS).is_file())
-
-
-def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
-    """The run directories named by ``args``: paths, or globs the shell left unexpanded (quoted,
-    or too many for one command line); duplicates count once.
-
-    ``results/*`` meets folders that are not runs: a folder whose children are run directories (a
-    study kept as several runs) stands for those; a folder with no run at either level (notes, a
-    benchmark's JSON) is passed over with one line on stderr. A file or a missing path is an error,
-    and so is a list in which nothing is a run."""
-    out: list[Path] = []
-    seen: set[str] = set()
-    passed_over: list[str] = []
-    for arg in args:
-        text = str(arg)
-        if not Path(text).exists() and _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(text))
-            if not matches:
-                raise BadInput(f"'{_shown(text)}' matches no run directory")
-        else:
-            matches = [text]
-        for m in matches:
-            path = Path(m)
-            if is_run_dir(path):
-                found = [path]
-            elif path.is_dir():
-                found = sorted(c for c in path.iterdir() if is_run_dir(c))
-                if not found:
-                    passed_over.append(_shown(path))
-            else:
-                raise BadInput(_not_a_run_dir(path))
-            for run in found:
-                key = str(run.resolve())
-                if key not in seen:
-                    seen.add(key)
-                    out.append(run)
-    if not out:
-        if passed_over:
-            raise BadInput(_not_a_run_dir(Path(passed_over[0])) if len(passed_over) == 1 else
-                           f"none of the {len(passed_over)} directories is a run directory or holds one; "
-                           "pass directories written by `bench run --out DIR`")
-        raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
-    if passed_over:
-        print(f"bench: passed over {len(passed_over)} "
-              f"{'directory that holds' if len(passed_over) == 1 else 'directories that hold'} no run: "
-              f"{', '.join(passed_over)}", file=sys.stderr)
-    return out
-
-
-def _not_a_run_dir(path: Path) -> str:
-    hint = f"pass a directory written by `bench run --out DIR` (with {RECORDS} or {INVOCATIONS})"
-    if path.is_file():
-        return f"'{_shown(path)}' is a file, not a run directory; {hint}"
-    if path.is_dir():
-        return f"'{_shown(path)}' is not a run directory; {hint}"
-    return f"run directory '{_shown(path)}' does not exist; {hint}"
 
 
 def _file_state(path: Path) -> list:

@@ -35,7 +35,7 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
         out = Path("reports") / f"{Path(run_dirs[0]).resolve().name}.{fmt}"
     if all(Path(p).is_dir() for p in run_dirs):
         # `bench report results/*`: folders holding runs stand for them; folders with none are passed over
-        from bench.db import resolve_run_dirs
+        from bench.rundirs import resolve_run_dirs
 
         run_dirs = tuple(resolve_run_dirs(run_dirs))
     # pandas, matplotlib and scipy: imported when a report is rendered, not at `bench` start-up

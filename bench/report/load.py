@@ -41,7 +41,8 @@ def load_where(paths: Iterable[Path], where: str, index: Path | None = None) -> 
     """The runs of ``paths`` holding only the records the SQL condition ``where`` selects (over
     bench.db's ``records`` view; ``index``: a saved index, else a temporary one): DuckDB filters,
     so only the selected records become dicts. A run with none selected is left out."""
-    from bench.db import ResultsDB, resolve_run_dirs
+    from bench.db import ResultsDB
+    from bench.rundirs import resolve_run_dirs
 
     dirs = resolve_run_dirs(paths)
     selected: dict[str, list[dict[str, Any]]] = {}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
+from bench.claims import Claims, _boot_id, _read_claim
 from bench.record import RunDir
-from bench.sweep import Claims, _boot_id, _read_claim
 from tests.e2e.test_reliability import copy_run, measured, one_line_error, run_small  # noqa: F401 (a fixture)
 
 

@@ -345,7 +345,7 @@ def test_two_runs_into_one_out_measure_each_cell_once_and_take_over_stale_claims
 
 
 def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
-    from bench.sweep import Claims, _boot_id
+    from bench.claims import Claims, _boot_id
 
     run_dir = RunDir(tmp_path / "run").create()
     claims = Claims(run_dir)
@@ -373,8 +373,9 @@ def test_claims_held_by_a_live_process_or_another_host_are_respected(tmp_path):
 def test_a_cell_another_writer_finished_meanwhile_is_not_measured_again(tmp_path):
     """Writer B read the directory before A measured the cell, and takes the claim after A
     released it: B reads the records again and skips the cell."""
+    from bench.claims import Claims
     from bench.plan import Cell
-    from bench.sweep import Claims, Visit, _claim, _counts
+    from bench.sweep import Visit, _claim, _counts
 
     run_dir = RunDir(tmp_path / "run").create()
     claims = Claims(run_dir)

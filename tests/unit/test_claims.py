@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from bench.claims import Claims, _boot_id, _read_claim, claim_holders
 from bench.record import RunDir
-from bench.sweep import Claims, _boot_id, _read_claim, claim_holders
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.db import ResultsDB, resolve_run_dirs
+from bench.db import ResultsDB
 from bench.errors import BadInput
 from bench.record import RunDir
+from bench.rundirs import resolve_run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = [REPO / "results" / name for name in (
