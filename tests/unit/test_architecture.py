@@ -174,6 +174,16 @@ def test_resume_identity_measures_changed_settings_and_skips_identical(tmp_path)
     assert records[1]["invocation"] == invocations[2]["invocation"]
 
 
+class _Outcome:
+    """A scenario's typed result as the sweep sees it (sweep.CellOutcome): it turns into its record."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def to_record(self) -> dict:
+        return self.record
+
+
 class _CountingScenario:
     """Two cells; records which ones this rank ran."""
 
@@ -189,7 +199,7 @@ class _CountingScenario:
 
     def run(self, cell, ctx, history):
         self.ran.append(cell.key)
-        return {**cell.as_dict(), "status": "ok"}
+        return _Outcome({**cell.as_dict(), "status": "ok"})
 
     def summarize(self, records, run_dir, ctx, console):
         pass
