@@ -40,6 +40,7 @@ import click
 
 from bench.config_files import MAX_CONFIG_BYTES, MAX_CONFIG_EXPANDED, config_option  # noqa: F401 (re-exported: the file limits)
 from bench.errors import BadInput
+from bench.record import MAX_REPEATS
 
 MODES = ("infer", "train")
 TASKS = ("cls", "det", "seg")
@@ -478,7 +479,7 @@ class RunConfig:
                                   help="Limit on a cell's one-time set-up (build, engine, compile, first step, "
                                        "--batch auto search), which --max-time does not count; past it the cell is "
                                        "recorded with the flag setup-timeout and the sweep goes on.")
-    repeats: int = option("--repeats", default="1", parse=Int(1, 1000), identity=False,
+    repeats: int = option("--repeats", default="1", parse=Int(1, MAX_REPEATS), identity=False,
                           help="Visit every cell N times, in rounds (each round visits each cell once, in an order "
                                "shuffled from --order-seed), so drift hits every model alike; comparisons then use "
                                "the spread between repeats.")

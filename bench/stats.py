@@ -48,6 +48,12 @@ DEFAULT_THRESHOLD = {"cpu": 0.03, "cuda": 0.02}
 CPU_RSS_TOLERANCE = 0.22
 ALPHA = 0.05
 RESAMPLES = 2000
+# The bootstraps resample in chunks of at most this many drawn values (8 MiB of doubles; the indices,
+# the drawn values and a median's partition copy are a few of those at once): peak memory is a few
+# tens of MB whatever the number of samples, where drawing all RESAMPLES resamples at once took
+# RESAMPLES x N values (5 GB for two records of 1e5 samples). Readers hold at most
+# bench.record.MAX_KEPT_SAMPLES samples per record on top (docs/statistics-bounds.md).
+CHUNK_VALUES = 1 << 20
 METRICS = ("latency", "throughput", "peak_mem")
 VERDICTS = ("faster", "slower", "same", "inconclusive", "no samples")
 REGRESSIONS = ("slower", "more")  # the verdicts that fail a gate
@@ -194,19 +200,43 @@ def compare_runs(base: Timings, new: Timings, metric: str = "latency", threshold
 
 def _two_sample_ci(b: np.ndarray, n: np.ndarray, metric: str, images_b: int, images_n: int,
                    rng: np.random.Generator) -> tuple[float, float]:
-    def stat(x, y, axis=-1):
-        if metric == "throughput":  # (images / mean step of new) / (images / mean step of base)
-            return (images_n / np.mean(y, axis=axis)) / (images_b / np.mean(x, axis=axis))
-        return np.median(y, axis=axis) / np.median(x, axis=axis)
-
+    if metric == "throughput":  # (images / mean step of new) / (images / mean step of base)
+        stat, combine = np.mean, lambda x, y: (images_n / y) / (images_b / x)
+    else:
+        stat, combine = np.median, lambda x, y: y / x
     if min(len(b), len(n)) < 2:  # one timed step (a capped cell) says nothing of its spread
         return math.nan, math.nan
     if np.ptp(b) == 0 and np.ptp(n) == 0:  # constant samples: the ratio is exact
-        r = float(stat(b, n))
+        r = float(combine(stat(b), stat(n)))
         return r, r
-    res = _sps().bootstrap((b, n), stat, n_resamples=RESAMPLES, vectorized=True, paired=False,
-                        method="percentile", rng=rng)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return _percentile_ci(b, n, stat, combine, rng)
+
+
+def _percentile_ci(x: np.ndarray, y: np.ndarray, stat: Callable, combine: Callable,
+                   rng: np.random.Generator) -> tuple[float, float]:
+    """The 95% percentile interval of ``combine(stat(x*), stat(y*))`` over RESAMPLES independent
+    resamples x*, y*: what ``scipy.stats.bootstrap((x, y), ..., vectorized=True, paired=False,
+    method="percentile")`` gives, bit for bit for a seed (tests/unit/test_stats.py), in chunks of
+    CHUNK_VALUES drawn values. scipy's ``batch`` bounds memory too but interleaves the two samples'
+    draws, which changes every seeded interval; a statistic of each sample apart (a median, a mean)
+    lets each be resampled whole, in scipy's order: all of x's resamples, then all of y's."""
+    theta = combine(_resampled_stat(x, stat, rng), _resampled_stat(y, stat, rng))
+    alpha = np.asarray((1 - 0.95) / 2)  # scipy's own arithmetic (not 0.025): the same quantiles
+    lo, hi = _sps().quantile(theta, np.stack([alpha, 1 - alpha], axis=-1))
+    return float(lo), float(hi)
+
+
+def _resampled_stat(x: np.ndarray, stat: Callable, rng: np.random.Generator) -> np.ndarray:
+    """``stat`` of RESAMPLES resamples of ``x`` with replacement, CHUNK_VALUES values at a time
+    (drawing a (rows, n) block of indices per chunk takes the generator's stream in the same order
+    as one (RESAMPLES, n) draw)."""
+    n = len(x)
+    rows = max(1, CHUNK_VALUES // n)
+    out = np.empty(RESAMPLES)
+    for start in range(0, RESAMPLES, rows):
+        k = min(rows, RESAMPLES - start)
+        out[start:start + k] = stat(x[rng.integers(0, n, size=(k, n))], axis=-1)
+    return out
 
 
 def _resampled_figures(t: Timings, metric: str, rng: np.random.Generator) -> np.ndarray:
@@ -220,7 +250,7 @@ def _resampled_figures(t: Timings, metric: str, rng: np.random.Generator) -> np.
     for r, samples in enumerate(t.repeats):
         x = np.asarray(samples)
         where = np.nonzero(picks == r)
-        rows = max(1, 1_000_000 // max(1, len(x)))  # resample in chunks of about a million values
+        rows = max(1, CHUNK_VALUES // max(1, len(x)))  # resample in chunks of CHUNK_VALUES values
         for start in range(0, len(where[0]), rows):
             sel = (where[0][start:start + rows], where[1][start:start + rows])
             drawn = x[rng.integers(0, len(x), size=(len(sel[0]), len(x)))]
@@ -296,10 +326,7 @@ def compare_values(base: list[float], new: list[float], tolerance: float, seed: 
     ci: tuple[float, float] = (ratio, ratio)
     basis = "one value per run"
     if len(b) >= 2 and len(n) >= 2 and (np.ptp(b) > 0 or np.ptp(n) > 0):
-        res = _sps().bootstrap((b, n), lambda x, y, axis=-1: np.median(y, axis=axis) / np.median(x, axis=axis),
-                            n_resamples=RESAMPLES, vectorized=True, method="percentile",
-                            rng=np.random.default_rng(seed))
-        ci = (float(res.confidence_interval.low), float(res.confidence_interval.high))
+        ci = _percentile_ci(b, n, np.median, lambda x, y: y / x, np.random.default_rng(seed))
         basis = f"bootstrap over {len(b)} and {len(n)} repeats"
     lo, hi = ci
     if lo >= 1 - tolerance and hi <= 1 + tolerance:

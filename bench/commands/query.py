@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.db.limits import QueryLimits, limit_options
 from bench.errors import BadInput
 from bench.sanitize import md_text, visible
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from bench.db import QueryResult
 
 FORMATS = ("table", "csv", "json", "md")
+DEFAULT_MAX_ROWS = 10_000
 INDEX_HELP = ("A saved index (a DuckDB file) to read and keep up to date: only run directories whose records "
               "or invocations changed are re-read [default: none, a temporary index for this command].")
 
@@ -34,7 +36,11 @@ INDEX_HELP = ("A saved index (a DuckDB file) to read and keep up to date: only r
               help="table (for reading), csv, json (a list of row objects) or md.")
 @click.option("--index", type=click.Path(path_type=Path, dir_okay=False), default=None, help=INDEX_HELP)
 @click.option("--rebuild", is_flag=True, help="Re-read every run directory into --index, changed or not.")
-def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | None, rebuild: bool) -> None:
+@click.option("--max-rows", default=str(DEFAULT_MAX_ROWS), show_default=True, metavar="N|all",
+              help="Print at most N rows (a line on stderr says when there were more); all: every row.")
+@limit_options
+def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | None, rebuild: bool, max_rows: str,
+                  limits: QueryLimits) -> None:
     """Run one SELECT over the run directories' records and invocations (DuckDB SQL).
 
     \b
@@ -44,17 +50,34 @@ def query_command(sql: str, run_dirs: tuple[str, ...], fmt: str, index: Path | N
     """
     if rebuild and index is None:
         raise BadInput("--rebuild needs --index PATH (without it every query reads the run directories afresh)")
+    row_cap = _max_rows(max_rows)
     from bench.db import ResultsDB  # duckdb: imported by this command only
     from bench.rundirs import resolve_run_dirs
 
     dirs = resolve_run_dirs(run_dirs)
-    with ResultsDB(dirs, index, rebuild=rebuild) as db:
+    with ResultsDB(dirs, index, rebuild=rebuild, limits=limits) as db:
         for line in db.warnings():
             click.echo(line, err=True)
         if index is not None:
             click.echo(db.stats.summary(), err=True)
-        result = db.query(sql)
+        result = db.query(sql, row_cap)
     click.echo(format_result(result, fmt), nl=False)
+    if result.capped:
+        click.echo(f"bench: printed the first {row_cap:,} rows; the query returns more (raise --max-rows, "
+                   "or --max-rows all, or add LIMIT / an aggregate)", err=True)
+
+
+def _max_rows(text: str) -> int | None:
+    """--max-rows: a count of at least 1, or 'all' (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = 0
+    if not 1 <= rows <= 10**9:
+        raise BadInput(f"--max-rows {text!r}: give a count from 1 to 1,000,000,000, or all")
+    return rows
 
 
 def format_result(result: QueryResult, fmt: str) -> str:

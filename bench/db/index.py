@@ -3,7 +3,7 @@ and ``bench report --where`` read.
 
 How rows get in. Every record file of a run directory (``records.jsonl`` and each writer's shard
 ``records.<writer>.jsonl``, as ``RunDir.record_files`` lists them; ``records.torn-*`` never) is
-read with bench's own reader, ``bench.record.read_records_counted``: the same UTF-8 / JSON /
+read with bench's own reader, ``bench.record.read_records``: the same UTF-8 / JSON /
 ``upgrade`` / ``valid`` steps as ``RunDir.records()``, so a torn line or an invalid record is never
 a row, an old record is read as the current schema, and the rows are exactly that reader's
 records (tests/unit/test_db.py checks it on the committed runs). DuckDB's own JSON reader is only
@@ -38,13 +38,20 @@ Reading is read-only: the user's SQL runs on a connection opened with ``read_onl
 ``enable_external_access`` is switched off and the configuration locked, so no statement can
 write the index, read or write a file (COPY, read_csv, ATTACH), or switch that back on; on top,
 only one SELECT-like statement is accepted (``check_sql``).
+
+Bounds (bench/db/limits.py): every connection runs under ``QueryLimits`` (memory limit, spill
+limit, threads) and spills only into this command's own temporary directory (``bench-query-*``,
+removed on exit, on Ctrl-C and on SIGTERM); the user's SQL runs under ``QueryGuard`` (a deadline,
+Ctrl-C and SIGTERM interrupt the connection), and ``query`` returns at most ``max_rows`` rows.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,14 +59,18 @@ from typing import Any, Iterator
 
 import duckdb
 
+from bench.db.limits import QueryGuard, QueryLimits, SignalStop
 from bench.errors import BadInput, first_line
 from bench.outputs import check_output_file, is_duckdb_file
-from bench.record import INVOCATIONS, RunDir, read_records_counted, schema
+from bench.record import INVOCATIONS, RunDir, read_records, read_warnings, schema
 from bench.sanitize import visible
 
-INDEX_FORMAT = 1  # bump when the tables below change shape: older index files are rebuilt
+INDEX_FORMAT = 2  # bump when the tables below change shape: older index files are rebuilt
 TAIL_BYTES = 4096
 FLUSH_BYTES = 32 << 20  # rows buffered in a temporary JSONL file before DuckDB loads them
+# The JSON reader's largest line: the longest row written (so a long record loads, and a short file
+# takes no 2 GiB buffer from --memory-limit), at least DuckDB's own default.
+MIN_OBJECT_BYTES = 16 << 20
 KEYS = {"run_dir": "VARCHAR", "source_file": "VARCHAR", "record_index": "BIGINT"}
 EXTRA = "extra"
 # The raw samples as a list of doubles (list_median(latency_samples_ms) in SQL); a value that is not
@@ -72,7 +83,7 @@ INVOCATION_KEYS = ("invocation", "command", "run_id", "kind", "started_at", "git
                    "device_name", "torch", "python", "slurm_job_id")
 INVOCATION_TABLE = {"run_dir": "VARCHAR", "line": "BIGINT", "entry": "JSON"}
 RUNS_TABLE = {"run_dir": "VARCHAR", "fingerprint": "VARCHAR", "n_records": "BIGINT", "n_skipped": "BIGINT",
-              "builds": "BIGINT", "indexed_at": "DOUBLE"}
+              "n_thinned": "BIGINT", "builds": "BIGINT", "indexed_at": "DOUBLE"}
 # What a user's statement may be: a query. WITH ... SELECT parses as SELECT.
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
 # Nothing is downloaded at run time: a query naming an extension's function is refused, not fetched.
@@ -124,6 +135,7 @@ class UpdateStats:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # run dir -> lines RunDir would skip too
+    thinned: dict[str, int] = field(default_factory=dict)  # run dir -> records whose samples RunDir thins too
 
     def summary(self) -> str:
         return (f"index: {len(self.added)} run directories added, {len(self.updated)} updated, "
@@ -132,11 +144,13 @@ class UpdateStats:
 
 @dataclass
 class QueryResult:
-    """A query's answer: column names, DuckDB type names and the rows."""
+    """A query's answer: column names, DuckDB type names and the rows (the first ``max_rows``;
+    ``capped``: the query returned more)."""
 
     columns: list[str]
     types: list[str]
     rows: list[tuple]
+    capped: bool = False
 
 
 class _Rows:
@@ -148,11 +162,13 @@ class _Rows:
         self.con, self.table, self.columns, self.path = con, table, columns, path
         self.fh = path.open("w", encoding="utf-8")
         self.size = 0
+        self.longest = 0  # DuckDB's JSON reader holds buffers of about twice its maximum_object_size
 
     def add(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
         self.fh.write(line)
         self.size += len(line)
+        self.longest = max(self.longest, len(line.encode()))
         if self.size >= FLUSH_BYTES:
             self.flush()
 
@@ -162,10 +178,12 @@ class _Rows:
             cols = ", ".join(self.columns)
             spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in self.columns.items()) + "}"
             self.con.execute(f"INSERT INTO {self.table} ({cols}) SELECT {cols} FROM read_json(?, "
-                             f"format='newline_delimited', columns={spec}, maximum_object_size=1073741824)",
+                             f"format='newline_delimited', columns={spec}, "
+                             f"maximum_object_size={max(MIN_OBJECT_BYTES, self.longest)})",
                              [str(self.path)])
         self.fh = self.path.open("w", encoding="utf-8")
         self.size = 0
+        self.longest = 0
 
     def close(self) -> None:
         self.flush()
@@ -200,41 +218,61 @@ class ResultsDB:
     Use as a context manager; ``stats`` says what the update did, ``query`` runs the user's SQL,
     ``record_dicts`` gives the records a WHERE selects as RunDir reads them."""
 
-    def __init__(self, run_dirs: list[Path], index: Path | None = None, rebuild: bool = False):
+    def __init__(self, run_dirs: list[Path], index: Path | None = None, rebuild: bool = False,
+                 limits: QueryLimits | None = None):
         self.run_dirs = [Path(p) for p in run_dirs]
         self.keys = [str(p.resolve()) for p in self.run_dirs]
         self.index = Path(index) if index is not None else None
         self.rebuild = rebuild
+        self.limits = limits or QueryLimits()
         self.stats = UpdateStats()
         self.con: duckdb.DuckDBPyConnection | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._previous_sigterm: Any = None
+        self._stuck = False  # a call of the user's SQL never returned: the connection is still in use
 
     def __enter__(self) -> "ResultsDB":
         self.open()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
         self.close()
+        if isinstance(exc, SignalStop):  # the copy is gone: leave now (see SignalStop)
+            exc.exit_now()
 
     def open(self) -> UpdateStats:
-        path = self._index_path()
-        self.stats = self._update(path)
-        self.con = self._reader(path)
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM's default kills the process where it stands and leaves the bench-query-*
+            # directory (a copy of the records) behind: an exception unwinds through close().
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bench-query-")
+            path = self._index_path()
+            self.stats = self._update(path)
+            self.con = self._reader(path)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, SignalStop):
+                exc.exit_now()
+            raise
         return self.stats
 
     def close(self) -> None:
-        if self.con is not None:
+        if self.con is not None and not self._stuck:
             self.con.close()
-            self.con = None
+        self.con = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     # --- the index file -------------------------------------------------------------------------
 
     def _index_path(self) -> Path:
+        assert self._tmp is not None
         if self.index is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="bench-query-")
             return Path(self._tmp.name) / "index.duckdb"
         path = check_output_file(self.index, "--index", ours=self._is_index)  # bench's one output-path rule
         parent = path.resolve().parent
@@ -262,7 +300,7 @@ class ResultsDB:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return duckdb.connect(str(path), read_only=read_only, config=NO_EXTENSIONS)
+                return duckdb.connect(str(path), read_only=read_only, config={**NO_EXTENSIONS, **self._config()})
             except duckdb.IOException as exc:
                 text = first_line(exc)
                 if "lock" not in text.lower() or time.monotonic() > deadline:
@@ -271,9 +309,17 @@ class ResultsDB:
             except duckdb.Error as exc:
                 raise BadInput(f"cannot open index '{_shown(path)}': {first_line(exc)}") from None
 
+    def _config(self) -> dict[str, Any]:
+        """Every connection's bounds: bench's limits, spilling into this command's own directory."""
+        assert self._tmp is not None
+        spill = Path(self._tmp.name) / "spill"
+        spill.mkdir(exist_ok=True)
+        return self.limits.duckdb_config(str(spill))
+
     @staticmethod
-    def _known(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int, int]] | None:
-        """run dir -> (fingerprint, lines skipped, builds) of an index of the current format;
+    def _known(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int, int, int]] | None:
+        """run dir -> (fingerprint, lines skipped, builds, records thinned) of an index of the current
+        format;
         None when the file holds no index or one of another format."""
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
         if not {"_meta", "_runs", "_records", "_invocations"} <= tables:
@@ -281,8 +327,8 @@ class ResultsDB:
         row = con.execute("SELECT value FROM _meta WHERE key = 'signature'").fetchone()
         if row is None or row[0] != _signature():
             return None
-        return {r[0]: (r[1], r[2], r[3])
-                for r in con.execute("SELECT run_dir, fingerprint, n_skipped, builds FROM _runs").fetchall()}
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in
+                con.execute("SELECT run_dir, fingerprint, n_skipped, builds, n_thinned FROM _runs").fetchall()}
 
     def _update(self, path: Path) -> UpdateStats:
         """Bring the index up to date for this command's run directories (see the module doc)."""
@@ -295,7 +341,8 @@ class ResultsDB:
                 con.close()
             if known is not None and all(k in known and known[k][0] == prints[k] for k in self.keys) \
                     and all(Path(k).is_dir() for k in known):
-                return UpdateStats(unchanged=list(self.keys), skipped={k: known[k][1] for k in self.keys})
+                return UpdateStats(unchanged=list(self.keys), skipped={k: known[k][1] for k in self.keys},
+                                   thinned={k: known[k][3] for k in self.keys})
         con = self._connect(path, read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")
@@ -310,7 +357,7 @@ class ResultsDB:
                 (stats.updated if key in known and key in stale else stats.added if key in stale
                  else stats.unchanged).append(key)
                 if key not in stale:
-                    stats.skipped[key] = known[key][1]
+                    stats.skipped[key], stats.thinned[key] = known[key][1], known[key][3]
             gone = [*stats.removed, *stale]
             if gone:
                 con.execute("CREATE TEMP TABLE _gone (run_dir VARCHAR)")
@@ -346,7 +393,7 @@ class ResultsDB:
         con.execute(f"CREATE TABLE _invocations ({ddl(INVOCATION_TABLE)})")
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, stale: list[str], prints: dict[str, str],
-                known: dict[str, tuple[str, int, int]], stats: UpdateStats) -> None:
+                known: dict[str, tuple[str, int, int, int]], stats: UpdateStats) -> None:
         """Read each stale run directory with bench's reader and load its rows."""
         if not stale:
             return
@@ -356,19 +403,21 @@ class ResultsDB:
             invocations = _Rows(con, "_invocations", INVOCATION_TABLE, Path(tmp) / "invocations.jsonl")
             runs = _Rows(con, "_runs", RUNS_TABLE, Path(tmp) / "runs.jsonl")
             for key in stale:
-                n, skipped = 0, 0
+                n, skipped, thinned = 0, 0, 0
                 for path in RunDir(Path(key)).record_files():
-                    recs, bad = read_records_counted(path)
-                    skipped += bad
-                    for rec in recs:
+                    read = read_records(path)
+                    skipped += read.skipped
+                    thinned += read.thinned
+                    for rec in read.records:
                         records.add({**_split(rec, typed), "run_dir": key, "source_file": path.name,
                                      "record_index": n})
                         n += 1
                 for line, entry in enumerate(_invocation_lines(Path(key) / INVOCATIONS)):
                     invocations.add({"run_dir": key, "line": line, "entry": entry})
-                stats.skipped[key] = skipped
+                stats.skipped[key], stats.thinned[key] = skipped, thinned
                 runs.add({"run_dir": key, "fingerprint": prints[key], "n_records": n, "n_skipped": skipped,
-                          "builds": known.get(key, ("", 0, 0))[2] + 1, "indexed_at": time.time()})
+                          "n_thinned": thinned, "builds": known.get(key, ("", 0, 0, 0))[2] + 1,
+                          "indexed_at": time.time()})
             for rows in (records, invocations, runs):
                 rows.close()
 
@@ -389,46 +438,81 @@ class ResultsDB:
     # --- reading --------------------------------------------------------------------------------
 
     def warnings(self) -> list[str]:
-        """RunDir's warning for each run directory with lines it skips (so do the views)."""
-        return [f"bench: skipped {n} unreadable or invalid record(s) in {_shown(k)} (not JSON objects, not "
-                "UTF-8, or a field of the wrong type or value: see bench.record.valid)"
-                for k, n in self.stats.skipped.items() if n]
+        """RunDir's lines for each run directory with lines it skips or samples it thins (so do the
+        views)."""
+        return [line for k in self.keys for line in
+                read_warnings(_shown(k), self.stats.skipped.get(k, 0), self.stats.thinned.get(k, 0))]
 
-    def query(self, sql: str) -> QueryResult:
-        """Run one read-only statement of the user's; bad SQL is a one-line BadInput."""
+    def _guard(self, what: str) -> QueryGuard:
         assert self.con is not None, "open() first"
-        check_sql(self.con, sql)
-        try:
-            cur = self.con.execute(sql)
+        return QueryGuard(self.con, self.limits.timeout_s, what, self.limits.timeout)
+
+    def _failed(self, what: str, exc: duckdb.Error) -> BadInput:
+        """The one line for SQL that failed; past the memory limit it names bench's options (DuckDB's
+        own advice, SET memory_limit, is refused on this connection)."""
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return BadInput(f"{what} failed: it needs more memory than --memory-limit {self.limits.memory_limit} "
+                            f"(spilling at most --spill-limit {self.limits.spill_limit}); raise them or narrow the "
+                            "query")
+        return BadInput(f"{what} failed: {duck_message(exc)}")
+
+    def query(self, sql: str, max_rows: int | None = None) -> QueryResult:
+        """Run one read-only statement of the user's under the limits and the guard; at most
+        ``max_rows`` rows are fetched (None: all). Bad SQL is a one-line BadInput."""
+        assert self.con is not None, "open() first"
+        con = self.con
+        check_sql(con, sql)
+        guard = self._guard("the query")
+
+        def run() -> tuple[list, list[tuple]]:
+            cur = con.execute(sql)  # DuckDB streams: rows are made as they are fetched
             desc = cur.description or []
-            rows = cur.fetchall()
+            return desc, (cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1))
+
+        try:
+            desc, rows = guard.call(run)
         except duckdb.Error as exc:
-            raise BadInput(f"query failed: {duck_message(exc)}") from None
-        return QueryResult([d[0] for d in desc], [str(d[1]) for d in desc], rows)
+            raise self._failed("query", exc) from None
+        finally:
+            self._stuck = guard.stuck
+        capped = max_rows is not None and len(rows) > max_rows
+        return QueryResult([d[0] for d in desc], [str(d[1]) for d in desc], rows[:max_rows] if capped else rows,
+                           capped)
 
     def record_dicts(self, where: str, chunk: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
         """(run dir, record) for each record ``where`` selects, in run-directory order and then
         RunDir.records() order; the record as RunDir reads it (NULL columns left out, JSON
-        columns parsed, ``extra`` merged back). Fetched in chunks: memory follows the selection."""
+        columns parsed, ``extra`` merged back). Fetched in chunks: memory follows the selection.
+        One deadline (--timeout) covers the execution and every fetch."""
         assert self.con is not None, "open() first"
         sql = (f"SELECT r.* FROM records r JOIN _selected s USING (run_dir) WHERE (\n{where}\n)\n"
                "ORDER BY s.run_order, r.record_index")
         check_sql(self.con, sql, what="--where")
+        con, guard = self.con, self._guard("--where")
         try:
-            cur = self.con.execute(sql)
+            cur = guard.call(lambda: con.execute(sql))
         except duckdb.Error as exc:
-            raise BadInput(f"--where failed: {duck_message(exc)}") from None
+            raise self._failed("--where", exc) from None
+        finally:
+            self._stuck = guard.stuck
         names = [d[0] for d in cur.description]
         json_cols = {n for n, t in record_columns().items() if t == "JSON"}
         while True:
             try:
-                batch = cur.fetchmany(chunk)
+                batch = guard.call(lambda: cur.fetchmany(chunk))
             except duckdb.Error as exc:  # an error at run time (a failed cast) surfaces while fetching
-                raise BadInput(f"--where failed: {duck_message(exc)}") from None
+                raise self._failed("--where", exc) from None
+            finally:
+                self._stuck = guard.stuck
             if not batch:
                 return
             for row in batch:
                 yield row[0], _as_record(names, row, json_cols)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM while the index is built or read: unwind (the temporary directory is removed), exit 143."""
+    raise SignalStop(signum)
 
 
 def _as_record(names: list[str], row: tuple, json_cols: set[str]) -> dict[str, Any]:

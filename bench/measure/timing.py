@@ -91,11 +91,12 @@ from typing import Callable
 
 import torch
 
+from bench.record import thinned  # one thinning rule (MAX_KEPT_SAMPLES) for writers and readers
+
 FEW_SAMPLES = 10         # fewer timed iterations than this: "few-samples"
 WIDE_CI = 0.02           # a CI half-width above this share of the median: "wide-ci"
 DRIFT_MIN_N = 18         # the drift test needs thirds of at least 6, the smallest n with a 95% interval
 CI_LEVEL = 0.95
-MAX_KEPT_SAMPLES = 5000  # a record stays one JSON line: longer sample lists are thinned evenly
 WARMUP_CAP_SHARE = 0.5   # warm-up stops (unsteady, flagged) before it would pass half the hard cap
 RECORD_KEYS = ("iters", "warmup_iters", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_p99_ms",
                "latency_cv", "latency_ci95_ms", "latency_ci_coverage", "latency_samples_ms", "latency_blocks",
@@ -174,14 +175,6 @@ def drifted(times_ms: list[float], tolerance: float = WIDE_CI) -> bool:
     (f_lo, f_hi), (l_lo, l_hi) = median_ci95(first), median_ci95(last)
     apart = f_hi < l_lo or l_hi < f_lo
     return apart and abs(statistics.median(last) - statistics.median(first)) > tolerance * statistics.median(times_ms)
-
-
-def thinned(values: list[float], keep: int = MAX_KEPT_SAMPLES) -> list[float]:
-    """``keep`` values spread evenly over ``values`` (first and last included), or all of them."""
-    n = len(values)
-    if n <= keep:
-        return list(values)
-    return [values[round(i * (n - 1) / (keep - 1))] for i in range(keep)]
 
 
 def _none_if_nan(v: float) -> float | None:

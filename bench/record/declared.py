@@ -11,6 +11,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 SCHEMA_VERSION = 2
+# The samples one record keeps: a record stays one JSON line, and every reader (compare, history,
+# report, the index) holds at most this many per record, so the bootstraps' memory stays bounded
+# whatever a file holds. ``bench run`` thins to it when writing, readers thin a longer (edited or
+# foreign) list the same way when reading (bench.record.rundir), and set ``samples_thinned``.
+MAX_KEPT_SAMPLES = 5000
+# The longest step a sample may claim: --max-time's own bound (7 days), in ms. A sample above it, at
+# or below 0, or not finite is not a measurement bench makes (an edited file), and would give a
+# confident verdict from nothing ("ratio 0.000", 300-digit numbers).
+MAX_STEP_MS = 7 * 86400 * 1e3
+# --repeats' bound (bench.config): a record's repeat index lies in [0, MAX_REPEATS). The hierarchical
+# bootstrap holds RESAMPLES x repeats values per cell, so a reader must not take more.
+MAX_REPEATS = 1000
+# Counts a figure divides by or multiplies with (images per step = global_batch, or batch x world
+# size): 0 would make a throughput of 0 ("slower"); a count beyond this is no machine's.
+POSITIVE_COUNTS = ("batch", "global_batch", "world_size", "nodes")
+MAX_COUNT = 1 << 31
 
 # Field kinds: what a field is for, so the report needs no list of its own.
 CELL, SETTING, MEASURE, PROVENANCE = "cell", "setting", "measure", "provenance"
@@ -428,9 +444,10 @@ _NON_NEGATIVE_SUFFIXES = ("_ms", "_s", "_mb", "_gb", "iters", "params", "gmacs",
 
 def valid(rec: dict[str, Any]) -> bool:
     """A record bench may count as measured and show: ``well_formed`` (declared types), every
-    top-level number finite, and times, sizes and counts not negative. Read-time validation of
-    untrusted JSON; no schema library is a dependency, so this is written against ``Record``'s
-    own declared types."""
+    top-level number finite, and times, sizes and counts not negative; the counts a figure is
+    derived from (``POSITIVE_COUNTS``) at least 1, the repeat index within --repeats' bound, and
+    each latency sample a real step (``valid_samples``). Read-time validation of untrusted JSON;
+    no schema library is a dependency, so this is written against ``Record``'s own declared types."""
     if not well_formed(rec):
         return False
     for name, value in rec.items():
@@ -442,4 +459,27 @@ def valid(rec: dict[str, Any]) -> bool:
             return False
         if name in ("iters", "warmup_iters") and value > 1e15:
             return False
-    return True
+        if name in POSITIVE_COUNTS and not 1 <= value <= MAX_COUNT:
+            return False
+        if name == "repeat" and not 0 <= value < MAX_REPEATS:
+            return False
+    return valid_samples(rec.get("latency_samples_ms"))
+
+
+def valid_samples(samples: Any) -> bool:
+    """Absent, or a list of step times each a real number in (0, ``MAX_STEP_MS``]: a sample list
+    that is all 0, negative, 1e308 or holds a NaN is an edit, not a measurement, and would give a
+    confident verdict from nothing."""
+    if samples is None:
+        return True
+    return isinstance(samples, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= MAX_STEP_MS for x in samples)
+
+
+def thinned(values: list[float], keep: int = MAX_KEPT_SAMPLES) -> list[float]:
+    """``keep`` values spread evenly over ``values`` (first and last included), or all of them: the
+    one thinning rule, for the writers (bench.measure.timing) and the readers (``read_records``)."""
+    n = len(values)
+    if n <= keep:
+        return list(values)
+    return [values[round(i * (n - 1) / (keep - 1))] for i in range(keep)]

@@ -11,10 +11,11 @@ import secrets
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.record.declared import valid
+from bench.record.declared import MAX_KEPT_SAMPLES, thinned, valid
 from bench.record.upgrade import upgrade
 
 RECORDS = "records.jsonl"
@@ -39,7 +40,20 @@ def default_run_dir() -> Path:
     return Path("results") / new_run_id()
 
 
-_WARNED: set[tuple[str, int]] = set()  # (run directory, lines skipped) already said
+_WARNED: set[tuple[str, int, int]] = set()  # (run directory, lines skipped, records thinned) already said
+
+
+def read_warnings(run_dir: str, skipped: int, thinned_records: int) -> list[str]:
+    """The lines a reader says about one run directory: records left out, samples thinned."""
+    lines = []
+    if skipped:
+        lines.append(f"bench: skipped {skipped} unreadable or invalid record(s) in {run_dir} (not JSON objects, "
+                     "not UTF-8, or a field of the wrong type or value, damaged latency samples included: see "
+                     "bench.record.valid)")
+    if thinned_records:
+        lines.append(f"bench: thinned the latency samples of {thinned_records} record(s) in {run_dir} to "
+                     f"{MAX_KEPT_SAMPLES:,} each, evenly (as bench run keeps them; samples_thinned is set)")
+    return lines
 
 
 def writer_name() -> str | None:
@@ -153,18 +167,21 @@ class RunDir:
 
     def records(self, warn: bool = True) -> list[dict[str, Any]]:
         """Every readable record of records.jsonl and the shards; unreadable lines are skipped
-        with one warning that counts them (none when ``warn`` is False)."""
+        and long sample lists thinned, each said in one line that counts them (none when ``warn``
+        is False)."""
         out: list[dict[str, Any]] = []
-        skipped = 0
+        skipped = thin = 0
         for path in self.record_files():
-            recs, bad = read_records_counted(path)
-            out += recs
-            skipped += bad
-        if skipped and warn and (str(self.path.resolve()), skipped) not in _WARNED:
+            read = read_records(path)
+            out += read.records
+            skipped += read.skipped
+            thin += read.thinned
+        said = (str(self.path.resolve()), skipped, thin)
+        if warn and (skipped or thin) and said not in _WARNED:
             # Once per process: a command reads its directory several times (resume, report).
-            _WARNED.add((str(self.path.resolve()), skipped))
-            print(f"bench: skipped {skipped} unreadable or invalid record(s) in {self.path} (not JSON objects, "
-                  "not UTF-8, or a field of the wrong type or value: see bench.record.valid)", file=sys.stderr)
+            _WARNED.add(said)
+            for line in read_warnings(str(self.path), skipped, thin):
+                print(line, file=sys.stderr)
         return out
 
     def write_json(self, name: str, obj: Any) -> Path:
@@ -188,12 +205,30 @@ class RunDir:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class RecordsRead:
+    """What reading one records file gave: the valid records (upgraded, samples bounded), the lines
+    left out (unreadable or invalid) and the records whose samples were thinned on read."""
+
+    records: list[dict[str, Any]]
+    skipped: int
+    thinned: int
+
+
 def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
     """(the readable records of one file, upgraded; how many lines were unreadable)."""
+    read = read_records(path)
+    return read.records, read.skipped
+
+
+def read_records(path: str | os.PathLike) -> RecordsRead:
+    """Every valid record of one file, upgraded, its ``latency_samples_ms`` thinned to
+    ``MAX_KEPT_SAMPLES`` (flagged ``samples_thinned``); the lines left out and the records thinned
+    counted."""
     path = Path(path)
     if not path.is_file():
-        return [], 0
-    out, bad = [], 0
+        return RecordsRead([], 0, 0)
+    out, bad, thin = [], 0, 0
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.strip():
@@ -210,8 +245,13 @@ def read_records_counted(path: str | os.PathLike) -> tuple[list[dict[str, Any]],
             if not valid(rec):  # NaN latency, "fast" throughput, -3 iters: neither finished nor a figure
                 bad += 1
                 continue
+            samples = rec.get("latency_samples_ms")
+            if isinstance(samples, list) and len(samples) > MAX_KEPT_SAMPLES:
+                rec["latency_samples_ms"] = thinned(samples)
+                rec["samples_thinned"] = True
+                thin += 1
             out.append(rec)
-    return out, bad
+    return RecordsRead(out, bad, thin)
 
 
 def latest_by_cell(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from bench.db.limits import DEFAULTS, QueryLimits, limit_options
 from bench.errors import BadInput
 from bench.outputs import print_out, shown
 from bench.report.formats import FORMATS
@@ -23,13 +24,17 @@ from bench.sanitize import visible
                    "e.g. \"device_name LIKE '%H100%' AND res = '800'\".")
 @click.option("--index", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --where: a saved index to filter with (see `bench query --help`) [default: none].")
+@limit_options
 def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None, where: str | None,
-                   index: Path | None) -> None:
+                   index: Path | None, limits: QueryLimits) -> None:
     """Render a report comparing one or more run directories side by side."""
     if where is not None and not where.strip():
         raise BadInput("--where is empty; give an SQL condition, e.g. --where \"model = 'pvt_tiny'\", or leave it out")
     if index is not None and where is None:
         raise BadInput("--index is read only with --where; add --where SQL or leave --index out")
+    if limits != DEFAULTS and where is None:
+        raise BadInput("--memory-limit, --spill-limit, --threads and --timeout bound --where's SQL; add --where "
+                       "SQL or leave them out")
     fmt = _format(out, fmt)
     if out is None:
         out = Path("reports") / f"{Path(run_dirs[0]).resolve().name}.{fmt}"
@@ -42,7 +47,7 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None, fmt: str | None
     from bench.report.load import load_runs, load_where
     from bench.report.render import render_report
 
-    load = load_runs if where is None else partial(load_where, where=where, index=index)
+    load = load_runs if where is None else partial(load_where, where=where, index=index, limits=limits)
     print_out(visible(str(render_report(list(run_dirs), out, fmt, load)), one_line=True))
 
 

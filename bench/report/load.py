@@ -6,13 +6,16 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 
 from bench.errors import BadInput
 from bench.record import ENV, RECORDS, RunDir, latest_by_cell, schema
 from bench.stats import Timings, cell_groups, identity_key
+
+if TYPE_CHECKING:
+    from bench.db.limits import QueryLimits
 
 # The modes of fine-tune cells; every other mode (infer, train) is a performance cell.
 FINETUNE_MODES = ("det", "seg")
@@ -37,16 +40,18 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
     return _label_runs([load_run(Path(p)) for p in paths])
 
 
-def load_where(paths: Iterable[Path], where: str, index: Path | None = None) -> list[Run]:
+def load_where(paths: Iterable[Path], where: str, index: Path | None = None,
+               limits: QueryLimits | None = None) -> list[Run]:
     """The runs of ``paths`` holding only the records the SQL condition ``where`` selects (over
-    bench.db's ``records`` view; ``index``: a saved index, else a temporary one): DuckDB filters,
-    so only the selected records become dicts. A run with none selected is left out."""
+    bench.db's ``records`` view; ``index``: a saved index, else a temporary one), under ``limits``
+    (memory, spill, threads, time: bench.db.limits): DuckDB filters, so only the selected records
+    become dicts. A run with none selected is left out."""
     from bench.db import ResultsDB
     from bench.rundirs import resolve_run_dirs
 
     dirs = resolve_run_dirs(paths)
     selected: dict[str, list[dict[str, Any]]] = {}
-    with ResultsDB(dirs, index) as db:
+    with ResultsDB(dirs, index, limits=limits) as db:
         for line in db.warnings():
             print(line, file=sys.stderr)
         for key, rec in db.record_dicts(where):

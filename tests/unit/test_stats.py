@@ -184,3 +184,56 @@ def test_models_are_paired_by_round_index_when_a_visit_failed():
     recs = [{"status": "ok", "repeat": k, "latency_samples_ms": [1.0, 2.0], "global_batch": 1, "timestamp": "t"}
             for k in (0, 2)]
     assert S.Timings.from_records(recs).rounds == (0, 2)
+
+
+# --------------------------------------------------------------------------- issue 27 group 2: bounded bootstrap
+def _scipy_interval(b, n, stat) -> tuple[float, float]:
+    """The interval as scipy's bootstrap draws it all at once (what bench used before chunking)."""
+    from scipy import stats as sps
+
+    res = sps.bootstrap((b, n), stat, n_resamples=S.RESAMPLES, vectorized=True, paired=False,
+                        method="percentile", rng=np.random.default_rng(7))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _median_ratio(x, y, axis=-1):
+    return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+
+@pytest.mark.parametrize("sizes", [(2, 3), (37, 1201), (4999, 5000)])
+@pytest.mark.parametrize("metric", ["latency", "throughput"])
+def test_chunked_bootstrap_gives_scipys_interval_bit_for_bit(sizes, metric, monkeypatch):
+    """Chunking the resamples keeps every seeded interval as it was, whatever the chunk size."""
+    rng = np.random.default_rng(sum(sizes))
+    b, n = rng.lognormal(2, 0.2, sizes[0]), rng.lognormal(2.05, 0.2, sizes[1])
+    if metric == "throughput":
+        expected = _scipy_interval(b, n, lambda x, y, axis=-1: (2 / np.mean(y, axis=axis)) / (3 / np.mean(x, axis)))
+    else:
+        expected = _scipy_interval(b, n, _median_ratio)
+    for chunk in (S.CHUNK_VALUES, 9973):  # 9973: one row per chunk at n = 5000
+        monkeypatch.setattr(S, "CHUNK_VALUES", chunk)
+        assert S._two_sample_ci(b, n, metric, 3, 2, np.random.default_rng(7)) == expected
+    peaks = S.compare_values(list(b[:6]), list(n[:6]), 0.1, seed=7).ci
+    assert peaks == _scipy_interval(b[:6], n[:6], _median_ratio)
+
+
+def test_bootstrap_draws_no_more_than_a_chunk_at_once(monkeypatch):
+    """The largest array of drawn values is CHUNK_VALUES, not RESAMPLES x N (5 GB at N = 1e5); a
+    small chunk stands for the real one (1 << 20) so the test stays quick."""
+    monkeypatch.setattr(S, "CHUNK_VALUES", 10_000)
+    drawn: list[int] = []
+    real = np.random.Generator.integers
+
+    class Spy:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def integers(self, *args, size=None, **kw):
+            out = real(self.rng, *args, size=size, **kw)
+            drawn.append(int(np.size(out)))
+            return out
+
+    n = 3000
+    x = np.random.default_rng(0).lognormal(2, 0.1, n)
+    S._two_sample_ci(x, x * 1.01, "latency", 1, 1, Spy(np.random.default_rng(0)))
+    assert max(drawn) <= 10_000 and sum(drawn) == 2 * S.RESAMPLES * n
