@@ -8,6 +8,10 @@
 #   downloading torch (tests/resolve_py312.sh, about 1 min).
 # - ruff (lint) and import-linter (the layers in pyproject's [tool.importlinter]) before pytest.
 # - DeepSpeed's CPU communication op, compiled once (60-80 s) so no single test pays for it.
+# - pytest on both cores (pytest-xdist, -n 2): --dist loadgroup keeps each e2e module, the Slurm
+#   tests and the multi-rank jobs on one worker each (tests/conftest.py, docs/testing.md).
+#   Extra arguments go to pytest: `bash tests/run.sh -m "unit and not slow"` runs the fast tier.
+#   TEST_WORKERS=0 runs pytest in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,4 +47,8 @@ bash tests/resolve_py312.sh
 # Lint and the layer contract first: a change that breaks either fails before the long suite runs.
 .venv/bin/ruff check .
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest -q -ra "$@"
+workers="${TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  exec .venv/bin/python -m pytest -q -ra "$@"
+fi
+exec .venv/bin/python -m pytest -q -ra -n "$workers" --dist loadgroup "$@"

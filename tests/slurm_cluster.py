@@ -246,13 +246,13 @@ def _cluster(nodes: list[str]):
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_one():
     """A one-node cluster (node n1 with this machine's CPUs and memory)."""
     yield from _cluster(["n1"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_two():
     """Two emulated nodes, n1 and n2, both on this host (each claims all of its CPUs)."""
     yield from _cluster(["n1", "n2"])

@@ -1,8 +1,9 @@
-"""The report's exports under hostile input (issue 18, items 1, 6, 16a, 17 and the COCO symlink
-borderline): what `--out` may name, how a wrong run directory is named, and what a model, host
-or flag name holding terminal escapes, bidi overrides or Markdown links does to the Markdown,
-CSV and HTML. The real command line in real processes (tests/conftest.py::run_bench) where the
-user's view matters (one line, exit 2), render_report in process for the matrices.
+"""The report's exports under hostile input (issue 18, items 1, 6, 16a, 17; the COCO symlink
+borderline is in tests/unit/data/test_symlinks.py): what `--out` may name, how a wrong run
+directory is named, and what a model, host or flag name holding terminal escapes, bidi
+overrides or Markdown links does to the Markdown, CSV and HTML. The real command line in real
+processes (tests/conftest.py::run_bench) where the user's view matters (one line, exit 2),
+render_report in process for the matrices.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from conftest import run_bench
 
 from bench.errors import BadInput
 from bench.report import render_report
-from e2e.test_reliability import copy_run, measured, one_line_error  # noqa: F401 - measured is a fixture
+from tests.e2e.test_reliability import copy_run, one_line_error
 
 FORMATS = ("md", "csv", "html")
 
@@ -53,7 +54,7 @@ def _kinds(outs: dict[str, Path]) -> dict[str, tuple[int, str | None]]:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_report_out_that_is_not_a_regular_file_is_refused_and_untouched(measured, tmp_path, fmt):  # noqa: F811
+def test_report_out_that_is_not_a_regular_file_is_refused_and_untouched(measured, tmp_path, fmt):
     run = copy_run(measured, tmp_path)
     outs = _special_outs(tmp_path)
     before = _kinds(outs)
@@ -66,7 +67,7 @@ def test_report_out_that_is_not_a_regular_file_is_refused_and_untouched(measured
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
-def test_report_cli_refuses_a_fifo_and_a_symlink_in_one_line(measured, tmp_path):  # noqa: F811
+def test_report_cli_refuses_a_fifo_and_a_symlink_in_one_line(measured, tmp_path):
     run = copy_run(measured, tmp_path)
     outs = _special_outs(tmp_path)
     before = _kinds(outs)
@@ -78,7 +79,7 @@ def test_report_cli_refuses_a_fifo_and_a_symlink_in_one_line(measured, tmp_path)
     assert _kinds(outs) == before
 
 
-def test_report_into_a_regular_file_and_a_new_path_still_works(measured, tmp_path):  # noqa: F811
+def test_report_into_a_regular_file_and_a_new_path_still_works(measured, tmp_path):
     run = copy_run(measured, tmp_path)
     old = tmp_path / "old.csv"
     old.write_text("previous report")
@@ -103,7 +104,7 @@ def read_only_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_report_out_where_nothing_can_be_written_is_one_line_exit_2(measured, tmp_path, read_only_tmpfs):  # noqa: F811
+def test_report_out_where_nothing_can_be_written_is_one_line_exit_2(measured, tmp_path, read_only_tmpfs):
     run = copy_run(measured, tmp_path)
     a_file = tmp_path / "existing_file"
     a_file.write_text("x")
@@ -130,7 +131,7 @@ def test_report_out_where_nothing_can_be_written_is_one_line_exit_2(measured, tm
 # Item 16a: a records file given for its run directory is named as what it is
 
 
-def test_report_of_a_records_file_says_it_is_a_file_and_names_its_directory(measured, tmp_path):  # noqa: F811
+def test_report_of_a_records_file_says_it_is_a_file_and_names_its_directory(measured, tmp_path):
     run = copy_run(measured, tmp_path)
     proc = run_bench("report", str(run / "records.jsonl"), "--out", str(tmp_path / "r.md"))
     assert proc.returncode == 2
@@ -150,7 +151,7 @@ HOSTILE = f"x{ESC_CLEAR}{RLO}gpj.exe\rX [click](javascript:alert(1)) ![](http://
 RAW = ("\x1b", "\x07", RLO, "\r")  # none of these may reach a file
 
 
-def _hostile_copy(measured: Path, tmp_path: Path, name: str = HOSTILE) -> Path:  # noqa: F811
+def _hostile_copy(measured: Path, tmp_path: Path, name: str = HOSTILE) -> Path:
     """A finished run whose model, host, device and flag names, and run id, are ``name``."""
     run = copy_run(measured, tmp_path)
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
@@ -164,7 +165,7 @@ def _hostile_copy(measured: Path, tmp_path: Path, name: str = HOSTILE) -> Path: 
     return run
 
 
-def test_hostile_names_reach_no_export_raw(measured, tmp_path):  # noqa: F811
+def test_hostile_names_reach_no_export_raw(measured, tmp_path):
     run = _hostile_copy(measured, tmp_path)
     texts = {}
     for fmt in FORMATS:
@@ -183,7 +184,7 @@ def test_hostile_names_reach_no_export_raw(measured, tmp_path):  # noqa: F811
     assert rows and rows[0]["model"].startswith("mx\\x1b[2J\\x1b]0;owned\\x07\\u202egpj.exe\\rX"), rows[0]["model"]
 
 
-def test_markdown_export_has_no_link_image_or_html(measured, tmp_path):  # noqa: F811
+def test_markdown_export_has_no_link_image_or_html(measured, tmp_path):
     import markdown_it
 
     run = _hostile_copy(measured, tmp_path)
@@ -198,7 +199,7 @@ def test_markdown_export_has_no_link_image_or_html(measured, tmp_path):  # noqa:
     assert "<td" in markdown_it.MarkdownIt("commonmark").enable("table").render(text)  # still tables
 
 
-def test_lone_surrogate_in_a_name_is_shown_not_a_crash(measured, tmp_path):  # noqa: F811
+def test_lone_surrogate_in_a_name_is_shown_not_a_crash(measured, tmp_path):
     """json.loads turns "\\ud800" into a lone surrogate, which UTF-8 cannot write: the old report
     died with a UnicodeEncodeError traceback."""
     run = _hostile_copy(measured, tmp_path, name="s\ud800")
@@ -208,7 +209,7 @@ def test_lone_surrogate_in_a_name_is_shown_not_a_crash(measured, tmp_path):  # n
         assert "ms\\ud800" in (tmp_path / f"r.{fmt}").read_text(), fmt
 
 
-def test_html_page_is_autoescaped_and_shows_escapes(measured, tmp_path):  # noqa: F811
+def test_html_page_is_autoescaped_and_shows_escapes(measured, tmp_path):
     run = _hostile_copy(measured, tmp_path)
     out = tmp_path / "r.html"
     render_report([run], out, "html")
@@ -216,63 +217,3 @@ def test_html_page_is_autoescaped_and_shows_escapes(measured, tmp_path):  # noqa
     assert "<b>b</b>" not in page and "&lt;b&gt;b&lt;/b&gt;" in page
     assert 'href="javascript' not in page and 'src="http://evil' not in page
     assert "\\x1b[2J" in page and "\\u202e" in page
-
-
-# --------------------------------------------------------------------------------------------
-# Borderline: a COCO image folder (or annotation file) that is a symlink leaving the data set
-
-
-def test_coco_image_folder_symlinked_out_of_the_data_set_is_refused(tmp_path):
-    from bench.data import write_coco_fixture
-    from bench.data.coco import CocoDataset
-
-    root = write_coco_fixture(tmp_path / "coco", train_images=1, val_images=1, height=32, width=48, seed=1)
-    outside = tmp_path / "elsewhere"
-    (root / "val2017").rename(outside)
-    (root / "val2017").symlink_to(outside)
-    with pytest.raises(BadInput) as exc_info:
-        CocoDataset(root, "val", 32, 48)
-    assert "outside the data set folder" in str(exc_info.value.message)
-    assert "COCO val image folder" in str(exc_info.value.message)
-
-
-def test_coco_annotation_file_symlinked_out_of_the_data_set_is_refused(tmp_path):
-    from bench.data import write_coco_fixture
-    from bench.data.coco import CocoDataset
-
-    root = write_coco_fixture(tmp_path / "coco", train_images=1, val_images=1, height=32, width=48, seed=1)
-    ann = root / "annotations" / "instances_val2017.json"
-    outside = tmp_path / "ann.json"
-    ann.rename(outside)
-    ann.symlink_to(outside)
-    with pytest.raises(BadInput) as exc_info:
-        CocoDataset(root, "val", 32, 48)
-    assert "outside the data set folder" in str(exc_info.value.message)
-
-
-def test_coco_data_set_that_is_itself_a_symlink_and_inner_links_are_fine(tmp_path):
-    from bench.data import write_coco_fixture
-    from bench.data.coco import CocoDataset
-
-    real = write_coco_fixture(tmp_path / "store" / "coco", train_images=1, val_images=1, height=32, width=48, seed=1)
-    (real / "val2017").rename(real / "images-v1")
-    (real / "val2017").symlink_to(real / "images-v1")  # a link inside the data set stays allowed
-    link = tmp_path / "coco"
-    link.symlink_to(real)
-    assert CocoDataset(link, "val", 32, 48)[0]["image"].shape == (3, 32, 48)
-
-
-@pytest.mark.parametrize("part", ["images", "annotations"])
-def test_ade20k_split_folder_symlinked_out_of_the_data_set_is_refused(tmp_path, part):
-    """The COCO rule for ADE20K: images/validation or annotations/validation leaving the root."""
-    from bench.data import write_ade20k_fixture
-    from bench.data.ade20k import Ade20kDataset
-
-    root = write_ade20k_fixture(tmp_path / "ade", train_images=1, val_images=1, height=32, width=48, seed=1)
-    outside = tmp_path / "elsewhere"
-    (root / part / "validation").rename(outside)
-    (root / part / "validation").symlink_to(outside)
-    with pytest.raises(BadInput) as exc_info:
-        Ade20kDataset(root, "val", 32, 48)
-    assert "outside the data set folder" in str(exc_info.value.message)
-    Ade20kDataset(root, "train", 32, 48)  # the untouched split still loads

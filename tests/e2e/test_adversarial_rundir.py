@@ -1,11 +1,10 @@
-"""Issue 18 items 10-12 (the run directory's claims): a stale claim is taken over, and claims/
-as a file or a symlink is refused up front."""
+"""Issue 18 items 10-12 (the run directory's claims), through the real command line: claims/ as a
+file or a symlink is refused up front; the cells left to another writer are said. The stale-claim
+rules need no process: tests/unit/test_claims.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -13,46 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
-from bench.claims import Claims, _boot_id, _read_claim
+from bench.claims import Claims
 from bench.record import RunDir
-from tests.e2e.test_reliability import copy_run, measured, one_line_error, run_small  # noqa: F401 (a fixture)
+from tests.e2e.test_reliability import copy_run, one_line_error, run_small
 
 
-def test_hand_written_claim_of_pid_1_is_taken_over(tmp_path):
-    """Item 10: {"host": this host, "pid": 1} skipped the cell forever."""
-    claims = Claims(RunDir(tmp_path))
-    claims.dir.mkdir()
-    claims._path("k", "c").write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
-    assert claims.take("k", "c") is None
-    mine = _read_claim(claims._path("k", "c"))
-    assert mine["pid"] == os.getpid() and mine["start_time"] and "boot_id" in mine
-    claims.release_all()
-
-
-def test_claim_of_a_reused_pid_or_earlier_boot_is_stale(tmp_path):
-    claims = Claims(RunDir(tmp_path))
-    claims.dir.mkdir()
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    claims._path("a", "c").write_text(json.dumps({**me, "start_time": 1.0, "boot_id": _boot_id()}))  # pid reused
-    claims._path("b", "c").write_text(json.dumps({**me, "start_time": time.time(), "boot_id": "old-boot"}))
-    assert claims.take("a", "c") is None and claims.take("b", "c") is None
-    claims.release_all()
-
-
-def test_live_claim_is_respected_and_other_host_only_while_fresh(tmp_path):
-    first, second = Claims(RunDir(tmp_path)), Claims(RunDir(tmp_path))
-    assert first.take("k", "c") is None
-    assert "pid" in second.take("k", "c")  # this very process, alive
-    first.release_all()
-    path = second._path("o", "c")
-    path.write_text(json.dumps({"host": "elsewhere", "pid": 7, "start_time": time.time(), "boot_id": "b"}))
-    assert second.take("o", "c") is not None  # fresh heartbeat: respected
-    os.utime(path, (time.time() - 3600, time.time() - 3600))
-    assert second.take("o", "c") is None  # heartbeat an hour old: taken over
-    second.release_all()
-
-
-def test_claims_as_a_file_is_refused_up_front(measured, tmp_path):  # noqa: F811
+def test_claims_as_a_file_is_refused_up_front(measured, tmp_path):
     """Item 11: exit 1 after invocations.jsonl was appended."""
     out = copy_run(measured, tmp_path)
     shutil.rmtree(out / "claims", ignore_errors=True)
@@ -63,7 +28,7 @@ def test_claims_as_a_file_is_refused_up_front(measured, tmp_path):  # noqa: F811
     assert (out / "invocations.jsonl").read_bytes() == before
 
 
-def test_claims_as_a_symlink_is_refused(measured, tmp_path):  # noqa: F811
+def test_claims_as_a_symlink_is_refused(measured, tmp_path):
     """Item 12: files were created and deleted in the symlink's target."""
     out = copy_run(measured, tmp_path)
     outside = tmp_path / "outside"
@@ -124,7 +89,7 @@ def test_slurm_submit_line_break_in_out_names_out(tmp_path):
     assert proc.returncode == 2 and "--out" in line and "--job-name" not in line
 
 
-def test_profile_traces_as_a_file_is_refused_up_front(measured, tmp_path):  # noqa: F811
+def test_profile_traces_as_a_file_is_refused_up_front(measured, tmp_path):
     out = copy_run(measured, tmp_path)
     (out / "traces").write_text("x")
     before = (out / "records.jsonl").read_bytes()
@@ -146,7 +111,7 @@ def _foreign_claim(out: Path, cell_key: str, config_id: str) -> None:
                                 "boot_id": "elsewhere-boot"}))
 
 
-def test_a_run_lists_the_cells_it_left_to_another_writer(measured, tmp_path):  # noqa: F811
+def test_a_run_lists_the_cells_it_left_to_another_writer(measured, tmp_path):
     out = copy_run(measured, tmp_path)
     (rec,) = RunDir(out).records()
     (out / "records.jsonl").write_text("")  # the cell is to be measured again, but another host holds it
@@ -158,7 +123,7 @@ def test_a_run_lists_the_cells_it_left_to_another_writer(measured, tmp_path):  #
     assert "pid 7 on node-elsewhere" in said
 
 
-def test_slurm_status_lists_unmeasured_cells_and_claims(measured, tmp_path):  # noqa: F811
+def test_slurm_status_lists_unmeasured_cells_and_claims(measured, tmp_path):
     out = copy_run(measured, tmp_path)
     (rec,) = RunDir(out).records()
     key = rec["cell_key"]

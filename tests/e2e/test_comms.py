@@ -17,7 +17,7 @@ from bench.measure.comms import BYTES_TOLERANCE, MISMATCH_FLAG
 from bench.record import read_records_counted
 from tests.e2e.test_reliability import one_line_error
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.multiproc  # 2-rank gloo jobs
 
 TRAIN = ["--models", "resnet18", "--res", "64", "--budget", "0.2", "--no-report"]
 

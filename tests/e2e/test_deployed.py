@@ -33,7 +33,6 @@ def deployed_run(tmp_path_factory):
     return out, {r["backend"]: r for r in _records(out)}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_each_cpu_backend_cell_is_timed_costed_and_checked(deployed_run, backend):
     _, records = deployed_run
@@ -55,7 +54,6 @@ def test_each_cpu_backend_cell_is_timed_costed_and_checked(deployed_run, backend
         assert a["worst_cosine"] > 0.9999
 
 
-@pytest.mark.slow
 def test_like_for_like_settings_are_recorded(deployed_run):
     _, records = deployed_run
     ort, ov = records["onnxruntime"]["runtime_settings"], records["openvino"]["runtime_settings"]
@@ -65,7 +63,6 @@ def test_like_for_like_settings_are_recorded(deployed_run):
     assert records["eager"]["backend"] == "eager" and records["eager"]["cell_key"] == "cls|resnet18|32|infer|1"
 
 
-@pytest.mark.slow
 def test_report_has_the_deployed_section(deployed_run):
     out, _ = deployed_run
     proc = run_bench("report", str(out), "--format", "md", "--out", str(out / "report.md"))
@@ -111,7 +108,6 @@ TOY = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow
 def test_an_export_that_fails_is_recorded_and_the_next_cell_is_measured(tmp_path):
     launcher = tmp_path / "with_toy.py"
     launcher.write_text(TOY)

@@ -9,21 +9,25 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import REPO, run_bench
 
 from bench.record import read_records_counted
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.multiproc  # 2-rank gloo jobs
 
 
 def test_ddp_two_ranks_and_scaling_efficiency(tmp_path):
     out = tmp_path / "ddp"
+    # bench's default threads (every allotted core, shared out over the ranks) are under test:
+    # not the one thread an xdist worker gives the processes it starts (tests/conftest.py).
+    default_threads = {"OMP_NUM_THREADS": None}
     single = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--budget", "0.3",
-                       "--out", str(out), "--no-report")
+                       "--out", str(out), "--no-report", env=default_threads)
     assert single.returncode == 0, single.stderr[-2000:]
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--budget", "0.3",
-                     "--engine", "ddp", "--nproc", "2", "--out", str(out), "--no-report")
+                     "--engine", "ddp", "--nproc", "2", "--out", str(out), "--no-report", env=default_threads)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_records_counted(out / "records.jsonl")[0]
     assert len(records) == 2
@@ -103,19 +107,19 @@ def test_fsdp2_fine_tune_scores_an_uneven_validation_split(tmp_path):
     assert rec["val_images"] == 5 and 0 <= rec["miou"] <= 1
 
 
-def _worker_pids(rank: int) -> list[int]:
-    """Processes of ours whose environment says RANK=<rank> (torchrun's workers)."""
+def _worker_pids(parent: int, rank: int) -> list[int]:
+    """The processes under ``parent`` whose environment says RANK=<rank> (torchrun's workers).
+    Only its descendants: another job's ranks on the machine (an xdist worker beside this one, a
+    Slurm test's job) are not ours to kill."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process(parent).children(recursive=True):
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
+            environ = Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{child.pid}/cmdline").read_bytes()
         except OSError:
             continue
         if f"RANK={rank}".encode() in environ and b"bench.cli" in cmdline and b"torch.distributed.run" not in cmdline:
-            pids.append(int(entry.name))
+            pids.append(child.pid)
     return pids
 
 
@@ -132,7 +136,7 @@ def test_dead_rank_ends_the_job_in_bounded_time(tmp_path):
         while time.time() < deadline and not (out / "records.jsonl").exists():
             time.sleep(0.5)
         assert (out / "records.jsonl").exists(), "no cell finished"
-        victims = _worker_pids(1)
+        victims = _worker_pids(proc.pid, 1)
         assert victims, "rank 1 not found"
         os.kill(victims[0], signal.SIGKILL)
         killed_at = time.time()

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import REPO, run_bench
 
 from bench.stats import VERDICTS
-
-pytestmark = pytest.mark.slow
 
 RESULTS = REPO / "results"
 # The 2026-11-28 runs on the AMD EPYC machine that share the fp32 cells' config_id, oldest first.

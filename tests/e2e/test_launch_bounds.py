@@ -7,6 +7,7 @@ import signal
 import time
 
 import psutil
+import pytest
 from conftest import run_bench
 
 from bench.launch.local import allotted_cores
@@ -16,6 +17,7 @@ from tests.e2e.test_reliability import one_line_error, start
 TINY = ["--models", "resnet18", "--res", "32", "--modes", "infer", "--budget", "0.3", "--threads", "1"]
 
 
+@pytest.mark.multiproc
 def test_a_config_file_holds_a_study(tmp_path):
     """``nproc: "1,2"`` in --config: the world-size-2 ranks re-read it and refused it as a study
     under srun (torchrun traceback, exit 1). The list form parses the same (unit/test_launch_bounds)."""
@@ -56,6 +58,7 @@ def test_an_out_the_file_system_cannot_take_is_one_line_and_creates_nothing(tmp_
         assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.multiproc
 def test_ranks_die_with_torchrun_and_the_parent(tmp_path):
     """SIGKILL cannot be forwarded. torchrun is SIGKILLed with its parent (PR_SET_PDEATHSIG in its
     preexec_fn), and each rank with torchrun (PR_SET_PDEATHSIG asked by the rank itself): here

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from bench.launch.context import free_port
 
 _RANK = textwrap.dedent("""
@@ -30,6 +32,7 @@ _RANK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.multiproc
 def test_a_rank_stuck_in_a_collective_still_answers_the_exchange(tmp_path):
     port = str(free_port())
     procs = []

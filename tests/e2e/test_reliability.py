@@ -2,12 +2,13 @@
 in real processes (tests/conftest.py::run_bench), with small cells (resnet18 at 64 px, inference,
 0.1 s budget) so each process takes seconds.
 
-Covered: a torn last line; a full disk (in-process fake writer and a real tmpfs); unreadable and
-malformed records in resume and report; a records file that is a directory or a symlink; bad
---out; concurrent writers (claims, stale claims, shards, one shared file); run ids; a failure
-(FLOP counting out of memory) that stays in its cell; is_oom on communication errors; SIGTERM /
-SIGUSR1 / SIGINT to the parent of a --nproc 2 job (bench run and bench finetune); bench finetune
-rejected at load time creating nothing.
+Covered: a torn last line; a full disk (a real tmpfs); unreadable and malformed records in resume
+and report; a records file that is a directory or a symlink; bad --out; concurrent writers
+(claims, stale claims, shards, one shared file); a failure (FLOP counting out of memory) that
+stays in its cell; SIGTERM / SIGUSR1 / SIGINT to the parent of a --nproc 2 job (bench run and
+bench finetune); bench finetune rejected at load time creating nothing. The in-process cases (a
+full disk under a fake writer, run ids, is_oom, first_line, the stop flag) are in
+tests/unit/test_reliability.py.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import psutil
 import pytest
 from conftest import REPO, run_bench
 
-from bench.record import RunDir, new_run_id, read_records_counted
+from bench.record import RunDir, read_records_counted
 
 SMALL = ["--models", "resnet18", "--modes", "infer", "--budget", "0.1", "--max-time", "10"]
 
@@ -52,17 +53,6 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 def records_of(out: Path) -> list[dict]:
     return RunDir(out).records()
-
-
-@pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> Path:
-    """A run directory holding one finished cell (resnet18 64 infer): copied by the tests."""
-    out = tmp_path_factory.mktemp("measured") / "run"
-    proc = run_small(out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (rec,) = read_records_counted(out / "records.jsonl")[0]
-    assert rec["status"] == "ok", rec
-    return out
 
 
 def copy_run(measured: Path, tmp_path: Path, name: str = "run") -> Path:
@@ -102,50 +92,6 @@ def test_torn_last_line_is_kept_aside_and_the_run_goes_on(measured, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # 2. A full disk
-
-
-def _fake_write(monkeypatch, behaviour):
-    """os.write misbehaves for record lines (JSON objects ending in a newline) only."""
-    real = os.write
-
-    def write(fd, data):
-        if bytes(data).startswith(b"{") and bytes(data).endswith(b"\n") and b'"cell_key"' in bytes(data):
-            return behaviour(real, fd, bytes(data))
-        return real(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
-
-
-@pytest.mark.parametrize("behaviour", ["short", "enospc", "fsync-eio"])
-def test_full_disk_is_one_line_exit_1_with_the_record_on_stderr(tmp_path, monkeypatch, capsys, behaviour):
-    from bench.sweep import _append_or_die
-
-    run_dir = RunDir(tmp_path / "run").create()
-    run_dir.append({"cell_key": "cls|a|64|infer|1", "status": "ok"})
-    before = run_dir.records_path.read_bytes()
-    rec = {"cell_key": "cls|b|64|infer|1", "status": "ok", "latency_ms": 1.5}
-    if behaviour == "short":
-        _fake_write(monkeypatch, lambda real, fd, data: real(fd, data[: len(data) // 2]))
-    elif behaviour == "enospc":
-        def enospc(real, fd, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        _fake_write(monkeypatch, enospc)
-    else:
-        def eio(fd):
-            raise OSError(errno.EIO, "Input/output error")
-        monkeypatch.setattr(os, "fsync", eio)
-
-    with pytest.raises(SystemExit) as exit_info:
-        _append_or_die(run_dir, rec)
-    assert exit_info.value.code == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 2 and json.loads(err[0]) == rec  # the record, whole, as JSON
-    assert err[1].startswith("Error: cannot write the record of cls|b|64|infer|1")
-    assert ("disk full" in err[1]) == (behaviour != "fsync-eio")
-    monkeypatch.undo()
-    assert run_dir.records_path.read_bytes() == before  # no partial line left behind
-    run_dir.append(rec)  # and the next append is whole
-    assert [r["cell_key"] for r in run_dir.records()] == ["cls|a|64|infer|1", "cls|b|64|infer|1"]
 
 
 @pytest.fixture
@@ -389,12 +335,6 @@ def test_a_cell_another_writer_finished_meanwhile_is_not_measured_again(tmp_path
     assert _claim(claims, run_dir, Visit(other), "c", known) is None  # a cell nobody measured: ours
 
 
-def test_run_ids_started_in_the_same_second_differ(monkeypatch):
-    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20250101-000000")
-    ids = {new_run_id() for _ in range(50)}
-    assert len(ids) == 50
-
-
 def _append_many(path: str, writer: str | None, n: int, tag: int) -> None:
     run_dir = RunDir(path, writer=writer)
     for i in range(n):
@@ -455,32 +395,6 @@ def test_flops_command_reports_the_size_that_does_not_fit(tmp_path):
     assert rows[0]["status"] == "ok" and rows[1]["status"] in ("oom", "error") and rows[1]["error"]
 
 
-def test_is_oom_tells_a_cell_oom_from_a_communication_error():
-    import torch
-    import torch.distributed as dist
-
-    from bench.measure.memory import is_oom
-
-    cell_ooms = [
-        MemoryError(),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-                     "you tried to allocate 50334720 bytes. Error code 12 (Cannot allocate memory)"),
-        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-        RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"),
-    ]
-    communication = [
-        RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error, NCCL version 2.18.1\n"
-                     "Last error: Cuda failure 'out of memory'"),
-        RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error: out of memory"),
-        RuntimeError("ProcessGroupGloo: out of memory while allocating the collective buffer"),
-        dist.DistBackendError("out of memory"),
-        RuntimeError("c10d: out of memory in collective all_reduce"),
-    ]
-    assert all(is_oom(e) for e in cell_ooms), [str(e) for e in cell_ooms if not is_oom(e)]
-    assert not any(is_oom(e) for e in communication), [str(e) for e in communication if is_oom(e)]
-    assert not is_oom(RuntimeError("shape mismatch")) and not is_oom(ValueError("memory layout"))
-
-
 # --------------------------------------------------------------------------------------------
 # 7. Stopping a --nproc 2 job from its parent
 
@@ -514,6 +428,7 @@ DDP_RUN = ["run", "--nproc", "2", "--engine", "ddp", "--modes", "train", "--mode
            "--budget", "0.1", "--max-time", "30", "--no-report"]
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_stop_signal_to_the_parent_stops_every_rank_at_a_cell_boundary(tmp_path, sig):
     out = tmp_path / "ddp"
@@ -530,6 +445,7 @@ def test_stop_signal_to_the_parent_stops_every_rank_at_a_cell_boundary(tmp_path,
     assert len({r["cell_key"] for r in resumed}) == len(resumed)  # whole records, no duplicates
 
 
+@pytest.mark.multiproc
 def test_sigint_to_the_parent_interrupts_every_rank(tmp_path):
     out = tmp_path / "ddp"
     code, err, family = _stop_job([*DDP_RUN, "--out", str(out)], signal.SIGINT,
@@ -541,6 +457,7 @@ def test_sigint_to_the_parent_interrupts_every_rank(tmp_path):
     assert not list((out / "claims").glob("*.claim"))  # released on the way out
 
 
+@pytest.mark.multiproc
 def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
     """SIGKILL cannot be forwarded: torchrun gets SIGKILL when its parent dies, and each rank when
     torchrun dies (PR_SET_PDEATHSIG; tests/e2e/test_launch_bounds.py kills torchrun too)."""
@@ -559,6 +476,7 @@ def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
     assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.multiproc
 def test_sigterm_to_a_finetune_parent_stops_with_99(tmp_path):
     out = tmp_path / "ft"
     args = ["finetune", "--nproc", "2", "--engine", "ddp", "--task", "seg", "--models", "resnet18", "--res", "64",
@@ -602,42 +520,3 @@ def test_finetune_rejected_at_load_time_creates_nothing(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the small shared helpers
-
-
-def test_first_line_is_one_bounded_line_and_never_empty():
-    """bench.errors.first_line is what every record's ``error`` and every one-line message uses."""
-    from bench.errors import first_line
-
-    assert first_line(RuntimeError("  boom\n  File x, line 3\n")) == "boom"
-    assert first_line(RuntimeError("boom\nmore"), with_type=True) == "RuntimeError: boom"
-    assert first_line(RuntimeError()) == "RuntimeError"  # no message: the type, never ""
-    assert first_line(MemoryError(), with_type=True) == "MemoryError"
-    assert first_line(ValueError("x" * 1000)) == "x" * 300
-    assert first_line(ValueError("x" * 1000), 50) == "x" * 50
-
-
-def test_default_run_dir_is_unique_under_results():
-    from bench.record import default_run_dir
-
-    dirs = {default_run_dir() for _ in range(20)}
-    assert len(dirs) == 20 and all(d.parent == Path("results") for d in dirs)
-
-
-def test_stop_flag_records_the_signal_without_dying():
-    """SIGUSR1 / SIGTERM set the flag the sweep checks between cells (bench.launch.signals)."""
-    from bench.launch.signals import PREEMPTED_EXIT, STOP_SIGNALS, StopFlag
-
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    try:
-        flag = StopFlag().install()
-        assert flag.signal is None
-        os.kill(os.getpid(), signal.SIGUSR1)
-        time.sleep(0.05)  # Python runs the handler at the next bytecode boundary
-        assert flag.signal == signal.SIGUSR1
-        os.kill(os.getpid(), signal.SIGTERM)  # the process is still here
-        time.sleep(0.05)
-        assert flag.signal == signal.SIGTERM
-        assert StopFlag.shared() is StopFlag.shared() and PREEMPTED_EXIT == 99
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -104,7 +104,6 @@ def test_peak_memory_does_not_depend_on_the_cell_before(tiny_run, tmp_path):
     assert after["peak_mem_mb"] == pytest.approx(alone["peak_mem_mb"], rel=0.25)
 
 
-@pytest.mark.slow
 def test_run_task_det_measures_the_whole_detector(tmp_path):
     """bench run --task det on CPU at a small size: padded input, parts, NMS timed apart, a step."""
     out = tmp_path / "det"

@@ -87,6 +87,7 @@ def test_a_set_up_past_its_limit_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert fine["status"] == "ok" and fine["iters"] >= 10
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize("failure", ["setup-timeout", "oom"])
 def test_an_agreed_failure_in_a_two_rank_job_ends_the_cell_not_the_job(tmp_path, failure):
     """Cell 1 (res 64) fails on both ranks by one decision; cell 2 (res 96) is still measured."""
@@ -107,6 +108,7 @@ def test_an_agreed_failure_in_a_two_rank_job_ends_the_cell_not_the_job(tmp_path,
     assert measured["status"] == "ok" and measured["world_size"] == 2 and measured["iters"] >= 10
 
 
+@pytest.mark.multiproc
 def test_a_failure_on_one_rank_only_still_ends_the_job(tmp_path):
     """OOM on rank 1 alone leaves rank 0 in the step's all-reduce: no agreement, the job ends."""
     out = tmp_path / "run"

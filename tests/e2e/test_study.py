@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_bench
 
 from bench.record import RunDir
@@ -22,10 +23,12 @@ def _by_world(out: Path) -> dict[int, list[dict]]:
     return got
 
 
+@pytest.mark.multiproc
 def test_weak_study_of_two_models_in_one_run_dir(tmp_path):
     out = tmp_path / "study"
+    # bench's default threads are under test, not the one thread of an xdist worker (tests/conftest.py)
     proc = run_bench("run", "--models", "resnet18,pvt_tiny", *TRAIN, "--nproc", "1,2", "--out", str(out),
-                     timeout=900)
+                     timeout=900, env={"OMP_NUM_THREADS": None})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["study"]  # one run directory
     by_world = _by_world(out)
@@ -48,6 +51,7 @@ def test_weak_study_of_two_models_in_one_run_dir(tmp_path):
     assert len(rows) == 4 and all("–" in r.split("|")[-4] for r in rows if "| 2 " in r), rows
 
 
+@pytest.mark.multiproc
 def test_strong_study_splits_the_global_batch(tmp_path):
     out = tmp_path / "strong"
     proc = run_bench("run", "--models", "resnet18", *TRAIN, "--nproc", "1,2", "--global-batch", "2",

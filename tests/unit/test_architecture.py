@@ -154,7 +154,7 @@ def test_report_shows_settings_that_vary(tmp_path):
 # ------------------------------------------------------------------------------------ sweep
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_identity_measures_changed_settings_and_skips_identical(tmp_path):
     out = tmp_path / "run"
     args = ["run", "--models", "resnet18", "--res", "64", "--modes", "infer", *QUICK, "--out", str(out)]
@@ -226,6 +226,7 @@ def _rank_main(rank: int, out: str, port: int, result_dir: str) -> None:
     Path(result_dir, f"rank{rank}.json").write_text(json.dumps(scenario.ran))
 
 
+@pytest.mark.multiproc
 def test_rank0_decides_the_todo_list_and_broadcasts_it(tmp_path):
     from bench.launch.context import free_port
 
@@ -250,6 +251,7 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.e2e
 def test_imports_follow_the_layers_in_pyproject():
     """The allowed directions are written once ([tool.importlinter] in pyproject.toml) and hold:
     no lower layer imports a higher one (function-level imports included), models never import
@@ -260,6 +262,7 @@ def test_imports_follow_the_layers_in_pyproject():
     assert "0 broken" in proc.stdout and "2 kept" in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module, source, broken", [
     # a launcher that reaches up into the sweep (a lazy import counts too)
     ("bench/launch/upward.py", "def f():\n    from bench.sweep import run_sweep\n    return run_sweep\n",

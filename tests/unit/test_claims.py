@@ -1,6 +1,9 @@
-"""Issue 27 group 9: a claim that does not name its process fully (host, pid, start time, boot id),
-or that is a symlink, is malformed and taken over at once, not honoured for 600 s as another
-machine's claim."""
+"""Claims on a cell in the run directory. Issue 27 group 9: a claim that does not name its process
+fully (host, pid, start time, boot id), or that is a symlink, is malformed and taken over at once,
+not honoured for 600 s as another machine's claim. Issue 18 item 10 (moved from
+tests/e2e/test_adversarial_rundir.py: they need no process of their own): a hand-written claim of
+pid 1, a reused pid or an earlier boot is stale and taken over; a live claim, and another host's
+while its heartbeat is fresh, is respected."""
 from __future__ import annotations
 
 import json
@@ -86,3 +89,40 @@ def test_our_own_claims_are_whole(claims):
     held = _read_claim(claims._path("k", "c"))
     assert held is not None and held["boot_id"] == _boot_id() and 0 < held["start_time"] <= time.time()
     assert Claims(RunDir(claims.dir.parent)).take("k", "c") == f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+# ---------------------------------------------------------------- issue 18 item 10
+
+
+def test_hand_written_claim_of_pid_1_is_taken_over(tmp_path):
+    """Item 10: {"host": this host, "pid": 1} skipped the cell forever."""
+    claims = Claims(RunDir(tmp_path))
+    claims.dir.mkdir()
+    claims._path("k", "c").write_text(json.dumps({"host": socket.gethostname(), "pid": 1}))
+    assert claims.take("k", "c") is None
+    mine = _read_claim(claims._path("k", "c"))
+    assert mine["pid"] == os.getpid() and mine["start_time"] and "boot_id" in mine
+    claims.release_all()
+
+
+def test_claim_of_a_reused_pid_or_earlier_boot_is_stale(tmp_path):
+    claims = Claims(RunDir(tmp_path))
+    claims.dir.mkdir()
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    claims._path("a", "c").write_text(json.dumps({**me, "start_time": 1.0, "boot_id": _boot_id()}))  # pid reused
+    claims._path("b", "c").write_text(json.dumps({**me, "start_time": time.time(), "boot_id": "old-boot"}))
+    assert claims.take("a", "c") is None and claims.take("b", "c") is None
+    claims.release_all()
+
+
+def test_live_claim_is_respected_and_other_host_only_while_fresh(tmp_path):
+    first, second = Claims(RunDir(tmp_path)), Claims(RunDir(tmp_path))
+    assert first.take("k", "c") is None
+    assert "pid" in second.take("k", "c")  # this very process, alive
+    first.release_all()
+    path = second._path("o", "c")
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 7, "start_time": time.time(), "boot_id": "b"}))
+    assert second.take("o", "c") is not None  # fresh heartbeat: respected
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert second.take("o", "c") is None  # heartbeat an hour old: taken over
+    second.release_all()

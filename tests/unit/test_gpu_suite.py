@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from bench.config import RunConfig
 
 GPU_TESTS = sorted((Path(__file__).resolve().parents[1] / "gpu").glob("test_*.py"))
@@ -49,6 +51,7 @@ def test_defaults_the_gpu_tests_expect_are_bench_defaults():
                                                     f"default {expected}"
 
 
+@pytest.mark.e2e
 def test_run_sh_names_only_test_files_and_checks_that_exist():
     import re
     import subprocess

@@ -139,6 +139,7 @@ def test_a_wrong_fast_path_is_flagged_numerics_drift(monkeypatch):
     assert by_name["stage3"]["rel_l2"] == 1.0 and by_name["stage1"]["cosine"] > 0.999
 
 
+@pytest.mark.slow  # an inductor compile (C++ kernels): minutes on 2 cores, out of the fast tier
 def test_compile_on_cpu_is_within_the_fp32_compile_tolerance():
     cell = Cell("pvt_tiny", 64, 64, "infer", 1)
     torch.manual_seed(0)

@@ -112,6 +112,7 @@ def test_dense_parts_are_counted_each_and_sum_to_the_whole(task, size, parts):
     assert sum(report.part_params.values()) == report.params
 
 
+@pytest.mark.slow  # two RetinaNets traced at 800x1280: minutes on 2 cores, out of the fast tier
 def test_dense_cost_reproduces_the_paper():
     """RetinaNet at 800x1280 (mmdet's 1280x800): ResNet50 239.3 and PVT-Small 285.8 G(MACs),
     RetinaNet params 37.7 / 34.2 M (ours has torchvision's head: 80 classes, 9 anchors)."""
@@ -124,6 +125,7 @@ def test_dense_cost_reproduces_the_paper():
     assert pvt.params / 1e6 == pytest.approx(34.2, abs=0.1)
 
 
+@pytest.mark.e2e
 def test_flops_command_json():
     proc = run_bench("flops", "--models", "pvt_tiny,resnet18", "--res", "224,256x320", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -136,6 +138,7 @@ def test_flops_command_json():
         assert r["gflops"] == pytest.approx(2 * r["gmacs"])
 
 
+@pytest.mark.e2e
 def test_flops_command_dense_rows():
     proc = run_bench("flops", "--task", "det", "--models", "resnet18", "--res", "200x250", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -51,7 +51,8 @@ def test_memory_breakdown_of_adamw_fp32_from_real_tensors():
     assert parts["params"] >= params_mb
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.multiproc
 def test_zero1_two_ranks_hold_half_the_optimizer_state(tmp_path):
     out = tmp_path / "zero"
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "train", "--engine", "deepspeed",
@@ -129,7 +130,7 @@ def test_deepspeed_config_means_autocast_and_merges_deeply():
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cpu_run_records_mfu_in_range_and_compile_apart(tmp_path):
     out = tmp_path / "c"
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "infer", "--compile",
