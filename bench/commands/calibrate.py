@@ -58,8 +58,8 @@ def _measure(work: Path, models: str, res: str, modes: str, runs: int, repeats: 
 def calibrate_command(from_dirs: tuple[str, ...], models: str, res: str, modes: str, runs: int, repeats: int,
                       budget: float, threads: int | None, work: str | None, out: str, metric: str) -> None:
     """Measure this device's noise between runs and store it for bench compare."""
-    from bench.db.index import is_run_dir
     from bench.outputs import check_output_file, shown
+    from bench.rundirs import is_run_dir
 
     for d in from_dirs:
         if not is_run_dir(Path(d)):

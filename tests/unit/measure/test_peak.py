@@ -75,8 +75,10 @@ def test_scenario_uses_the_peak_measured_after_each_cell(monkeypatch):
     after it, and records that peak's CI and method (the old code used one figure for the run)."""
     from bench.config import RunConfig
     from bench.measure.flops import Flops
+    from bench.measure.timing import Throughput
     from bench.plan import Cell
     from bench.scenarios import classify
+    from bench.scenarios.result import CellResult
 
     times = {512: [1.0] * 10, 1024: [10.0] * 10, 2048: [40.0] * 10}
     monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, []))
@@ -87,8 +89,9 @@ def test_scenario_uses_the_peak_measured_after_each_cell(monkeypatch):
     rates = []
     for ms in (40.0, 80.0):
         times[2048] = [ms] * 10
-        rec = {"status": "ok", "throughput": 100.0, "device_name": "cpu"}
-        scenario._derive(rec, counted, cell, ONE, [])
+        result = CellResult({"device_name": "cpu"}, throughput=Throughput(100.0, 1, 1, [10.0]))
+        scenario._derive(result, counted, cell, ONE, [])
+        rec = result.derived
         rates.append(rec["peak_tflops"])
         assert rec["mfu"] == pytest.approx(rec["achieved_tflops"] / rec["peak_tflops"])
         assert rec["peak_tflops_ci95"] == [pytest.approx(rec["peak_tflops"])] * 2
