@@ -12,11 +12,30 @@ import time
 import torch
 import torch.nn as nn
 
-from bench.deploy.base import Backend, BackendUnavailable, DeployCosts, Deployed, DeploySpec, Exported, size_of
+from bench.deploy.base import (
+    Backend,
+    BackendUnavailable,
+    DeployCosts,
+    Deployed,
+    DeploySpec,
+    Exported,
+    ExportFailed,
+    export_failure,
+    size_of,
+)
 from bench.deploy.registry import register_backend
 
 READ_BACK = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
              "EXECUTION_DEVICES")
+
+
+def _conversion_failure(exc: BaseException) -> ExportFailed:
+    """OpenVINO's converter refusing the exported program is an export failure (status
+    export-failed), named by its own line that says which ops it has no rule for; its first line
+    ("Check 'false' failed at src/frontends/...") says nothing."""
+    failure = export_failure(exc)
+    named = next((line.strip() for line in str(exc).splitlines() if "No conversion rule" in line), None)
+    return ExportFailed(f"{type(exc).__name__}: {named}", failure.op) if named else failure
 
 
 def _openvino():
@@ -41,7 +60,10 @@ class OpenVino(Backend):
         ov = _openvino()
         export_s = exported.seconds
         t0 = time.perf_counter()
-        converted = ov.convert_model(exported.artifact)
+        try:
+            converted = ov.convert_model(exported.artifact)
+        except Exception as exc:  # noqa: BLE001 - the converter's refusal is the cell's finding
+            raise _conversion_failure(exc) from exc
         xml = spec.workdir / "model.xml"
         ov.save_model(converted, str(xml), compress_to_fp16=False)
         compiled = ov.Core().compile_model(converted, "CPU", {
