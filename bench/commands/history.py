@@ -27,7 +27,7 @@ import click
 from bench import stats
 from bench.errors import SLOWER_EXIT, BadInput
 from bench.outputs import print_out, print_rich, shown
-from bench.record import ENV, INVOCATIONS, RunDir, cell_identity
+from bench.record import ENV, RunDir, cell_identity
 from bench.sanitize import md_text, terminal, visible
 
 METRICS = {"latency_ms": "latency", "throughput": "throughput"}  # --metric -> bench.stats's metric
@@ -140,15 +140,7 @@ def _provenances(path: Path) -> tuple[dict[str, Provenance], Provenance]:
         return Provenance(commit if isinstance(commit, str) else None, dirty if isinstance(dirty, bool) else None,
                           str(torch) if torch else None)
 
-    by_id: dict[str, Provenance] = {}
-    if (path / INVOCATIONS).is_file():
-        for line in (path / INVOCATIONS).read_text(errors="replace").splitlines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and isinstance(d.get("invocation"), str):
-                by_id[d["invocation"]] = of(d)
+    by_id = {invocation: of(d) for invocation, d in RunDir(path).invocation_entries().items()}
     env = Provenance()
     if (path / ENV).is_file():
         try:

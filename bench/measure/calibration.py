@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import __version__, stats
 from bench.errors import BadInput
-from bench.record import ENV, INVOCATIONS, RunDir, upgrade
+from bench.record import ENV, RunDir, upgrade
 
 FORMAT = 1                                # the calibration file's own version
 DEFAULT_DIR = Path("results") / "calibration"
@@ -91,15 +91,7 @@ class Calibration:
 
 # --------------------------------------------------------------------------- reading run directories
 def _invocations(path: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    if (path / INVOCATIONS).is_file():
-        for line in (path / INVOCATIONS).read_text(errors="replace").splitlines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and isinstance(d.get("invocation"), str):
-                out[d["invocation"]] = d
+    out = RunDir(path).invocation_entries()
     if not out and (path / ENV).is_file():
         try:
             d = json.loads((path / ENV).read_text())

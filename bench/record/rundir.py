@@ -165,6 +165,21 @@ class RunDir:
         print(f"bench: {path} ended in a torn line ({size - cut} bytes); kept them in {side} and cut them off",
               file=sys.stderr)
 
+    def invocation_entries(self) -> dict[str, dict[str, Any]]:
+        """Each line of invocations.jsonl that is a JSON object naming its invocation, by that id
+        (unreadable lines passed over): what produced each record (command, commit, torch)."""
+        out: dict[str, dict[str, Any]] = {}
+        path = self.path / INVOCATIONS
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("invocation"), str):
+                    out[entry["invocation"]] = entry
+        return out
+
     def records(self, warn: bool = True) -> list[dict[str, Any]]:
         """Every readable record of records.jsonl and the shards; unreadable lines are skipped
         and long sample lists thinned, each said in one line that counts them (none when ``warn``
