@@ -133,12 +133,13 @@ def test_bad_input_is_one_line_and_exit_2(base_run, tmp_path, args):
     assert not list(tmp_path.iterdir())  # nothing created
 
 
-def test_records_without_samples_say_so():
+def test_records_without_samples_say_so(tmp_path):
     old = REPO / "results" / "20261125-140708-vm-fefec4"  # measured before samples were kept
-    proc = run_bench("compare", str(old), str(old), "--json")
+    copy = shutil.copytree(old, tmp_path / "copy")  # the same folder twice is refused (issue 27)
+    proc = run_bench("compare", str(old), str(copy), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {r["verdict"] for r in json.loads(proc.stdout)} == {"no samples"}
-    mem = run_bench("compare", str(old), str(old), "--metric", "peak_mem", "--json")
+    mem = run_bench("compare", str(old), str(copy), "--metric", "peak_mem", "--json")
     assert mem.returncode == 0 and {r["verdict"] for r in json.loads(mem.stdout)} == {"same"}
 
 
@@ -150,7 +151,9 @@ def test_two_real_runs_with_repeats_raise_no_alarm(tmp_path):
     for name in ("a", "b"):
         proc = run_bench(*args, "--out", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    none = tmp_path / "no-calibration"  # results/calibration holds this machine's one-thread figure
+    none.mkdir()
+    proc = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "--calibration", str(none))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
     said = [(r["cell_key"], r["basis"], r["verdict"]) for r in rows]
@@ -175,7 +178,9 @@ def test_a_planted_real_slowdown_is_slower_with_a_calibration_and_identical_runs
     cal = Calibration(key, 0.0036, 66, 0.0049, 24, 36, [], "test: the committed EPYC runs' figures", "2026-12-05")
     folder = tmp_path / "cal"
     save(cal, folder)
-    uncal = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "slow"), "--json")
+    none = tmp_path / "no-calibration"  # results/calibration holds this machine's one-thread figure
+    none.mkdir()
+    uncal = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "slow"), "--json", "--calibration", str(none))
     assert uncal.returncode == 0 and {r["verdict"] for r in json.loads(uncal.stdout)} == {"inconclusive"}
     slow = run_bench("compare", str(tmp_path / "a"), str(tmp_path / "slow"), "--json", "--calibration", str(folder))
     rows = {r["cell_key"]: r for r in json.loads(slow.stdout)}
