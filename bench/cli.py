@@ -5,8 +5,6 @@ nothing imports this module. The allowed import directions are in pyproject.toml
 """
 from __future__ import annotations
 
-import sys
-
 import click
 
 from bench import __version__
@@ -70,10 +68,35 @@ def entry() -> None:
     """Console-script entry: click's own usage errors (bad option, bad choice) also come out as
     one line and exit code 2, like our BadInput errors; an unexpected exception is one line and
     exit 3 (never 1, compare's and history's "slower"), its traceback with BENCH_TRACEBACK=1; a
-    reader that goes away (`| head`) ends the output quietly. The codes: docs/exit-codes.md."""
+    reader that goes away (`| head`) ends the output quietly. The codes: docs/exit-codes.md. Every
+    way out goes through bench.console.leave: a Ctrl-C after the code is decided cannot change it."""
+    from bench.console import leave
+
+    try:
+        code, interrupted = _dispatch()
+    except KeyboardInterrupt:  # between the command's own handlers and leave: still an interrupt
+        code, interrupted = _interrupted(), True
+    leave(code, interrupted=interrupted)
+
+
+def _interrupted() -> int:
+    """Says "Interrupted." and gives the exit code of a Ctrl-C: 130, or 0 for a rank of a job
+    bench launched itself (its parent reports the interrupt)."""
+    from bench.errors import INTERRUPTED_EXIT
+    from bench.launch.local import report_stop_to_launcher
+
+    code = report_stop_to_launcher(INTERRUPTED_EXIT)
+    if code:
+        click.echo("Interrupted.", err=True)
+    return code
+
+
+def _dispatch() -> tuple[int, bool]:
+    """Runs the command line; returns its exit code, and whether Ctrl-C stopped it, instead of
+    exiting (bench.console.leave exits)."""
     import os
 
-    from bench.errors import BAD_INPUT_EXIT, INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, TRACEBACK_ENV, first_line
+    from bench.errors import BAD_INPUT_EXIT, INTERNAL_ERROR_EXIT, TRACEBACK_ENV, first_line
     from bench.launch.local import JOB_STATUS_ENV
 
     # Kineto (torch.profiler: bench profile, --comm-steps) logs "ERROR ... gpuGetDeviceCount failed"
@@ -86,26 +109,24 @@ def entry() -> None:
 
         StopFlag.shared().install()
     try:
-        main.main(standalone_mode=False)
+        main.main(standalone_mode=False)  # a command's return value is not an exit code
+        return 0, False
+    except SystemExit as exc:
+        return _exit_code(exc.code), False
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"Error: {exc.format_message()}{hint}", err=True)
-        sys.exit(BAD_INPUT_EXIT)
+        return BAD_INPUT_EXIT, False
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code, False
     except (click.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        from bench.launch.local import report_stop_to_launcher
-
-        code = report_stop_to_launcher(INTERRUPTED_EXIT)  # a rank of a self-launched job: the parent says it
-        if code:
-            click.echo("Interrupted.", err=True)
-        sys.exit(code)
+        return _interrupted(), True
     except BrokenPipeError:
         from bench.outputs import quiet_stdout
 
         quiet_stdout()  # the reader has all it wanted; Python's flush at exit must not complain
-        sys.exit(0)
+        return 0, False
     except Exception as exc:  # noqa: BLE001 - any other exception is a bug of bench's: one line, its own code
         import traceback
 
@@ -117,7 +138,17 @@ def entry() -> None:
 
         click.echo(f"bench: internal error{at}: {visible(first_line(exc, with_type=True), one_line=True)} "
                    f"(a bug of bench's; {TRACEBACK_ENV}=1 prints the traceback)", err=True)
-        sys.exit(INTERNAL_ERROR_EXIT)
+        return INTERNAL_ERROR_EXIT, False
+
+
+def _exit_code(code: object) -> int:
+    """sys.exit's argument as the process would turn it into a status: None is 0, a message is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    click.echo(str(code), err=True)
+    return 1
 
 
 if __name__ == "__main__":

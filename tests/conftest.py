@@ -66,6 +66,17 @@ def _denormals_back_on():
     torch.set_flush_denormal(False)
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_back():
+    """An in-process cli.entry() leaves through bench.console.leave, which ignores SIGINT from
+    then on (the exit code is decided); give the pytest process its Ctrl-C back after each test."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
 # Markers that put a test outside the in-process tier, wherever its file lies.
 _NOT_UNIT = ("e2e", "multiproc", "slurm", "browser", "gpu")
 

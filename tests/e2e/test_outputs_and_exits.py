@@ -183,16 +183,15 @@ def _interrupt_after(small_run, delay: float) -> subprocess.CompletedProcess:
 
 
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(small_run):
-    """Group 6: SIGINT while the command line imports (the first moments) or while it works.
-    KNOWN RACE (2026-12-05): one serial fresh-clone run saw this fail once at some delay, and it
-    passed alone right after; until the moment is found, each delay gets a second try, and the
-    second must be one line and exit 130 (docs/exit-codes.md)."""
-    for delay in (0.05, 0.25, 0.6, 1.5):
-        for attempt in range(2):
-            proc = _interrupt_after(small_run, delay)
-            if proc.returncode == BAD_INPUT_EXIT:  # finished before the signal: the same directory, refused
-                break
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            if proc.returncode == INTERRUPTED_EXIT and lines == ["Interrupted."]:
-                break
-            assert attempt == 0, (delay, proc.returncode, proc.stderr[-2000:])
+    """Group 6: SIGINT while the command line imports (the first moments), while it works, or
+    after it has decided its exit code (the interpreter's teardown, seconds with torch loaded):
+    one line and exit 130, or the code already decided. Both late cases once ended by the signal
+    (exit -2) in about 1 of 3 tries between 0.8 and 2.8 s (bench/console.py says why)."""
+    for delay in (0.05, 0.25, 0.6, 0.9, 1.2, 1.5, 2.0, 2.5):
+        proc = _interrupt_after(small_run, delay)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        if proc.returncode == BAD_INPUT_EXIT:  # finished before the signal: the same directory, refused
+            assert len(lines) == 1 and "same run directory" in lines[0], (delay, proc.stderr[-2000:])
+            continue
+        assert proc.returncode == INTERRUPTED_EXIT and lines == ["Interrupted."], \
+            (delay, proc.returncode, proc.stderr[-2000:])
