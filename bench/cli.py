@@ -69,8 +69,8 @@ def entry() -> None:
     one line and exit code 2, like our BadInput errors; an unexpected exception is one line and
     exit 3 (never 1, compare's and history's "slower"), its traceback with BENCH_TRACEBACK=1; a
     reader that goes away (`| head`) ends the output quietly. The codes: docs/exit-codes.md. Every
-    way out goes through bench.console.leave: a Ctrl-C after the code is decided cannot change it."""
-    from bench.console import leave
+    way out goes through bench.errors.leave: a Ctrl-C after the code is decided cannot change it."""
+    from bench.errors import leave
 
     try:
         code, interrupted = _dispatch()
@@ -93,7 +93,7 @@ def _interrupted() -> int:
 
 def _dispatch() -> tuple[int, bool]:
     """Runs the command line; returns its exit code, and whether Ctrl-C stopped it, instead of
-    exiting (bench.console.leave exits)."""
+    exiting (bench.errors.leave exits)."""
     import os
 
     from bench.errors import BAD_INPUT_EXIT, INTERNAL_ERROR_EXIT, TRACEBACK_ENV, first_line

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.errors import BadInput
-from bench.record import ENV, INVOCATIONS, RECORDS
+from bench.record import ENV, INVOCATIONS, RECORDS, is_run_dir
 from bench.sanitize import visible
 
 # A run directory's own files (bench.record, bench.commands.slurm's plan) and folders (claims of
@@ -76,20 +76,12 @@ def _check_length(path: Path, flag: str) -> None:
                        f"at most {path_max - 1} here")
 
 
-def _is_run_dir(folder: Path) -> bool:
-    try:
-        return any((folder / name).is_file() for name in (RECORDS, INVOCATIONS, ENV)) \
-            or any(folder.glob("records.*.jsonl"))
-    except OSError:
-        return False
-
-
 def _run_dir_part(target: Path) -> str | None:
     """What of a run directory ``target`` would replace, or None."""
     if any(fnmatch.fnmatchcase(target.name, pattern) for pattern in RUN_DIR_FILES):
-        return f"a run directory's {target.name}" if _is_run_dir(target.parent) else f"named like a run's {target.name}"
+        return f"a run directory's {target.name}" if is_run_dir(target.parent) else f"named like a run's {target.name}"
     for folder in target.parents:
-        if folder.name in RUN_DIR_FOLDERS and _is_run_dir(folder.parent):
+        if folder.name in RUN_DIR_FOLDERS and is_run_dir(folder.parent):
             return f"inside the run directory {shown(folder.parent)}'s {folder.name}/"
     return None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.errors import BadInput
-from bench.record import INVOCATIONS, RECORDS, RunDir
+from bench.record import is_run_dir, not_a_run_dir
 from bench.sanitize import visible
 
 _GLOB_CHARS = set("*?[")
@@ -23,12 +23,6 @@ _GLOB_CHARS = set("*?[")
 def _shown(path: Any) -> str:
     """A path inside a one-line message: control characters escaped."""
     return visible(str(path), one_line=True)
-
-
-def is_run_dir(path: Path) -> bool:
-    """A directory bench wrote: it holds a records file, a shard or an invocation log."""
-    return path.is_dir() and (any(p.is_file() for p in RunDir(path).record_files())
-                              or (path / INVOCATIONS).is_file())
 
 
 def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
@@ -59,7 +53,7 @@ def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
                 if not found:
                     passed_over.append(_shown(path))
             else:
-                raise BadInput(_not_a_run_dir(path))
+                raise BadInput(not_a_run_dir(path))
             for run in found:
                 key = str(run.resolve())
                 if key not in seen:
@@ -67,7 +61,7 @@ def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
                     out.append(run)
     if not out:
         if passed_over:
-            raise BadInput(_not_a_run_dir(Path(passed_over[0])) if len(passed_over) == 1 else
+            raise BadInput(not_a_run_dir(Path(passed_over[0])) if len(passed_over) == 1 else
                            f"none of the {len(passed_over)} directories is a run directory or holds one; "
                            "pass directories written by `bench run --out DIR`")
         raise BadInput("no run directory given; pass one or more directories written by `bench run --out DIR`")
@@ -76,12 +70,3 @@ def resolve_run_dirs(args: Iterable[str | os.PathLike]) -> list[Path]:
               f"{'directory that holds' if len(passed_over) == 1 else 'directories that hold'} no run: "
               f"{', '.join(passed_over)}", file=sys.stderr)
     return out
-
-
-def _not_a_run_dir(path: Path) -> str:
-    hint = f"pass a directory written by `bench run --out DIR` (with {RECORDS} or {INVOCATIONS})"
-    if path.is_file():
-        return f"'{_shown(path)}' is a file, not a run directory; {hint}"
-    if path.is_dir():
-        return f"'{_shown(path)}' is not a run directory; {hint}"
-    return f"run directory '{_shown(path)}' does not exist; {hint}"

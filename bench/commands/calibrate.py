@@ -59,7 +59,7 @@ def calibrate_command(from_dirs: tuple[str, ...], models: str, res: str, modes: 
                       budget: float, threads: int | None, work: str | None, out: str, metric: str) -> None:
     """Measure this device's noise between runs and store it for bench compare."""
     from bench.outputs import check_output_file, shown
-    from bench.rundirs import is_run_dir
+    from bench.record import is_run_dir
 
     for d in from_dirs:
         if not is_run_dir(Path(d)):

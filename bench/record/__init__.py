@@ -62,8 +62,10 @@ from bench.record.rundir import (
     RunDir,
     cell_identity,
     default_run_dir,
+    is_run_dir,
     latest_by_cell,
     new_run_id,
+    not_a_run_dir,
     read_records,
     read_records_counted,
     read_warnings,
@@ -77,5 +79,6 @@ __all__ = ["CELL", "ENV", "FIELDS", "FINETUNE", "INVOCATIONS", "MAX_KEPT_SAMPLES
            "thinned", "valid_samples",
            "SCHEMA", "SCHEMA_VERSION", "SETTING", "V1_CONFIGURATION", "Display", "FieldSpec", "Record",
            "RecordWriteError", "RunDir", "Schema", "SchemaError", "_f", "cell_identity", "check_record",
-           "default_run_dir", "latest_by_cell", "new_run_id", "read_records_counted", "schema", "slowest", "span",
+           "default_run_dir", "is_run_dir", "latest_by_cell",
+           "not_a_run_dir", "new_run_id", "read_records_counted", "schema", "slowest", "span",
            "timestamp", "upgrade", "valid", "well_formed", "writer_name"]

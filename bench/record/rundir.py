@@ -65,6 +65,36 @@ def writer_name() -> str | None:
     return f"slurm-{job}-{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
 
 
+def is_run_dir(path: Path) -> bool:
+    """A directory bench wrote: it holds a records file or a shard, the invocation log or env.json.
+    The one test, for the readers (bench query, report, history, calibrate) and for the output
+    rule that keeps a command from writing over a run's files (bench.outputs)."""
+    try:
+        return path.is_dir() and (any(p.is_file() for p in RunDir(path).record_files())
+                                  or (path / INVOCATIONS).is_file() or (path / ENV).is_file())
+    except OSError:  # unreadable: not one bench can use
+        return False
+
+
+def not_a_run_dir(path: Path) -> str:
+    """The one-line message for a ``path`` named as a run directory that is not one: it names the
+    real problem (a file, a broken link, missing, a folder bench did not write)."""
+    from bench.sanitize import visible
+
+    shown = visible(str(path), one_line=True)
+    hint = f"pass a directory written by `bench run --out DIR` (with {RECORDS} or {INVOCATIONS})"
+    if path.is_file():
+        return (f"'{shown}' is a file, not a run directory; pass its run directory "
+                f"('{visible(str(path.parent), one_line=True)}')")
+    if path.is_dir():
+        return f"'{shown}' is not a run directory; {hint}"
+    if path.is_symlink():
+        return f"'{shown}' is a broken symlink; {hint}"
+    if path.exists():
+        return f"'{shown}' is not a directory; {hint}"
+    return f"run directory '{shown}' does not exist; {hint}"
+
+
 class RecordWriteError(OSError):
     """An append that could not be written whole (disk full, short write)."""
 

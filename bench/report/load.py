@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import pandas as pd
 
 from bench.errors import BadInput
-from bench.record import ENV, RECORDS, RunDir, latest_by_cell, schema
+from bench.record import ENV, RECORDS, RunDir, latest_by_cell, not_a_run_dir, schema
 from bench.stats import Timings, cell_groups, identity_key
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def load_run(path: Path) -> Run:
     """Read a run directory; a missing directory or one with no records is bad input."""
     path = Path(path)
     if not path.is_dir():
-        raise BadInput(_not_a_run_dir(path))
+        raise BadInput(not_a_run_dir(path))
     run_dir = RunDir(path)
     if not any(p.is_file() for p in run_dir.record_files()):
         raise BadInput(f"'{path}' has no {RECORDS}; pass a directory written by `bench run --out DIR`")
@@ -99,21 +99,6 @@ def run_from_records(path: Path, every: list[dict[str, Any]]) -> Run:
         except (OSError, ValueError):
             env = {}
     return Run(path=path, env=env, records=records, timings=timings)
-
-
-def _not_a_run_dir(path: Path) -> str:
-    """The message for a ``path`` that is not a directory: it names the real problem."""
-    from bench.sanitize import visible
-
-    shown = visible(str(path))
-    if path.is_file():
-        return f"'{shown}' is a file, not a run directory; pass its run directory ('{visible(str(path.parent))}')"
-    hint = "pass a directory written by `bench run --out DIR`"
-    if path.exists():
-        return f"'{shown}' is not a directory; {hint}"
-    if path.is_symlink():
-        return f"'{shown}' is a broken symlink; {hint}"
-    return f"run directory '{shown}' does not exist; {hint}"
 
 
 def _with_estimate(record: dict[str, Any], timings: dict) -> dict[str, Any]:
