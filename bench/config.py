@@ -509,6 +509,10 @@ class RunConfig:
                             help="Check every cell whose math differs from fp32 eager (--dtype, --compile, "
                                  "--channels-last, TF32 on CUDA) against that reference on the same weights and "
                                  "input, outside the timing; recorded as agreement, flagged numerics-drift.")
+    mfu: bool = option("--mfu", default="on", choices=("on", "off"), parse=_on_off, identity=False,
+                       help="Measure the GEMM peak (before the first cell, again after each) for MFU; off saves "
+                            "its 1-3 s per run and up to a second per cell on a CPU and leaves the measured peak "
+                            "and MFU empty (achieved TFLOP/s and the datasheet MFU stay).")
     accuracy_data: str | None = option(
         "--accuracy-data", parse=_accuracy_data, identity=False,
         help="det / seg: also score --accuracy-images validation images of coco:DIR or ade20k:DIR against their "

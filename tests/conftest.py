@@ -22,11 +22,19 @@ REFERENCE = Path(__file__).resolve().parent / "data"  # vendored from ../shared/
 SHAPES_FILE = REFERENCE / "pvt_v1_state_dict_shapes.json"
 
 
+# `bench run` in the tests skips the GEMM peak (MFU) unless a test names --mfu: the peak costs 1-3 s
+# per run and up to a second per cell on 2 cores, and only the tests of MFU read it.
+NO_MFU = ("--mfu", "off")
+
+
 def run_bench(*args: str, timeout: float = 600, env: dict[str, str | None] | None = None,
               cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real command line, as a user runs it (``python -m bench.cli`` == the ``bench`` script).
-    ``env`` adds to this process's environment; a name given as None is left out."""
+    """The real command line, as a user runs it (``python -m bench.cli`` == the ``bench`` script);
+    ``bench run`` without --mfu gets ``NO_MFU``. ``env`` adds to this process's environment; a name
+    given as None is left out."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    if args[:1] == ("run",) and "--mfu" not in args:
+        args = (*args, *NO_MFU)
     return subprocess.run(
         [sys.executable, "-m", "bench.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO,

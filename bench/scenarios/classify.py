@@ -90,7 +90,8 @@ class ClassifyScenario:
 
     def prepare(self, ctx: DistContext, run_dir: RunDir, todo: list[Cell]) -> None:
         # The GEMM sweep once (its best size is re-measured after each cell: bench.measure.peak).
-        self.peak = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
+        if self.config.mfu:
+            self.peak = measure_peak(ctx.device, self._peak_dtype(), budget_s=min(1.0, self.config.budget))
         self.profile_dir = run_dir.path / "traces" if self.config.profile else None
         self.comm_dir = run_dir.path / "traces" / "comm" if self.config.comm_steps else None
         self.run_id = run_dir.path.name  # as the sweep stamps each record (scaling compares within it)

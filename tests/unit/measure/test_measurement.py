@@ -134,7 +134,8 @@ def test_deepspeed_config_means_autocast_and_merges_deeply():
 def test_cpu_run_records_mfu_in_range_and_compile_apart(tmp_path):
     out = tmp_path / "c"
     proc = run_bench("run", "--models", "resnet18", "--res", "64", "--modes", "infer", "--compile",
-                     "--budget", "0.2", "--max-time", "120", "--no-report", "--out", str(out), timeout=900)
+                     "--budget", "0.2", "--max-time", "120", "--no-report", "--mfu", "on", "--out", str(out),
+                     timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rec,) = RunDir(out).records()
     assert rec["status"] == "ok" and rec["compile"] is True
