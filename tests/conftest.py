@@ -122,9 +122,12 @@ def _xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups set here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its folder: ``unit`` (unless it carries a marker of a heavier tier),
-    ``e2e``, ``gpu``; and give the heavy ones their xdist group."""
+    ``e2e``, ``gpu``; and give the heavy ones their xdist group. Runs first: pytest-xdist's worker
+    turns the groups into node ids in the same hook, and a group set after it is never seen (each
+    e2e module's run was made on both workers)."""
     for item in items:
         tier = _tier(Path(str(item.path)))
         if tier == "unit":

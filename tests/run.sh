@@ -8,10 +8,9 @@
 #   downloading torch (tests/resolve_py312.sh, about 1 min).
 # - ruff (lint) and import-linter (the layers in pyproject's [tool.importlinter]) before pytest.
 # - DeepSpeed's CPU communication op, compiled once (60-80 s) so no single test pays for it.
-# - pytest on both cores (pytest-xdist, -n 2): --dist loadgroup keeps each e2e module, the Slurm
-#   tests and the multi-rank jobs on one worker each (tests/conftest.py, docs/testing.md).
-#   Extra arguments go to pytest: `bash tests/run.sh -m "unit and not slow"` runs the fast tier.
-#   TEST_WORKERS=0 runs pytest in one process.
+# - pytest in two passes, below: most of the suite on both cores (pytest-xdist; --dist loadgroup
+#   keeps each e2e module on one worker, so its module-scoped run is made once: tests/conftest.py),
+#   then what must run alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,15 +46,24 @@ bash tests/resolve_py312.sh
 # Lint and the layer contract first: a change that breaks either fails before the long suite runs.
 .venv/bin/ruff check .
 .venv/bin/lint-imports
-# The in-process tiers on both cores (pytest-xdist); then every test that starts processes, one at a
-# time: many of them time real runs and judge the figures (bench compare's verdicts, signal
-# deadlines, the bounds of a query), and a second worker on the 2 cores would be exactly the load
-# bench tells its users never to time under (docs/testing.md). TEST_WORKERS=0: all in one process.
+# Two passes (docs/testing.md):
+# 1. on both cores (pytest-xdist -n 2, one OpenMP thread per worker and per bench process it starts):
+#    every test that runs one process at a time and judges no timing, the unit tier and most e2e;
+# 2. one at a time: the jobs of several ranks and the Slurm cluster (two at once on 2 cores would
+#    starve each other's collectives), and the tests that judge real timings (bench compare's
+#    verdicts on real runs, a signal's deadline): a second worker would be exactly the load bench
+#    tells its users never to time under.
+# Extra arguments: one pytest call on both cores with them (`bash tests/run.sh -m "unit and not
+# slow"` is the fast tier). TEST_WORKERS=0: everything in one process, one at a time.
 workers="${TEST_WORKERS:-2}"
 if [ "$workers" = 0 ]; then
   exec .venv/bin/python -m pytest -q -ra "$@"
 fi
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest -q -ra -n "$workers" --dist loadgroup "$@"
+fi
+ALONE="multiproc or slurm or timing"
 status=0
-.venv/bin/python -m pytest -q -ra -n "$workers" -m "not e2e" "$@" || status=$?
-.venv/bin/python -m pytest -q -ra -m e2e "$@" || status=$?
+.venv/bin/python -m pytest -q -ra -n "$workers" --dist loadgroup -m "not ($ALONE)" || status=$?
+.venv/bin/python -m pytest -q -ra -m "$ALONE" || status=$?
 exit "$status"

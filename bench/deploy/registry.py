@@ -1,30 +1,50 @@
 """The runtimes by name (one module each registers itself), and the backends ``--backend`` takes:
-PyTorch's own two, run by bench.scenarios.classify as ever, and the deployed ones registered here."""
+PyTorch's own two, run by bench.scenarios.classify as ever, and the deployed ones registered here.
+
+Names without imports: ``RUNTIME_MODULES`` says which module registers each runtime, so parsing
+``--backend`` (every ``bench`` command builds its options) imports no runtime and not torch; the
+module is imported when its runtime is first asked for (``backend_for``). A new runtime is its
+module plus its line here (tests/unit/test_deploy_registry.py checks the two agree)."""
 from __future__ import annotations
 
-from bench.deploy.base import Backend
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.deploy.base import Backend
 
 #: PyTorch's own backends: the eager cell and the torch.compile cell (bench.scenarios.classify)
 PYTORCH_BACKENDS = ("eager", "compile")
-_REGISTRY: dict[str, Backend] = {}
+#: Each deployed runtime's name and the module whose @register_backend registers it.
+RUNTIME_MODULES = {
+    "aoti": "bench.deploy.aoti",
+    "onnxruntime": "bench.deploy.onnxruntime",
+    "onnxruntime-int8": "bench.deploy.onnxruntime",
+    "openvino": "bench.deploy.openvino",
+    "tensorrt": "bench.deploy.tensorrt",
+}
+_REGISTRY: dict[str, "Backend"] = {}
 
 
-def register_backend(cls: type[Backend]) -> type[Backend]:
+def register_backend(cls: type["Backend"]) -> type["Backend"]:
     _REGISTRY[cls.name] = cls()
     return cls
 
 
 def backend_names() -> list[str]:
     """Every name ``--backend`` takes, PyTorch's first."""
-    return [*PYTORCH_BACKENDS, *_REGISTRY]
+    return [*PYTORCH_BACKENDS, *RUNTIME_MODULES]
 
 
 def deployed(name: str) -> bool:
     """A runtime of this package (not PyTorch's eager or compile)."""
-    return name in _REGISTRY
+    return name in RUNTIME_MODULES
 
 
-def backend_for(name: str) -> Backend:
+def backend_for(name: str) -> "Backend":
+    """The runtime ``name``, its module imported (and so registered) on first use."""
+    if name not in _REGISTRY:
+        importlib.import_module(RUNTIME_MODULES[name])
     return _REGISTRY[name]
 
 

@@ -21,11 +21,12 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.launch.context import free_port, started_by_srun
 from bench.launch.signals import PREEMPTED_EXIT
 
 
 def under_launcher() -> bool:
+    from bench.launch.context import started_by_srun  # context imports torch: only when asked
+
     return "RANK" in os.environ or started_by_srun()
 
 
@@ -329,6 +330,8 @@ def torchrun_command(argv: list[str], nproc: int, extra_args: list[str] | None =
     are not given ``--nproc N``: torchrun's own parser takes ``--nproc`` for an ambiguous
     abbreviation of ``--nproc-per-node`` wherever it stands; a rank reads its world size from
     the environment instead (own_job_world_size)."""
+    from bench.launch.context import free_port
+
     args = strip_option(argv, "--nproc") + list(extra_args or [])
     return [
         sys.executable, "-m", "torch.distributed.run",

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from conftest import REPO, run_bench
 
+pytestmark = pytest.mark.timing  # a signal must stop a query within 2 s: on quiet cores only
+
 # Far above what these commands need once bounded (bench's imports: a few hundred MB), far below
 # what they took before (compare / history: > 5 GB; the query: 3.3 GB).
 RSS_BOUND_MB = 1500

@@ -11,6 +11,8 @@ from conftest import REPO, run_bench
 from bench.record import read_records_counted
 from bench.stats import CPU_RSS_TOLERANCE
 
+pytestmark = pytest.mark.timing  # real runs, judged: on quiet cores only (tests/run.sh)
+
 DOUBT = {"wide-ci", "drift"}  # bench's own flags for a figure it does not trust
 # Copies of one run differ by nothing between runs: the within-run interval is the whole noise,
 # and these tests are about that statistic (issue 29: without the flag a one-process cell with no

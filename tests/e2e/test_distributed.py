@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, run_bench
+from conftest import NO_MFU, REPO, run_bench
 
 from bench.record import read_records_counted
 
@@ -128,7 +128,7 @@ def test_dead_rank_ends_the_job_in_bounded_time(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", "run", "--models", "resnet18", "--res", "64,96,128,160",
          "--modes", "train", "--budget", "3", "--engine", "ddp", "--nproc", "2", "--timeout", "60",
-         "--out", str(out), "--no-report"],
+         "--out", str(out), "--no-report", *NO_MFU],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from browser import dump_dom, screenshot, scroll_widths
 from click.testing import CliRunner
+from conftest import NO_MFU
 from PIL import Image
 from report_page import Page, _markdown_tables
 
@@ -42,8 +43,8 @@ def bench_runs(*runs: tuple[Path, list[str]]) -> None:
     for out, args in runs:
         log = out.with_suffix(".log").open("w")
         procs.append((subprocess.Popen(
-            [sys.executable, "-m", "bench.cli", "run", *args, "--batch", "1", "--budget", "0.2", "--threads", "1",
-             "--out", str(out)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
+            [sys.executable, "-m", "bench.cli", "run", *args, *NO_MFU, "--batch", "1", "--budget", "0.2",
+             "--threads", "1", "--out", str(out)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log))
     for proc, log in procs:
         proc.wait(timeout=600)
         log.close()

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, run_bench
+from conftest import NO_MFU, REPO, run_bench
 
 from bench.record import read_records_counted
 
-ARGS = ["run", "--models", "resnet18", "--res", "64,96,128", "--modes", "infer,train", "--budget", "0.5", "--no-report"]
+ARGS = ["run", "--models", "resnet18", "--res", "64,96,128", "--modes", "infer,train", "--budget", "0.5", "--no-report",
+        *NO_MFU]
 
 
 def _start(out):

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import slurm_group
-from bench.commands.slurm import PLAN, SCRIPT
+from bench.commands.slurm import PLAN, SCRIPT, slurm_group
 from bench.record import RunDir
 
 pytest_plugins = ["slurm_cluster"]  # its fixtures slurm_one, slurm_two (not imported: no name to shadow)

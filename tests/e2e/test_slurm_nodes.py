@@ -14,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import run_bench
 
-from bench.cli import slurm_group
-from bench.commands.slurm import PLAN
+from bench.commands.slurm import PLAN, slurm_group
 from bench.record import RunDir
 
 pytest_plugins = ["slurm_cluster"]  # its fixtures slurm_one, slurm_two

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import slurm_group
-from bench.commands.slurm import PLAN, cell_states, load_plan, parse_node_counts
+from bench.commands.slurm import PLAN, cell_states, load_plan, parse_node_counts, slurm_group
 from bench.errors import BadInput
 from bench.record import RunDir
 

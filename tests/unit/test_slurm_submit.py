@@ -9,8 +9,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from bench.cli import slurm_group
-from bench.commands.slurm import PLAN, cell_states
+from bench.commands.slurm import PLAN, cell_states, slurm_group
 
 TINY = ["--modes", "infer", "--budget", "0.2", "--no-report"]
 HOSTILE = "it's a \"run\" $(touch PWNED) `touch PWNED` %j #x"
