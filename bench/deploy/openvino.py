@@ -39,11 +39,25 @@ def _conversion_failure(exc: BaseException) -> ExportFailed:
 
 
 def _openvino():
+    _no_telemetry()
     try:
         import openvino
     except ImportError as exc:
         raise BackendUnavailable("openvino is not installed (pip install -e '.[deploy]')") from exc
     return openvino
+
+
+def _no_telemetry() -> None:
+    """OpenVINO reports its import and each conversion to Google Analytics (openvino_telemetry, on
+    unless a consent file says no), each event from a forked process. bench sends nothing
+    anywhere; and that fork, made while torch's threads run, hung in the resolver's lock in a test
+    run (the child waited forever, and bench with it). Marked absent before OpenVINO is imported,
+    the package falls back to OpenVINO's own stub (openvino.tools.ovc.telemetry_stub), as where
+    it is not installed."""
+    import sys
+
+    if "openvino_telemetry" not in sys.modules:  # already loaded by the caller's own code: theirs
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
 
 
 @register_backend

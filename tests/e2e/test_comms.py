@@ -86,6 +86,7 @@ def test_a_bad_comm_steps_is_one_line_and_creates_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.extended  # the comm steps themselves: the ddp and zero2 tests here
 def test_comm_traces_that_cannot_be_written_lose_no_timing(tmp_path):
     """RUN_DIR/traces is a file: the comm steps are said to be unmeasured, the timing stands."""
     out = tmp_path / "blocked"

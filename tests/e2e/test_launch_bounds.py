@@ -18,6 +18,7 @@ TINY = ["--models", "resnet18", "--res", "32", "--modes", "infer", "--budget", "
 
 
 @pytest.mark.multiproc
+@pytest.mark.extended  # config files: tests/unit/test_config*.py; a study: test_study
 def test_a_config_file_holds_a_study(tmp_path):
     """``nproc: "1,2"`` in --config: the world-size-2 ranks re-read it and refused it as a study
     under srun (torchrun traceback, exit 1). The list form parses the same (unit/test_launch_bounds)."""

@@ -430,7 +430,8 @@ DDP_RUN = ["run", "--nproc", "2", "--engine", "ddp", "--modes", "train", "--mode
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.extended)],
+                         ids=["SIGTERM", "SIGUSR1"])
 def test_stop_signal_to_the_parent_stops_every_rank_at_a_cell_boundary(tmp_path, sig):
     out = tmp_path / "ddp"
     code, err, family = _stop_job([*DDP_RUN, "--out", str(out)], sig,
@@ -478,6 +479,7 @@ def test_a_killed_parent_leaves_no_rank_behind(tmp_path):
 
 
 @pytest.mark.multiproc
+@pytest.mark.extended  # a finetune stopped between cells: test_finetune signal_stops
 def test_sigterm_to_a_finetune_parent_stops_with_99(tmp_path):
     out = tmp_path / "ft"
     args = ["finetune", "--nproc", "2", "--engine", "ddp", "--task", "seg", "--models", "resnet18", "--res", "64",

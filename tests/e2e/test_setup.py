@@ -88,7 +88,7 @@ def test_a_set_up_past_its_limit_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("failure", ["setup-timeout", "oom"])
+@pytest.mark.parametrize("failure", [pytest.param("setup-timeout", marks=pytest.mark.extended), "oom"])
 def test_an_agreed_failure_in_a_two_rank_job_ends_the_cell_not_the_job(tmp_path, failure):
     """Cell 1 (res 64) fails on both ranks by one decision; cell 2 (res 96) is still measured."""
     out = tmp_path / "run"

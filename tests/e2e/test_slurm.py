@@ -115,6 +115,7 @@ def test_array_sweep_fills_one_run_dir_and_resubmit_sends_only_missing_cells(slu
 
 
 @pytest.mark.multiproc
+@pytest.mark.extended  # srun tasks as ranks: test_finetune two_srun_tasks
 def test_two_tasks_run_a_two_rank_gloo_ddp_measurement(slurm_one, tmp_path):
     out = tmp_path / "ddp"
     job = submitted_job(cli("submit", "--tasks-per-node", "2", "--", "run", "--models", "resnet18", "--res", "64",

@@ -65,6 +65,7 @@ def test_refusals_are_one_line_and_create_nothing(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # On two emulated nodes
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.extended  # two nodes: test_slurm two-node rendezvous; a study: test_study
 def test_nodes_1_2_study_fills_one_run_directory(slurm_two, tmp_path):
     out = tmp_path / "study"
     jobs = submitted_jobs(cli("submit", "--nodes", "1,2", "--", *RUN, "--engine", "ddp", "--out", str(out),

@@ -52,6 +52,7 @@ def test_weak_study_of_two_models_in_one_run_dir(tmp_path):
 
 
 @pytest.mark.multiproc
+@pytest.mark.extended  # the split itself: tests/unit/test_study.py; the study: the weak test
 def test_strong_study_splits_the_global_batch(tmp_path):
     out = tmp_path / "strong"
     proc = run_bench("run", "--models", "resnet18", *TRAIN, "--nproc", "1,2", "--global-batch", "2",

@@ -146,6 +146,7 @@ def _two_rank_deepspeed(tmp_path, zero: int) -> dict:
 
 @pytest.mark.e2e
 @pytest.mark.multiproc
+@pytest.mark.extended  # ZeRO-1 halving stays in the default run (test_measurement)
 def test_zero2_and_zero3_hold_one_rank_s_share(tmp_path):
     """ZeRO-2 keeps this rank's gradient partition once backward is done: 1/2 of the gradients
     with 2 ranks (the old figure summed every gradient produced: 2x the whole). ZeRO-3 holds its
