@@ -71,6 +71,6 @@ if [ "$#" -gt 0 ]; then
 fi
 ALONE="multiproc or slurm or timing"
 status=0
-.venv/bin/python -m pytest -q -ra -n "$workers" --dist loadgroup -m "not ($ALONE) and not ($SKIP)" || status=$?
-.venv/bin/python -m pytest -q -ra -m "($ALONE) and not ($SKIP)" || status=$?
+.venv/bin/python -m pytest -q -ra --durations=20 -n "$workers" --dist loadgroup -m "not ($ALONE) and not ($SKIP)" || status=$?
+.venv/bin/python -m pytest -q -ra --durations=20 -m "($ALONE) and not ($SKIP)" || status=$?
 exit "$status"
