@@ -8,9 +8,9 @@
 #   downloading torch (tests/resolve_py312.sh, about 1 min).
 # - ruff (lint) and import-linter (the layers in pyproject's [tool.importlinter]) before pytest.
 # - DeepSpeed's CPU communication op, compiled once (60-80 s) so no single test pays for it.
-# - pytest in two passes, below: most of the suite on both cores (pytest-xdist; --dist loadgroup
-#   keeps each e2e module on one worker, so its module-scoped run is made once: tests/conftest.py),
-#   then what must run alone.
+# - pytest in two passes, below: most of the suite on both cores (pytest-xdist; --dist loadfile
+#   keeps each module on one worker, so an e2e module's module-scoped run is made once), then what
+#   must run alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +71,6 @@ if [ "$#" -gt 0 ]; then
 fi
 ALONE="multiproc or slurm or timing"
 status=0
-.venv/bin/python -m pytest -q -ra --durations=20 -n "$workers" --dist loadgroup -m "not ($ALONE) and not ($SKIP)" || status=$?
+.venv/bin/python -m pytest -q -ra --durations=20 -n "$workers" --dist loadfile -m "not ($ALONE) and not ($SKIP)" || status=$?
 .venv/bin/python -m pytest -q -ra --durations=20 -m "($ALONE) and not ($SKIP)" || status=$?
 exit "$status"

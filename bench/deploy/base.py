@@ -43,6 +43,17 @@ class BackendUnavailable(Exception):
         self.flags = flags or []
 
 
+def import_runtime(module: str, missing: str):
+    """The runtime's package, imported on first use; not installed: BackendUnavailable with
+    ``missing`` (how to get it), so the cell is recorded backend-unavailable and the sweep goes on."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(f"{module} is not installed ({missing})") from exc
+
+
 @dataclass(frozen=True)
 class DeploySpec:
     """Where and how the runtime runs: the device, intra-op threads (``--threads``), a scratch

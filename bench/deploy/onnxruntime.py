@@ -27,6 +27,7 @@ from bench.deploy.base import (
     Exported,
     export_failure,
     export_program,
+    import_runtime,
     size_of,
 )
 from bench.deploy.registry import register_backend
@@ -36,11 +37,7 @@ CALIBRATION = "MinMax over the calibration images; QDQ, per-channel int8 weights
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailable("onnxruntime is not installed (pip install -e '.[deploy]')") from exc
-    return onnxruntime
+    return import_runtime("onnxruntime", "pip install -e '.[deploy]'")
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> float:

@@ -21,6 +21,7 @@ from bench.deploy.base import (
     Exported,
     ExportFailed,
     export_failure,
+    import_runtime,
     size_of,
 )
 from bench.deploy.registry import register_backend
@@ -40,11 +41,7 @@ def _conversion_failure(exc: BaseException) -> ExportFailed:
 
 def _openvino():
     _no_telemetry()
-    try:
-        import openvino
-    except ImportError as exc:
-        raise BackendUnavailable("openvino is not installed (pip install -e '.[deploy]')") from exc
-    return openvino
+    return import_runtime("openvino", "pip install -e '.[deploy]'")
 
 
 def _no_telemetry() -> None:

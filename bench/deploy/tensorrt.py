@@ -9,16 +9,21 @@ import time
 import torch
 import torch.nn as nn
 
-from bench.deploy.base import Backend, BackendUnavailable, DeployCosts, Deployed, DeploySpec, Exported, outputs_of
+from bench.deploy.base import (
+    Backend,
+    BackendUnavailable,
+    DeployCosts,
+    Deployed,
+    DeploySpec,
+    Exported,
+    import_runtime,
+    outputs_of,
+)
 from bench.deploy.registry import register_backend
 
 
 def _torch_tensorrt():
-    try:
-        import torch_tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable("torch_tensorrt is not installed (a GPU-only extra)") from exc
-    return torch_tensorrt
+    return import_runtime("torch_tensorrt", "a GPU-only extra")
 
 
 @register_backend
