@@ -83,6 +83,7 @@ identity.
 """
 from __future__ import annotations
 
+import collections
 import fractions
 import functools
 import math
@@ -143,15 +144,21 @@ def median_ci95_ranks(n: int) -> tuple[int, int] | None:
     if n > EXACT_RANKS_MAX_N:
         return _ranks_by_scipy(n)
     tail = round((1 - CI_LEVEL) / 2 * 1000)  # P(Bin <= l - 1) <= 25/1000 on each side
-    total, term, below = 1 << n, 1, 0
     lo = 0
-    for k in range((n + 1) // 2):
-        below += term  # sum of C(n, j) for j <= k
-        if 1000 * below > tail * total:
+    for k, below in enumerate(_counts_below(n, (n + 1) // 2)):
+        if 1000 * below > tail * (1 << n):
             break
         lo = k + 1
-        term = term * (n - k) // (k + 1)
     return (lo, n + 1 - lo) if lo else None
+
+
+def _counts_below(n: int, upto: int):
+    """sum of C(n, j) for j <= k, for k = 0 .. upto - 1, in exact integers (over 2^n: P(Bin(n, 1/2) <= k))."""
+    term, below = 1, 0
+    for k in range(upto):
+        below += term
+        yield below
+        term = term * (n - k) // (k + 1)
 
 
 def ci_coverage(n: int, lo: int) -> float:
@@ -161,11 +168,8 @@ def ci_coverage(n: int, lo: int) -> float:
         from scipy.stats import binom
 
         return float(1 - 2 * binom.cdf(lo - 1, n, 0.5))
-    term, below = 1, 0
-    for k in range(max(0, lo)):
-        below += term
-        term = term * (n - k) // (k + 1)
-    return float(1 - fractions.Fraction(2 * below, 1 << n))
+    below = collections.deque(_counts_below(n, lo), maxlen=1)  # the last sum: j <= lo - 1
+    return float(1 - fractions.Fraction(2 * (below[0] if below else 0), 1 << n))
 
 
 def _ranks_by_scipy(n: int) -> tuple[int, int] | None:
