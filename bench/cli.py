@@ -32,7 +32,9 @@ COMMANDS = {
     "history": "bench.commands.history:history_command",
 }
 #: The commands that run torch ops in this process: denormals are flushed before their first one.
-TORCH_COMMANDS = frozenset({"run", "profile", "finetune", "flops", "slurm"})
+#: ``run`` and ``profile`` flush in bench.commands.run once their input is checked, so that a
+#: refused command line costs no torch import.
+TORCH_COMMANDS = frozenset({"finetune", "flops", "slurm"})
 
 
 class LazyGroup(click.Group):

@@ -110,7 +110,7 @@ def parse_float(value: Any, what: str, minimum: float | None = None, min_open: b
 
 
 def parse_models(text: str | list) -> list[str]:
-    from models import list_models
+    from models.catalog import model_names as list_models  # the names alone: no torch, no timm yet
 
     items = text if isinstance(text, list) else str(text).split(",")
     names = [str(n).strip() for n in items if str(n).strip()]

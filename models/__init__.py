@@ -1,20 +1,36 @@
 """Backbones (PVT v1 ours; PVT v2, Swin, ConvNeXt, ViT and ResNet from timm) behind one
 timm-style registry.
 
-The registry is imported first and imports no family; the family modules below register their
-variants with ``@register_model`` as they are imported, so ``import models`` knows them all.
+The registry is imported first and imports no family; the family modules register their
+variants with ``@register_model`` as they are imported. They load on first use of a name below
+(PEP 562), not on ``import models``: ``models.catalog`` (the names, no torch) is then importable
+alone, which is what lets ``bench run`` refuse a bad ``--models`` before it imports torch and timm.
 """
-from models import convnext, pvt, pvt_v2, swin, timm_backbones  # noqa: E402,F401  (registers the families)
-from models.checkpoint import CheckpointError, read_state_dict
-from models.features import stage_prefixes
-from models.registry import UnknownModelError, create_model, list_models, model_family
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "UnknownModelError",
-    "create_model",
-    "list_models",
-    "model_family",
-    "read_state_dict",
-    "stage_prefixes",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "models.checkpoint",
+    "read_state_dict": "models.checkpoint",
+    "stage_prefixes": "models.features",
+    "UnknownModelError": "models.registry",
+    "create_model": "models.registry",
+    "list_models": "models.registry",
+    "model_family": "models.registry",
+}
+_FAMILIES = ("convnext", "pvt", "pvt_v2", "swin", "timm_backbones")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute '{name}'")
+    for family in _FAMILIES:  # registers every variant before the registry answers
+        importlib.import_module(f"models.{family}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

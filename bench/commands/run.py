@@ -69,14 +69,16 @@ def render_run_report(run_dir: RunDir, console) -> None:
 
 
 def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = False) -> None:
-    import torch
-
     from bench.launch.local import check_nproc, check_out_dir, own_job_world_size, under_launcher
-    from bench.scenarios.classify import ClassifyScenario
 
     if cfg.global_batch is not None and batch_given:
         raise BadInput(f"--global-batch {cfg.global_batch} sets the batch per rank (global / ranks); drop --batch "
                        "(or drop --global-batch: then --batch is per rank, weak scaling)")
+    import torch
+
+    from bench.environment import flush_denormals
+
+    flush_denormals()  # before any torch op starts the OpenMP worker threads (cli.TORCH_COMMANDS)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
     world = own_job_world_size()
@@ -93,6 +95,8 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
                        "(remove it or choose another --out)")
     if len(cfg.nproc) > 1:
         study(cfg)
+    from bench.scenarios.classify import ClassifyScenario
+
     cfg.out = start(cfg.nproc[0], cfg.threads, cfg.out, new_out=not source_out_given)
     sweep(ClassifyScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
 

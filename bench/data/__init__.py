@@ -34,45 +34,48 @@ every pixel ignored) run when a sample is read, before any pixel buffer is sized
 """
 from __future__ import annotations
 
-from bench.data.ade20k import ADE20K_NUM_CLASSES, Ade20kDataset, read_ade_class_names
-from bench.data.coco import (
-    CocoDataset,
-    check_bbox,
-    check_coco_annotation,
-    check_coco_category,
-    check_coco_image,
-    check_segmentation,
-    load_coco_json,
-    validate_coco,
-)
-from bench.data.common import (
-    IGNORE_INDEX,
-    MAX_IMAGE_PIXELS,
-    DataSplits,
-    Sample,
-    collate,
-    data_error,
-    image_header,
-    resolve_inside,
-)
-from bench.data.fixtures import write_ade20k_fixture, write_coco_fixture
-from bench.data.synthetic import SYNTHETIC_CLASSES, SyntheticScenes, render_scene, sample_from_arrays
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from bench.data.spec import parse_data_spec
 from bench.errors import BadInput
 
+if TYPE_CHECKING:
+    from bench.data.ade20k import Ade20kDataset
+    from bench.data.coco import CocoDataset
+    from bench.data.common import DataSplits
 
-def parse_data_spec(spec: str, task: str) -> tuple[str, str]:
-    """``--data`` -> (kind, directory); checked before anything starts."""
-    kind, _, where = spec.partition(":")
-    if not ((kind == "synthetic" and not where) or (kind in ("coco", "ade20k") and where)):
-        raise BadInput(f"bad --data '{spec}': give synthetic, coco:DIR or ade20k:DIR")
-    if kind == "ade20k" and task == "det":
-        raise BadInput("ade20k data has label maps but no boxes: use it with --task seg")
-    return kind, where
+# The loaders need torch, numpy and PIL; they load on first use of a name (PEP 562), so that
+# parsing ``--data`` (bench.data.spec) costs a command nothing before it has to read data.
+_EXPORTS = {
+    **dict.fromkeys(("ADE20K_NUM_CLASSES", "Ade20kDataset", "read_ade_class_names"), "bench.data.ade20k"),
+    **dict.fromkeys(("CocoDataset", "check_bbox", "check_coco_annotation", "check_coco_category", "check_coco_image",
+                     "check_segmentation", "load_coco_json", "validate_coco"), "bench.data.coco"),
+    **dict.fromkeys(("IGNORE_INDEX", "MAX_IMAGE_PIXELS", "DataSplits", "Sample", "collate", "data_error",
+                     "image_header", "resolve_inside"), "bench.data.common"),
+    **dict.fromkeys(("write_ade20k_fixture", "write_coco_fixture"), "bench.data.fixtures"),
+    **dict.fromkeys(("SYNTHETIC_CLASSES", "SyntheticScenes", "render_scene", "sample_from_arrays"),
+                    "bench.data.synthetic"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bench.data' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def open_data(spec: str, task: str, height: int, width: int, *, seed: int = 0, synthetic_classes: int = 3,
               train_images: int = 256, val_images: int = 64) -> DataSplits:
     """Open the train and val splits of ``--data`` (synthetic | coco:DIR | ade20k:DIR)."""
+    from bench.data.ade20k import Ade20kDataset
+    from bench.data.coco import CocoDataset
+    from bench.data.common import DataSplits
+    from bench.data.synthetic import SyntheticScenes
+
     kind, where = parse_data_spec(spec, task)
     if kind == "synthetic":
         # Train and val are different streams of the same generator: no scene is in both.
@@ -91,6 +94,9 @@ def open_data(spec: str, task: str, height: int, width: int, *, seed: int = 0, s
 
 def open_validation(spec: str, task: str, height: int, width: int) -> CocoDataset | Ade20kDataset:
     """The validation split alone of coco:DIR or ade20k:DIR (``bench run --accuracy-data``)."""
+    from bench.data.ade20k import Ade20kDataset
+    from bench.data.coco import CocoDataset
+
     kind, where = parse_data_spec(spec, task)
     if kind == "synthetic":
         raise BadInput(f"--accuracy-data scores real labels: give coco:DIR or ade20k:DIR, not '{spec}'")
