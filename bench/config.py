@@ -498,8 +498,8 @@ class RunConfig:
         "--repeats", default="1", parse=IntOrAuto(1, MAX_REPEATS), identity=False, metavar=f"[1-{MAX_REPEATS}|auto]",
         help="Visit every cell N times, in rounds (each round visits each cell once, in an order shuffled from "
              "--order-seed), so drift hits every model alike. auto: one repeat in each of as many fresh processes "
-             "as this machine's noise between runs says --change needs (its calibration, else the first 3 runs "
-             f"estimate it), at most {AUTO_MAX_RUNS} (docs/comparisons.md).")
+             "as --change needs on this machine's noise between runs (its calibration, else the first 3 runs'), "
+             f"at most {AUTO_MAX_RUNS} (docs/comparisons.md).")
     change: float = option("--change", default=str(AUTO_CHANGE), parse=Float(0, min_open=True, maximum=10),
                            identity=False,
                            help="With --repeats auto: the change the run should be able to tell, as bench compare "

@@ -114,9 +114,10 @@ def from_stage_one(measured: calibration.Measured, change: float, threshold: flo
     """N from the first ``STAGE_ONE`` processes of an uncalibrated machine (Stein's two stages)."""
     found = stage_one_noise(measured)
     if found is None:
-        return Decision(STAGE_ONE, None, f"auto: no calibration of this machine, and no cell finished in 2 or more "
-                                         f"of the first {STAGE_ONE} runs to estimate its noise from; stopped at "
-                                         f"{STAGE_ONE} runs")
+        return Decision(STAGE_ONE, None, f"auto: no calibration of this machine, and no cell's first {STAGE_ONE} "
+                                         "repeats came from 2 or more processes (its cells failed, or an earlier "
+                                         "run measured them in one), so nothing to estimate its noise from; "
+                                         f"stopped at {STAGE_ONE} runs")
     noise, cells = found
     wanted = stats.runs_needed(noise, change, threshold, df=noise.df_process)
     source = (f"no calibration of this machine; {STAGE_ONE} runs estimate sd {100 * math.sqrt(noise.process):.1f}% "

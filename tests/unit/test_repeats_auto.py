@@ -249,6 +249,24 @@ def test_a_bad_repeats_names_auto_too(bad):
     assert "or auto" in _refused(["run", "--models", "resnet18", "--repeats", bad])
 
 
+def test_auto_from_a_config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("models: resnet18\nrepeats: auto\nchange: 0.25\n")
+    cfg = parse_command(["run", "--config", str(path)])[1]
+    assert cfg.repeats == "auto" and cfg.change == 0.25
+    assert parse_command(["run", "--config", str(path), "--repeats", "2"])[1].repeats == 2  # the line wins
+
+
+def test_first_three_repeats_of_one_process_cannot_size_the_run(tmp_path):
+    """A directory whose repeats 0-2 one earlier process measured: no process-level estimate, said."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "records.jsonl").write_text("".join(json.dumps(_record("resnet18", 50 + k, k, "inv-1")) + "\n"
+                                               for k in range(3)))
+    d = A.from_stage_one(C.read_run(out), 0.1, 0.03)
+    assert d.runs == A.STAGE_ONE and d.wanted is None and "2 or more processes" in d.line
+
+
 def test_change_is_a_bounded_fraction():
     assert parse_command(["run", "--models", "resnet18"])[1].change == A.DEFAULT_CHANGE == 0.1
     assert "bad --change" in _refused(["run", "--models", "resnet18", "--change", "0"])
