@@ -757,12 +757,11 @@ def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int =
     the fewer of the estimate's and those of the Welch test an uncalibrated comparison of n
     processes a side makes (each side's own spread); at least 2, the fewest that test takes."""
     per_run = noise.process + (noise.block or 0.0) / max(repeats, 1)
+    a = 1 - alpha / 2
     if change > threshold:
-        margin = math.log(1 + change) - math.log(1 + threshold)
-        a, b = 1 - alpha / 2, power
+        margin, b = math.log(1 + change) - math.log(1 + threshold), power
     else:
-        margin = math.log(1 + threshold)
-        a, b = 1 - alpha / 2, 1 - (1 - power) / 2
+        margin, b = math.log(1 + threshold), 1 - (1 - power) / 2
     if margin <= 0 or (df is not None and not df >= 1):
         return None
 
