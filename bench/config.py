@@ -40,6 +40,8 @@ import click
 
 from bench.config_files import MAX_CONFIG_BYTES, MAX_CONFIG_EXPANDED, config_option  # noqa: F401 (re-exported: the file limits)
 from bench.errors import BadInput
+from bench.measure.auto_runs import DEFAULT_CHANGE as AUTO_CHANGE
+from bench.measure.auto_runs import MAX_RUNS as AUTO_MAX_RUNS
 from bench.record import MAX_REPEATS
 
 MODES = ("infer", "train")
@@ -252,6 +254,19 @@ class Int:
         if self.optional and raw in (None, ""):
             return None
         return parse_int(raw, flag, self.minimum, self.maximum)
+
+
+@dataclass(frozen=True)
+class IntOrAuto(Int):
+    """An ``Int``, or the word ``auto`` (``--repeats auto``)."""
+
+    def __call__(self, raw: Any, flag: str, parsed: dict[str, Any]) -> int | str | None:
+        if isinstance(raw, str) and raw.strip() == "auto":
+            return "auto"
+        try:
+            return super().__call__(raw, flag, parsed)
+        except BadInput as exc:
+            raise BadInput(f"{exc.message}, or auto") from None
 
 
 @dataclass(frozen=True)
@@ -479,10 +494,16 @@ class RunConfig:
                                   help="Limit on a cell's one-time set-up (build, engine, compile, first step, "
                                        "--batch auto search), which --max-time does not count; past it the cell is "
                                        "recorded with the flag setup-timeout and the sweep goes on.")
-    repeats: int = option("--repeats", default="1", parse=Int(1, MAX_REPEATS), identity=False,
-                          help="Visit every cell N times, in rounds (each round visits each cell once, in an order "
-                               "shuffled from --order-seed), so drift hits every model alike; comparisons then use "
-                               "the spread between repeats.")
+    repeats: int | str = option(
+        "--repeats", default="1", parse=IntOrAuto(1, MAX_REPEATS), identity=False, metavar=f"[1-{MAX_REPEATS}|auto]",
+        help="Visit every cell N times, in rounds (each round visits each cell once, in an order shuffled from "
+             "--order-seed), so drift hits every model alike. auto: one repeat in each of as many fresh processes "
+             "as --change needs on this machine's noise between runs (its calibration, else the first 3 runs'), "
+             f"at most {AUTO_MAX_RUNS} (docs/comparisons.md).")
+    change: float = option("--change", default=str(AUTO_CHANGE), parse=Float(0, min_open=True, maximum=10),
+                           identity=False,
+                           help="With --repeats auto: the change the run should be able to tell, as bench compare "
+                                "--change (a fraction: 0.1 = 10%).")
     order_seed: int = option("--order-seed", default="0", parse=Int(0), identity=False,
                              help="Seed of the cell order in each round (with --repeats >= 2); recorded.")
     device: str = option("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -563,6 +584,9 @@ class RunConfig:
             raise BadInput(f"--max-time {self.max_time:g} is below --budget {self.budget:g}: the cap must be >= the "
                            "soft timing budget")
         self._check_global_batch()
+        if self.repeats == "auto" and len(self.nproc) > 1:
+            raise BadInput(f"--repeats auto with --nproc {','.join(map(str, self.nproc))}: a scaling study runs each "
+                           "world size once; give one world size, or a number of repeats (--repeats 3)")
         from bench.deploy.registry import validate_backends
         from bench.engines import validate_engine_settings
 

@@ -742,25 +742,50 @@ POWER = 0.90
 
 
 def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int = 1, power: float = POWER,
-                alpha: float = ALPHA, most: int = 10_000) -> int | None:
+                alpha: float = ALPHA, most: int = 10_000, df: float | None = None) -> int | None:
     """Processes (fresh runs) per side for the verdict rule to settle ``power`` of the time:
     a true change above the threshold called ``slower`` (its interval wholly past +threshold),
     or, for a change at or inside the threshold, no change called ``same`` (its interval inside
     +-threshold). Each run holds ``repeats`` repeats. The normal approximation of the t interval,
     as Kalibera & Jones size their repetitions: n = 2 s^2 (z_a + z_b)^2 / margin^2, with
-    s^2 = process + block / repeats."""
+    s^2 = process + block / repeats.
+
+    ``df``: ``noise`` is not a calibration but an estimate on ``df`` degrees of freedom (the
+    first stage of ``bench run --repeats auto`` on an uncalibrated device). Then, as Stein's
+    two-stage design does, Student's t quantiles replace the normal ones: n is the smallest
+    count with n >= 2 s^2 (t_a + t_b)^2 / margin^2 at min(df, 2 (n - 1)) degrees of freedom,
+    the fewer of the estimate's and those of the Welch test an uncalibrated comparison of n
+    processes a side makes (each side's own spread); at least 2, the fewest that test takes."""
     per_run = noise.process + (noise.block or 0.0) / max(repeats, 1)
-    za = float(_sps().norm.ppf(1 - alpha / 2))
+    a = 1 - alpha / 2
     if change > threshold:
-        margin = math.log(1 + change) - math.log(1 + threshold)
-        zb = float(_sps().norm.ppf(power))
+        margin, b = math.log(1 + change) - math.log(1 + threshold), power
     else:
-        margin = math.log(1 + threshold)
-        zb = float(_sps().norm.ppf(1 - (1 - power) / 2))
-    if margin <= 0:
+        margin, b = math.log(1 + threshold), 1 - (1 - power) / 2
+    if margin <= 0 or (df is not None and not df >= 1):
         return None
-    n = math.ceil(2 * per_run * (za + zb) ** 2 / margin ** 2)
-    return max(1, n) if n <= most else None
+
+    def enough(n: int, q: Callable[[float], float]) -> bool:
+        return n >= 2 * per_run * (q(a) + q(b)) ** 2 / margin ** 2
+
+    normal = _sps().norm.ppf
+    n = math.ceil(2 * per_run * (float(normal(a)) + float(normal(b))) ** 2 / margin ** 2)
+    if df is None:
+        return max(1, n) if n <= most else None
+
+    def t_at(count: int) -> Callable[[float], float]:
+        return lambda p: float(_sps().t.ppf(p, min(df, 2 * (count - 1))))
+
+    lo, hi = max(2, n), most  # t quantiles exceed the normal ones: never fewer than the normal n
+    if lo > most or not enough(hi, t_at(hi)):
+        return None
+    while lo < hi:  # the smallest n that is enough: n grows and its bound shrinks, so bisect
+        mid = (lo + hi) // 2
+        if enough(mid, t_at(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 # --------------------------------------------------------------------------- the verdict rules, simulated

@@ -93,6 +93,8 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
     if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
         raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
                        "(remove it or choose another --out)")
+    if cfg.repeats == "auto":
+        repeats_auto(cfg)
     if len(cfg.nproc) > 1:
         study(cfg)
     from bench.scenarios.classify import ClassifyScenario
@@ -112,6 +114,47 @@ def study(cfg: cfgmod.RunConfig) -> None:
     out = cfg.out or str(default_run_dir())
     code = run_study(cfg.nproc, out, cfg.threads)
     if not cfg.no_report and code not in (PREEMPTED_EXIT, 130) and Path(out).is_dir():
+        render_run_report(RunDir(Path(out)), Console(stderr=False))
+    sys.exit(code)
+
+
+def repeats_auto(cfg: cfgmod.RunConfig, argv: list[str] | None = None) -> None:
+    """``--repeats auto``: this same command (``argv``, default this process's) as fresh bench
+    processes into one run directory, the k-th with ``--repeats k`` (a resumed run measures one
+    new repeat in a new process), as many as bench.measure.auto_runs decides from the noise
+    between runs (never from a comparison: its docstring says why). Each process's output is
+    this one's; the first that exits non-zero ends the run with its code (99 stopped, 130
+    interrupted: SIGTERM / SIGUSR1 / Ctrl-C are forwarded to it, bench.launch.local.ChildRunner);
+    then one report, as a scaling study makes (``study``). Exits."""
+    from rich.console import Console
+
+    from bench.launch.local import run_in_turn, strip_option, under_launcher
+    from bench.launch.signals import PREEMPTED_EXIT
+    from bench.measure.auto_runs import MAX_RUNS, AutoRuns
+
+    if under_launcher():
+        raise BadInput("--repeats auto starts fresh bench processes itself, which ranks under torchrun or srun "
+                       "cannot; give a number (--repeats 3), or run it outside the launcher")
+    out = cfg.out or str(default_run_dir())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = strip_option(strip_option(argv, "--repeats"), "--out")
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    plan = AutoRuns(out, cfg.change, say)
+
+    def next_command(done: int) -> list[str] | None:
+        total = plan.total(done)
+        if done >= total:
+            return None
+        say(f"auto: run {done + 1} of {total} -> {out}")
+        return [sys.executable, "-m", "bench.cli", *command, "--repeats", str(done + 1), "--out", out, "--no-report"]
+
+    code = run_in_turn(next_command, MAX_RUNS)
+    if code in (PREEMPTED_EXIT, 130):
+        say(f"auto: stopped; rerun the same command (same --out {out}) to resume")
+    elif not cfg.no_report and Path(out).is_dir():
         render_run_report(RunDir(Path(out)), Console(stderr=False))
     sys.exit(code)
 

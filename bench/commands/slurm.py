@@ -68,6 +68,9 @@ def parse_bench_command(args: tuple[str, ...] | list[str], distributed: bool) ->
     rest = list(args[1:])
     run_dir = (Path(cfg.out) if cfg.out else default_run_dir()).resolve()
     rest = strip_option(rest, "--out") + ["--out", str(run_dir)]
+    if distributed and getattr(cfg, "repeats", None) == "auto":
+        raise BadInput("--repeats auto starts fresh bench processes itself, which the ranks of a job of several "
+                       "nodes, tasks or GPUs cannot; give a number (--repeats 3)")
     if distributed:
         from bench.engines import DEFAULT_DISTRIBUTED, get_engine
 

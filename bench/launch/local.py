@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from bench.errors import BadInput
 from bench.launch.signals import PREEMPTED_EXIT
@@ -436,6 +437,51 @@ def study_env(nproc: int, threads_per_rank: int | None) -> dict[str, str]:
     return env
 
 
+class ChildRunner:
+    """Runs bench processes one at a time, each in its own session (a Ctrl-C at the terminal
+    reaches it once, from here) and dying with this process (PR_SET_PDEATHSIG). While in use
+    (``with``), SIGTERM / SIGUSR1 / SIGINT received here are forwarded to the process running and
+    remembered (``received``), so the caller starts no further one: the one loop of a scaling
+    study (``run_study``) and of ``bench run --repeats auto`` (``run_in_turn``)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.current: list[subprocess.Popen] = []
+        self._previous: dict = {}
+
+    def forward(self, signum, frame) -> None:
+        self.received.append(signum)
+        for job in self.current:
+            try:
+                job.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> "ChildRunner":
+        self._previous = {s: signal.signal(s, self.forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def run(self, cmd: list[str], env: dict[str, str] | None = None) -> int:
+        """Start ``cmd`` (stdout and stderr are this process's) and wait for its exit code."""
+        job = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent_hook())
+        self.current[:] = [job]
+        try:
+            return job.wait()
+        finally:
+            self.current.clear()
+
+    @property
+    def stop_code(self) -> int | None:
+        """130 after a Ctrl-C, 99 after another stop signal, None when none came."""
+        if not self.received:
+            return None
+        return 130 if signal.SIGINT in self.received else PREEMPTED_EXIT
+
+
 def run_study(sizes: list[int], out: str, threads_per_rank: int | None, argv: list[str] | None = None) -> int:
     """Run each world size of ``sizes`` in ascending order as its own ``bench`` process (one code
     path for every size, 1 included) into ``out``; returns the study's exit code.
@@ -443,32 +489,16 @@ def run_study(sizes: list[int], out: str, threads_per_rank: int | None, argv: li
     A stop (99) or an interrupt (130) of one world size ends the study with that code and runs no
     further size; a failed size is reported and the others still run (exit 1 at the end). Each
     size runs in its own session, so a Ctrl-C reaches it once, from here (the size's own launcher
-    forwards it to its ranks); SIGTERM / SIGUSR1 are forwarded the same way."""
+    forwards it to its ranks); SIGTERM / SIGUSR1 are forwarded the same way (``ChildRunner``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     failed: list[int] = []
-    received: list[int] = []
-    current: list[subprocess.Popen] = []
-
-    def forward(signum, frame) -> None:
-        received.append(signum)
-        for job in current:
-            try:
-                job.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-    try:
+    with ChildRunner() as runner:
         for n in sorted(sizes):
-            if received:  # a stop that arrived between two world sizes
+            if runner.received:  # a stop that arrived between two world sizes
                 break
             print(f"bench: scaling study: world size {n} of {','.join(map(str, sorted(sizes)))} -> {out}",
                   file=sys.stderr)
-            job = subprocess.Popen(study_command(argv, n, out), env=study_env(n, threads_per_rank),
-                                   start_new_session=True, preexec_fn=_die_with_parent_hook())
-            current[:] = [job]
-            code = job.wait()
-            current.clear()
+            code = runner.run(study_command(argv, n, out), study_env(n, threads_per_rank))
             if code in (PREEMPTED_EXIT, 130):
                 print(f"bench: scaling study stopped at world size {n}; rerun with the same --out to resume",
                       file=sys.stderr)
@@ -477,12 +507,29 @@ def run_study(sizes: list[int], out: str, threads_per_rank: int | None, argv: li
                 print(f"bench: scaling study: world size {n} failed (exit {code}); going on with the others",
                       file=sys.stderr)
                 failed.append(n)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        return 130 if signal.SIGINT in received else PREEMPTED_EXIT
+    if runner.stop_code is not None:
+        return runner.stop_code
     if failed:
         print(f"bench: scaling study: world size(s) {','.join(map(str, failed))} failed", file=sys.stderr)
         return 1
     return 0
+
+
+def run_in_turn(next_command: Callable[[int], list[str] | None], most: int,
+                env: dict[str, str] | None = None) -> int:
+    """Fresh bench processes one after another (``ChildRunner``), each the command
+    ``next_command(done)`` gives once ``done`` processes have ended, until it gives None or
+    ``most`` have run; returns the first non-zero exit code (a stop: 99, an interrupt: 130), a
+    stop signal's code when one came between two processes, else 0. ``next_command`` runs with
+    the signal handlers in place, so a Ctrl-C while it decides starts no further process."""
+    done = 0
+    with ChildRunner() as runner:
+        while done < most and not runner.received:
+            cmd = next_command(done)
+            if cmd is None or runner.received:
+                break
+            code = runner.run(cmd, env)
+            if code != 0:
+                return code
+            done += 1
+    return runner.stop_code or 0

@@ -223,6 +223,12 @@ def save(cal: Calibration, directory: Path) -> Path:
 def find(key: MachineKey, places: list[Path]) -> Calibration | None:
     """The calibration for ``key`` in the first place that has one: a file is read as it is
     (and must be for this key), a folder is looked into for ``<slug>.json``."""
+    found = find_file(key, places)
+    return found[0] if found else None
+
+
+def find_file(key: MachineKey, places: list[Path]) -> tuple[Calibration, Path] | None:
+    """``find``'s calibration and the file it was read from."""
     for place in places:
         path = place if place.is_file() else place / f"{key.slug}.json"
         if path.is_file():
@@ -231,7 +237,7 @@ def find(key: MachineKey, places: list[Path]) -> Calibration | None:
                 if place.is_file():
                     raise BadInput(f"calibration {path} is for {cal.key.slug}, not this machine ({key.slug})")
                 continue
-            return cal
+            return cal, path
     return None
 
 
@@ -246,6 +252,12 @@ def check_given(given: str | None) -> None:
         raise BadInput(f"--calibration {given} does not exist; pass a file or folder written by bench calibrate")
 
 
+def default_places(run: str | Path) -> list[Path]:
+    """Where a run's calibration is looked for when none is given: results/calibration (of the
+    working directory), then calibration/ beside the run directory."""
+    return [DEFAULT_DIR, Path(run).resolve().parent / "calibration"]
+
+
 def for_pair(base: str | Path, new: str | Path, given: str | None) -> tuple[Calibration | None, str]:
     """The calibration of the machine both runs were measured on, or None; and a sentence saying
     which. Looked for in ``given`` (a file or folder), else in results/calibration and in
@@ -254,7 +266,7 @@ def for_pair(base: str | Path, new: str | Path, given: str | None) -> tuple[Cali
     kb, kn = key_of(read_run(base)), key_of(read_run(new))
     if kb is None or kb != kn:
         return None, "No calibration applies: the runs differ in machine (device, CPUs, threads, torch or schema)."
-    places = [Path(given)] if given is not None else [DEFAULT_DIR, Path(base).resolve().parent / "calibration"]
+    places = [Path(given)] if given is not None else default_places(base)
     cal = find(kb, places)
     if cal is None:
         return None, (f"No calibration for this machine ({kb.slug}): one-process cells stay inconclusive; "
