@@ -32,9 +32,10 @@ COMMANDS = {
     "history": "bench.commands.history:history_command",
 }
 #: The commands that run torch ops in this process: denormals are flushed before their first one.
-#: ``run`` and ``profile`` flush in bench.commands.run once their input is checked, so that a
-#: refused command line costs no torch import.
-TORCH_COMMANDS = frozenset({"finetune", "flops", "slurm"})
+#: ``run``, ``profile`` and ``finetune`` flush in bench/commands/ once their input is checked, so
+#: that a refused command line costs no torch import. ``slurm`` runs no torch op here (its jobs are
+#: bench runs).
+TORCH_COMMANDS = frozenset({"flops"})
 
 
 class LazyGroup(click.Group):

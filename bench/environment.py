@@ -16,7 +16,8 @@ _FLUSH_DENORMAL: bool | None = None
 
 
 def flush_denormals() -> bool:
-    """Flush denormal floats to zero (FTZ/DAZ) on CPU, for every command, first thing.
+    """Flush denormal floats to zero (FTZ/DAZ) on CPU, in every command that runs torch ops, before
+    its first one (once its command line is checked: bench.cli.TORCH_COMMANDS, bench/commands/).
 
     Losses drive gradients of confident predictions below 1e-38; x86 CPUs compute on such
     denormals 10-100x slower (a RetinaNet step measured 5 s instead of 0.25 s), a cost GPUs don't

@@ -5,8 +5,10 @@ each other; the formulas and their sources are in bench.measure.comms' docstring
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 
 @dataclass

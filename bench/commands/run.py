@@ -74,6 +74,18 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
     if cfg.global_batch is not None and batch_given:
         raise BadInput(f"--global-batch {cfg.global_batch} sets the batch per rank (global / ranks); drop --batch "
                        "(or drop --global-batch: then --batch is per rank, weak scaling)")
+    world = own_job_world_size()
+    if world is not None:  # a rank of our own --nproc job (a --config file's study list is the parent's)
+        cfg.nproc = [world]
+    if len(cfg.nproc) > 1 and under_launcher():
+        raise BadInput(f"--nproc {','.join(map(str, cfg.nproc))} is a local study; under srun use bench slurm submit "
+                       "--nodes ...")
+    check_out_dir(cfg.out)
+    traces = Path(cfg.out) / "traces" if cfg.out and getattr(cfg, "profile", False) else None
+    if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
+        raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
+                       "(remove it or choose another --out)")
+    # torch from here on: what is refused above costs no torch import
     import torch
 
     from bench.environment import flush_denormals
@@ -81,18 +93,7 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
     flush_denormals()  # before any torch op starts the OpenMP worker threads (cli.TORCH_COMMANDS)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
-    world = own_job_world_size()
-    if world is not None:  # a rank of our own --nproc job (a --config file's study list is the parent's)
-        cfg.nproc = [world]
-    if len(cfg.nproc) > 1 and under_launcher():
-        raise BadInput(f"--nproc {','.join(map(str, cfg.nproc))} is a local study; under srun use bench slurm submit "
-                       "--nodes ...")
     check_nproc(cfg.nproc, cfg.device)
-    check_out_dir(cfg.out)
-    traces = Path(cfg.out) / "traces" if cfg.out and getattr(cfg, "profile", False) else None
-    if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
-        raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
-                       "(remove it or choose another --out)")
     if cfg.repeats == "auto":
         repeats_auto(cfg)
     if len(cfg.nproc) > 1:

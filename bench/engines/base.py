@@ -29,26 +29,32 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from bench.errors import BadInput
 from bench.launch.context import DistContext
 from bench.traffic import Payload, Prediction
 
+if TYPE_CHECKING:  # torch loads when an engine builds: naming and validating engines needs none
+    import torch
+    import torch.nn as nn
+
 # --dtype -> (precision recorded, autocast dtype or None, weight dtype)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-weights": torch.bfloat16}
+# (the torch dtypes by attribute name, so that naming them imports nothing)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-weights": "bfloat16"}
 PRECISIONS = {"fp32": "fp32", "bf16": "amp-bf16", "fp16": "amp-fp16", "bf16-weights": "bf16-weights"}
 
 
 def autocast_dtype(dtype: str) -> torch.dtype | None:
     """The autocast dtype of ``--dtype`` (None for fp32 and for all-half weights)."""
-    return DTYPES[dtype] if dtype in ("bf16", "fp16") else None
+    import torch
+
+    return getattr(torch, DTYPES[dtype]) if dtype in ("bf16", "fp16") else None
 
 
 def weight_dtype(dtype: str) -> torch.dtype:
+    import torch
+
     return torch.bfloat16 if dtype == "bf16-weights" else torch.float32
 
 
@@ -75,7 +81,7 @@ class Trainer:
     dtype: str
     device: torch.device
     _step: Callable[[torch.Tensor], None]
-    input_dtype: torch.dtype = torch.float32
+    input_dtype: torch.dtype | None = None  # None: float32 (set in __post_init__)
     optimizer: torch.optim.Optimizer | None = None
     optimizer_impl: str = ""
     # The engine's effective configuration where it has one (DeepSpeed's JSON), for its record_fields.
@@ -95,6 +101,12 @@ class Trainer:
     # needs its own (FSDP2: static shapes, see bench.engines.fsdp2).
     compile_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.input_dtype is None:
+            import torch
+
+            self.input_dtype = torch.float32
+
     def step(self, loss: torch.Tensor) -> None:
         self._step(loss)
 
@@ -108,6 +120,8 @@ class Trainer:
         amp = autocast_dtype(self.dtype)
         if amp is None or self.self_autocast:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type=self.device.type, dtype=amp)
 
 
@@ -261,6 +275,8 @@ def build_trainer(model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Traine
 
 def make_optimizer(model: nn.Module, spec: TrainSpec, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
     """The one optimizer every engine uses: torch AdamW, fused on CUDA, foreach elsewhere."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     if device.type == "cuda":
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True), "torch.AdamW(fused)"
@@ -268,11 +284,14 @@ def make_optimizer(model: nn.Module, spec: TrainSpec, device: torch.device) -> t
 
 
 def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSpec, device: torch.device,
-               scaler_class: type = torch.amp.GradScaler, after_backward: list[Callable[[], None]] | None = None):
+               scaler_class: type | None = None, after_backward: list[Callable[[], None]] | None = None):
     """backward + (unscale, clip) + step + zero-grad, with a GradScaler for fp16 autocast on CUDA
     (``scaler_class``: FSDP2 needs its sharded one, whose inf check spans the ranks). Each of
     ``after_backward`` (the Trainer's list) is called once backward is done."""
+    import torch
+
     hooks = after_backward if after_backward is not None else []
+    scaler_class = scaler_class or torch.amp.GradScaler
     scaler = scaler_class(device.type) if spec.dtype == "fp16" and device.type == "cuda" else None
 
     def step(loss: torch.Tensor) -> None:
@@ -296,7 +315,7 @@ def torch_step(model: nn.Module, optimizer: torch.optim.Optimizer, spec: TrainSp
 
 
 def torch_trainer(engine: Engine, forward: nn.Module, model: nn.Module, ctx: DistContext, spec: TrainSpec,
-                  scaler_class: type = torch.amp.GradScaler, **fields: Any) -> Trainer:
+                  scaler_class: type | None = None, **fields: Any) -> Trainer:
     """The Trainer of an engine whose step is torch's own (plain, DDP, FSDP2): the one AdamW over
     ``model``'s parameters (as they are now: sharded already under FSDP2), ``torch_step``, inputs in
     the weight dtype; ``forward`` is what forward is called on (DDP's wrapper), ``fields`` the

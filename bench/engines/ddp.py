@@ -1,8 +1,7 @@
 """DistributedDataParallel: gradients all-reduced in buckets, overlapped with backward."""
 from __future__ import annotations
 
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
+from typing import TYPE_CHECKING
 
 from bench.engines.base import (
     Engine,
@@ -17,6 +16,9 @@ from bench.engines.base import (
 from bench.launch.context import DistContext
 from bench.traffic import Payload, Prediction
 
+if TYPE_CHECKING:
+    import torch.nn as nn
+
 
 @register_engine("ddp")
 class DDP(Engine):
@@ -24,6 +26,8 @@ class DDP(Engine):
     options = (EngineOption("bn_mode", lambda v: v == "sync", "SyncBatchNorm syncs across DDP ranks"),)
 
     def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        from torch.nn.parallel import DistributedDataParallel
+
         if not ctx.distributed:
             single_process_group(ctx)
         model = model.to(weight_dtype(spec.dtype))

@@ -20,10 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from bench.engines.base import (
     Engine,
@@ -41,7 +38,9 @@ from bench.errors import BadInput, first_line
 from bench.launch.context import DistContext
 from bench.traffic import Payload, Prediction, gather_scatter_range
 
-_TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+if TYPE_CHECKING:  # torch (and DeepSpeed) load when the engine builds or checks a config
+    import torch
+    import torch.nn as nn
 
 
 def load_ds_config(path: str) -> dict:
@@ -72,6 +71,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None) -> dict:
     """The effective config: ours, deep-merged with the user's; the batch keys follow the cell."""
     amp = autocast_dtype(spec.dtype)
+    amp_name = str(amp).removeprefix("torch.")  # DeepSpeed's name of the dtype: "bfloat16"
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": spec.micro_batch,
         "gradient_accumulation_steps": 1,
@@ -81,7 +81,7 @@ def deepspeed_config(spec: TrainSpec, world_size: int, user: dict | None = None)
         "fp16": {"enabled": False},
         # An empty list: no parameter is reduced in the autocast dtype (module docstring).
         "torch_autocast": {"enabled": amp is not None,
-                           **({"dtype": _TORCH_DTYPE_NAMES[amp], "lower_precision_safe_modules": []} if amp else {})},
+                           **({"dtype": amp_name, "lower_precision_safe_modules": []} if amp else {})},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -99,6 +99,8 @@ def check_config(spec: TrainSpec) -> dict:
     anything runs: a value of the wrong type is bad input (exit 2), not an error cell. Checked as
     for one rank: outside a process group DeepSpeed takes the world size to be 1, and the batch
     keys are derived from the world size anyway when the ranks start."""
+    import torch
+
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     user = load_ds_config(spec.ds_config) if spec.ds_config else None
@@ -176,6 +178,7 @@ class DeepSpeed(Engine):
         if not ctx.distributed:
             single_process_group(ctx)
         import deepspeed
+        import torch
 
         cfg = deepspeed_config(spec, ctx.world_size, user)
         optimizer, impl = make_optimizer(model, spec, ctx.device)
@@ -216,6 +219,8 @@ def _zero_grad_buffers(zero_optimizer: Any) -> list[torch.Tensor]:
     """The gradient tensors a ZeRO optimizer holds off ``p.grad``: ZeRO-1/2's partition
     (``grads_in_partition``, ``averaged_gradients``) and the params' ``grad_accum``, ZeRO-3's
     flat partition buffer. Communication staging (the reduce buckets) is not a gradient."""
+    import torch
+
     out: list[torch.Tensor] = []
     for name in ("grads_in_partition", "grad_partitions_flat_buffer"):
         t = getattr(zero_optimizer, name, None)

@@ -30,9 +30,7 @@ torchtitan compiles its blocks: one graph per distinct block shape (issue 27 gro
 from __future__ import annotations
 
 import contextlib
-
-import torch.distributed as dist
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from bench.engines.base import (
     Engine,
@@ -45,6 +43,9 @@ from bench.engines.base import (
 )
 from bench.launch.context import DistContext
 from bench.traffic import Payload, Prediction, gather_scatter_range
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 
 def even_shard_placement(world_size: int):
@@ -66,6 +67,8 @@ def even_shard_placement(world_size: int):
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The blocks to shard one by one, in forward (registration) order (module docstring)."""
+    import torch.nn as nn
+
     units: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
@@ -84,6 +87,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 @register_engine("fsdp2")
 class FSDP2(Engine):
     def build(self, model: nn.Module, ctx: DistContext, spec: TrainSpec) -> Trainer:
+        import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler

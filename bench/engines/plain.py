@@ -1,10 +1,13 @@
 """The plain engine: one process's model and optimizer, nothing in between."""
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from bench.engines.base import Engine, Trainer, TrainSpec, register_engine, torch_trainer, weight_dtype
 from bench.launch.context import DistContext
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 
 @register_engine("none")

@@ -13,9 +13,10 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch loads when a process group forms: the engines name this type without it
+    import torch
 
 
 @dataclass
@@ -112,6 +113,9 @@ def nccl_error_handling() -> None:
 
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
     """Initialise the process group when launched with several ranks; a world of 1 otherwise."""
+    import torch
+    import torch.distributed as dist
+
     _slurm_env_to_torch()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -138,12 +142,16 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
 
 
 def shutdown(ctx: DistContext) -> None:
+    import torch.distributed as dist
+
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def broadcast_object(obj, ctx: DistContext):
     """Rank 0's ``obj`` on every rank (e.g. the run directory chosen by rank 0)."""
+    import torch.distributed as dist
+
     if not ctx.distributed:
         return obj
     box = [obj]
@@ -152,6 +160,9 @@ def broadcast_object(obj, ctx: DistContext):
 
 
 def all_reduce_max(value: float, ctx: DistContext) -> float:
+    import torch
+    import torch.distributed as dist
+
     if not ctx.distributed:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
@@ -160,6 +171,8 @@ def all_reduce_max(value: float, ctx: DistContext) -> float:
 
 
 def all_gather_floats(value: float, ctx: DistContext) -> list[float]:
+    import torch.distributed as dist
+
     if not ctx.distributed:
         return [value]
     out = [None] * ctx.world_size
@@ -169,6 +182,8 @@ def all_gather_floats(value: float, ctx: DistContext) -> list[float]:
 
 def all_gather(value, ctx: DistContext) -> list:
     """Every rank's picklable ``value``, in rank order."""
+    import torch.distributed as dist
+
     if not ctx.distributed:
         return [value]
     out = [None] * ctx.world_size
@@ -178,6 +193,9 @@ def all_gather(value, ctx: DistContext) -> list:
 
 def elementwise_max(values: list[float], ctx: DistContext) -> list[float]:
     """The per-position maximum over ranks of equally long float lists (one all-reduce MAX)."""
+    import torch
+    import torch.distributed as dist
+
     if not ctx.distributed or not values:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.backend == "nccl" else "cpu")
@@ -186,6 +204,8 @@ def elementwise_max(values: list[float], ctx: DistContext) -> list[float]:
 
 
 def barrier(ctx: DistContext) -> None:
+    import torch.distributed as dist
+
     if ctx.distributed:
         dist.barrier()
 
@@ -198,6 +218,8 @@ def exchange_outcomes(tag: str, outcome: str, ctx: DistContext, timeout_s: float
     Exchanged through the rendezvous store, not a collective: a rank still inside a collective of
     the failed cell never answers, and the others then give up here, where a collective would pair
     their next call with its stale one."""
+    import torch.distributed as dist
+
     if not ctx.distributed:
         return [outcome]
     store = dist.distributed_c10d._get_default_store()

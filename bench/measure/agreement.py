@@ -11,8 +11,10 @@ with these definitions, so they are written here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads where tensors are compared: the report reads these figures without it
+    import torch
 
 #: what the reference is, in words (recorded with every agreement)
 REFERENCE = "fp32 eager tf32-off contiguous"
@@ -32,6 +34,8 @@ class OutputAgreement:
 
 def compare_tensors(name: str, stride: int | None, cell: torch.Tensor, ref: torch.Tensor) -> OutputAgreement:
     """Both tensors in float64 on the CPU, so the comparison adds no rounding of its own."""
+    import torch
+
     a = cell.detach().to("cpu", torch.float64).flatten()
     r = ref.detach().to("cpu", torch.float64).flatten()
     if a.shape != r.shape:
