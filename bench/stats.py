@@ -425,11 +425,12 @@ def cell_groups(records: list[dict]) -> dict[tuple[str, str | None], list[dict]]
 
 def compare_records(base: list[dict], new: list[dict], metric: str = "latency", threshold: float = 0.03,
                     seed: int = 0, tolerance: float = 0.0, noise: RunNoise | None = None,
-                    within_run: bool = False, change: float | None = None) -> RunComparison:
+                    within_run: bool = False, change: float | None = None, apart: bool = False) -> RunComparison:
     """Every cell identity of both runs compared (``compare_between_runs`` with this device's
     run-to-run ``noise`` when calibrated; ``compare_runs``, the within-run interval, only when
     ``within_run`` asks for it; for peak memory ``compare_values`` within ``tolerance``), with
-    q-values over all of them. ``change``: the change whose price inconclusive cells state."""
+    q-values over all of them. ``change``: the change whose price inconclusive cells state;
+    ``apart``: the runs share no session (``compare_between_runs``)."""
     gb, gn = cell_groups(base), cell_groups(new)
     matched = [k for k in gb if k in gn]
     rows: list[CellComparison] = []
@@ -448,7 +449,7 @@ def compare_records(base: list[dict], new: list[dict], metric: str = "latency", 
             figures = (tb.estimate(metric), tn.estimate(metric))
         else:
             c = compare_between_runs(tb, tn, metric, threshold, noise, repeat_processes(gb[key]),
-                                     repeat_processes(gn[key]), seed, change)
+                                     repeat_processes(gn[key]), seed, change, apart)
             figures = (tb.estimate(metric), tn.estimate(metric))
         rows.append(CellComparison(key[0], key[1], *figures, b_ms, n_ms, c))
     adjusted = adjust([r.comparison for r in rows], threshold)
@@ -612,6 +613,11 @@ class RunNoise:
     block: float | None = None
     df_block: int = 0
     source: str = "calibration"
+    # Between sessions (days, machine instances): shared by every process of a session, so more
+    # runs never average it away. None: not measured. Counted only when the two sides share no
+    # session (``apart``); docs/comparisons.md, "A second day".
+    session: float | None = None
+    df_session: int = 0
 
 
 @dataclass(frozen=True)
@@ -681,7 +687,7 @@ def _satterthwaite(parts: list[tuple[float, float]]) -> tuple[float, float]:
 def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", threshold: float = 0.03,
                          noise: RunNoise | None = None, base_processes: tuple[str, ...] | None = None,
                          new_processes: tuple[str, ...] | None = None, seed: int = 0,
-                         change: float | None = None) -> Comparison:
+                         change: float | None = None, apart: bool = False) -> Comparison:
     """The same cell in two runs, with the noise between runs in the interval: a Welch t interval
     and test on the log figures (each repeat's median step, or throughput), each side's variance
     being the calibrated between-process variance (``noise``) plus its repeats' spread, or, with no
@@ -690,10 +696,20 @@ def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", t
     shown, p stays None and the verdict is ``inconclusive``, with what would settle it. Unlike
     Mann-Whitney's exact floor (3 against 3 never reaches p < 0.05), a t test's power grows with
     the effect, so a small N can decide a large change. ``change``: the change to price in
-    ``needed`` (default: the threshold)."""
+    ``needed`` (default: the threshold). ``apart``: the sides share no session (measured on
+    different days or machine instances): each side's variance then also holds the calibrated
+    between-session noise, which its processes share; a calibration without one says so."""
     sb, sn = Side.of(base, base_processes, metric), Side.of(new, new_processes, metric)
     vb, vn = _side_variance(sb, noise), _side_variance(sn, noise)
-    price = _price(noise, max(sb.n_blocks // sb.n_processes, 1), threshold, change, metric)
+    session_note = ""
+    if apart and noise is not None and vb is not None and vn is not None:
+        if noise.session is not None:
+            vb, vn = (_satterthwaite([v, (noise.session, noise.df_session)]) for v in (vb, vn))
+            session_note = ", and the noise between sessions (the sides were measured in different sessions)"
+        else:
+            session_note = ("; the sides were measured in different sessions and the calibration holds no "
+                            "noise between sessions: the interval leaves it out (docs/comparisons.md)")
+    price = _price(noise, max(sb.n_blocks // sb.n_processes, 1), threshold, change, metric, apart)
     if vb is None or vn is None:
         within = compare_runs(base, new, metric, threshold, seed)
         return Comparison(metric, within.ratio, within.ci, None, None, "inconclusive",
@@ -711,7 +727,7 @@ def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", t
         p = float(2 * (_sps().t.sf(abs(d) / se, df) if math.isfinite(df) else _sps().norm.sf(abs(d) / se)))
     how = noise.source if noise is not None else "the spread between each side's processes"
     basis = (f"Welch t on log figures over {sb.n_processes} and {sn.n_processes} processes "
-             f"({sb.n_blocks} and {sn.n_blocks} repeats), run-to-run noise from {how}")
+             f"({sb.n_blocks} and {sn.n_blocks} repeats), run-to-run noise from {how}{session_note}")
     v = verdict(ci, p, threshold, lower_is_better(metric))
     needed = None
     if v == "inconclusive":
@@ -726,12 +742,13 @@ def _uncalibrated_advice(price: str | None) -> str:
             + (f"; {price}" if price else ""))
 
 
-def _price(noise: RunNoise | None, repeats: int, threshold: float, change: float | None, metric: str) -> str | None:
+def _price(noise: RunNoise | None, repeats: int, threshold: float, change: float | None, metric: str,
+           apart: bool = False) -> str | None:
     """The price of an answer in words, from the calibration (None without one)."""
     if noise is None:
         return None
     x = threshold if change is None else change
-    n = runs_needed(noise, x, threshold, repeats)
+    n = runs_needed(noise, x, threshold, repeats, apart=apart)
     what = f"a {100 * x:g}% change" if x > threshold else f"'same' within +-{100 * threshold:g}%"
     if n is None:
         return f"no number of runs tells {what} on this device"
@@ -742,7 +759,7 @@ POWER = 0.90
 
 
 def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int = 1, power: float = POWER,
-                alpha: float = ALPHA, most: int = 10_000, df: float | None = None) -> int | None:
+                alpha: float = ALPHA, most: int = 10_000, df: float | None = None, apart: bool = False) -> int | None:
     """Processes (fresh runs) per side for the verdict rule to settle ``power`` of the time:
     a true change above the threshold called ``slower`` (its interval wholly past +threshold),
     or, for a change at or inside the threshold, no change called ``same`` (its interval inside
@@ -755,8 +772,13 @@ def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int =
     two-stage design does, Student's t quantiles replace the normal ones: n is the smallest
     count with n >= 2 s^2 (t_a + t_b)^2 / margin^2 at min(df, 2 (n - 1)) degrees of freedom,
     the fewer of the estimate's and those of the Welch test an uncalibrated comparison of n
-    processes a side makes (each side's own spread); at least 2, the fewest that test takes."""
+    processes a side makes (each side's own spread); at least 2, the fewest that test takes.
+
+    ``apart``: the sides in different sessions. The calibrated session variance S is shared by
+    all of a side's runs, so it adds 2 S to the difference whatever n is: n = 2 s^2 z^2 /
+    (margin^2 - 2 S z^2), and None (no number of runs) when 2 S z^2 fills the margin."""
     per_run = noise.process + (noise.block or 0.0) / max(repeats, 1)
+    session = (noise.session or 0.0) if apart else 0.0
     a = 1 - alpha / 2
     if change > threshold:
         margin, b = math.log(1 + change) - math.log(1 + threshold), power
@@ -769,7 +791,11 @@ def runs_needed(noise: RunNoise, change: float, threshold: float, repeats: int =
         return n >= 2 * per_run * (q(a) + q(b)) ** 2 / margin ** 2
 
     normal = _sps().norm.ppf
-    n = math.ceil(2 * per_run * (float(normal(a)) + float(normal(b))) ** 2 / margin ** 2)
+    z2 = (float(normal(a)) + float(normal(b))) ** 2
+    room = margin ** 2 - 2 * session * z2
+    if room <= 0:
+        return None
+    n = math.ceil(2 * per_run * z2 / room)
     if df is None:
         return max(1, n) if n <= most else None
 
@@ -804,18 +830,23 @@ class Rates:
 
 def simulate_rates(noise_truth: tuple[float, float, float], runs: int, change: float = 0.5, rule: str = "calibrated",
                    threshold: float = 0.03, iterations: int = 20, cells: int = 12, trials: int = 50,
-                   calibration_df: int = 60, seed: int = 0) -> Rates:
+                   calibration_df: int = 60, seed: int = 0, day_var: float = 0.0, day_known: bool = True) -> Rates:
     """Simulate two sides of ``cells`` cells, each side ``runs`` processes of one repeat of
     ``iterations`` timed steps, with log latency = process effect + block effect + iteration noise
     (``noise_truth`` = their variances); half the cells slowed by ``1 + change`` on the new side.
+    ``day_var``: the two sides measured on different days, each side's cell shifted by one draw of
+    this variance that all its processes share, and that no calibration holds (the invocation level
+    of docs/comparisons.md: what a base from another day costs); ``day_known``: the calibration
+    holds it (as its session variance) or, False, not.
     Each trial is one comparison (q over its cells), decided by ``rule``:
     ``calibrated`` (compare_between_runs with the true components as the calibration),
     ``uncalibrated`` (compare_between_runs without one), ``within-run`` (the old rule:
     compare_runs, a bootstrap of one run's iterations and Mann-Whitney U)."""
     proc_var, block_var, iter_var = noise_truth
     rng = np.random.default_rng(seed)
-    noise = RunNoise(proc_var, calibration_df, block_var, calibration_df, "the simulation's true components") \
-        if rule == "calibrated" else None
+    session = day_var if day_var > 0 and day_known else None
+    noise = RunNoise(proc_var, calibration_df, block_var, calibration_df, "the simulation's true components",
+                     session, calibration_df) if rule == "calibrated" else None
     alarms = nulls = hits = slowed = 0
     for _ in range(trials):
         comps, truth = [], []
@@ -823,6 +854,7 @@ def simulate_rates(noise_truth: tuple[float, float, float], runs: int, change: f
             shift = math.log(1 + change) if cell % 2 else 0.0
             sides = []
             for extra in (0.0, shift):
+                extra += rng.normal(0, math.sqrt(day_var)) if day_var > 0 else 0.0
                 reps = [np.exp(3 + extra + rng.normal(0, math.sqrt(proc_var)) + rng.normal(0, math.sqrt(block_var))
                                + rng.normal(0, math.sqrt(iter_var), iterations)) for _ in range(runs)]
                 sides.append(Timings(tuple(tuple(float(x) for x in r) for r in reps), 1))
@@ -833,7 +865,8 @@ def simulate_rates(noise_truth: tuple[float, float, float], runs: int, change: f
                 comps.append(compare_runs(pooled_b, pooled_n, "latency", threshold, seed=int(rng.integers(1 << 30))))
             else:
                 procs = tuple(str(i) for i in range(runs))
-                comps.append(compare_between_runs(b, n, "latency", threshold, noise, procs, procs))
+                comps.append(compare_between_runs(b, n, "latency", threshold, noise, procs, procs,
+                                                  apart=day_var > 0))
             truth.append(shift > 0)
         for c, slow in zip(adjust(comps, threshold), truth):
             if slow:

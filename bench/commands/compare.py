@@ -86,8 +86,10 @@ def compare_command(base: str, new: str, metric: str, threshold: float | None, f
                        f"{', '.join(sorted(dn)) or '?'}); pass --cross-device to compare the machines")
     gpu = any(str(r.get("device") or "").startswith("cuda") for r in base_records + new_records)
     tolerance = 0.0 if gpu else stats.CPU_RSS_TOLERANCE
+    from bench.measure.calibration import apart  # runs of different sessions (days, machine instances)
+
     result = stats.compare_records(base_records, new_records, metric, t, seed, tolerance,
-                                   cal.noise() if cal else None, within_run, change)
+                                   cal.noise() if cal else None, within_run, change, apart(base, new))
     code = SLOWER_EXIT if result.regressions else 0
     # A reader that stops early (`| head`) ends the output, not the verdict: the exit code stays it.
     if as_json:

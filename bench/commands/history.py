@@ -249,11 +249,12 @@ def build_history(matches: list[Match], identity: tuple[str, str], metric: str, 
             raw.append(stats.compare_runs(prev.timings, cur.timings, m, t, seed))
             notes.append(None)
         else:
-            from bench.measure.calibration import for_pair  # the one calibration rule of compare and history
+            from bench.measure.calibration import apart, for_pair  # the one calibration rule of compare and history
 
             cal, note = for_pair(prev.run_dir, cur.run_dir, calibration)
             raw.append(stats.compare_between_runs(prev.timings, cur.timings, m, t, cal.noise() if cal else None,
-                                                  prev.processes, cur.processes, seed))
+                                                  prev.processes, cur.processes, seed,
+                                                  apart=apart(prev.run_dir, cur.run_dir)))
             notes.append(note)
     steps: list[stats.Comparison | None] = [None, *stats.adjust(raw, t)] if points else []
     return History(identity, metric, t, by, points, steps, notes)

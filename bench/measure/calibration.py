@@ -59,12 +59,19 @@ class Calibration:
     created: str              # ISO date
     bench_version: str = __version__
     format: int = FORMAT
+    # Between sessions (days, machine instances), which a run's processes share: added when two
+    # runs share no session (``sessions``). None: not measured (older files too).
+    session: float | None = None
+    df_session: int = 0
+    session_source: str | None = None  # where it was measured, in words
 
     def noise(self) -> stats.RunNoise:
         sd = math.sqrt(self.process)
+        day = (f"; sd {100 * math.sqrt(self.session):.1f}% between sessions, {self.df_session} df"
+               if self.session is not None else "")
         return stats.RunNoise(self.process, self.df_process, self.block, self.df_block,
                               f"this device's calibration ({self.key.slug}: sd {100 * sd:.1f}% between runs, "
-                              f"{self.df_process} df)")
+                              f"{self.df_process} df{day})", self.session, self.df_session)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "key": asdict(self.key), "slug": self.key.slug}, indent=2) + "\n"
@@ -81,6 +88,9 @@ class Calibration:
             cal = cls(**fields)
             if not (cal.process >= 0 and math.isfinite(cal.process)):
                 raise ValueError("process variance")
+            if cal.session is not None and not (cal.session >= 0 and math.isfinite(cal.session)
+                                                and isinstance(cal.df_session, int) and cal.df_session >= 1):
+                raise ValueError("session variance")
             return cal
         except BadInput:
             raise
@@ -100,6 +110,23 @@ def _invocations(path: Path) -> dict[str, dict]:
         except (OSError, ValueError):
             pass
     return out
+
+
+def sessions(path: str | Path) -> set[str]:
+    """The sessions a run directory's processes ran in: host and UTC date of each invocation
+    (a VM is a new host; a day on one host a new session). Empty when none is recorded."""
+    out = set()
+    for inv in _invocations(Path(path)).values():
+        host, started = inv.get("hostname"), inv.get("started_at")
+        if isinstance(host, str) and isinstance(started, str) and len(started) >= 10:
+            out.add(f"{host} {started[:10]}")
+    return out
+
+
+def apart(base: str | Path, new: str | Path) -> bool:
+    """Whether two runs share no session (both known): then their noise between sessions counts."""
+    sb, sn = sessions(base), sessions(new)
+    return bool(sb and sn) and sb.isdisjoint(sn)
 
 
 def _int(v) -> int | None:

@@ -117,3 +117,58 @@ def test_simulated_rates_false_alarms_at_most_5_percent_and_a_1_5x_change_found_
     assert uncal.false_alarm == 0 and uncal.detection == 0  # no verdict without knowing the noise
     old = S.simulate_rates(truth, runs=1, change=0.5, rule="within-run", trials=5, seed=1)
     assert old.false_alarm > 0.2  # the old rule's false alarms: the simulation can see them
+
+
+# ---------------------------------------------------------------------------- between sessions (days)
+def width(c: S.Comparison) -> float:
+    return math.log(c.ci[1]) - math.log(c.ci[0])
+
+
+DAY = 0.00089  # the invocation level measured on this machine at one thread (docs/comparisons.md)
+WITH_DAY = S.RunNoise(0.00049, 40, 0.00034, 40, "test calibration with a day level", DAY, 4)
+
+
+def test_runs_of_different_sessions_count_the_session_noise_and_say_when_it_is_unknown():
+    rng = np.random.default_rng(7)
+    (b, pb), (n, pn) = _runs(rng, 3, proc_sd=0.02), _runs(rng, 3, 1.08, proc_sd=0.02)
+    same_day = S.compare_between_runs(b, n, noise=WITH_DAY, base_processes=pb, new_processes=pn)
+    other_day = S.compare_between_runs(b, n, noise=WITH_DAY, base_processes=pb, new_processes=pn, apart=True)
+    assert other_day.ratio == same_day.ratio
+    assert width(other_day) > 1.5 * width(same_day)  # 2 x day against (process + block / k) / 3 a side
+    assert "different sessions" in other_day.basis and "different sessions" not in same_day.basis
+    no_day = S.RunNoise(0.00049, 40, 0.00034, 40, "test calibration without one")
+    unknown = S.compare_between_runs(b, n, noise=no_day, base_processes=pb, new_processes=pn, apart=True)
+    assert width(unknown) == pytest.approx(width(same_day), rel=0.05)
+    assert "holds no noise between sessions" in unknown.basis
+
+
+def test_runs_needed_across_sessions_grows_and_can_be_none():
+    same = S.runs_needed(WITH_DAY, 0.20, 0.03)
+    across = S.runs_needed(WITH_DAY, 0.20, 0.03, apart=True)
+    assert across > same
+    # by hand: n = 2 s^2 z^2 / (margin^2 - 2 S z^2)
+    z2 = (1.959964 + 1.281552) ** 2
+    margin = math.log(1.2) - math.log(1.03)
+    assert across == math.ceil(2 * (0.00049 + 0.00034) * z2 / (margin ** 2 - 2 * DAY * z2))
+    # a 10% change against a 3% threshold: the day level alone fills the margin (the simulation
+    # finds 17-30% of them at any N): no number of runs helps, where the same day needs 5
+    assert S.runs_needed(WITH_DAY, 0.10, 0.03) == 5 and S.runs_needed(WITH_DAY, 0.10, 0.03, apart=True) is None
+
+
+def test_simulated_rates_across_days_false_alarms_grow_unless_the_calibration_holds_the_day():
+    truth = (0.00049, 0.00034, 0.00091)  # process, block, iteration at one thread (2026-12-06)
+    known = S.simulate_rates(truth, runs=10, change=0.5, rule="calibrated", trials=12, seed=10, day_var=DAY)
+    unknown = S.simulate_rates(truth, runs=10, change=0.5, rule="calibrated", trials=12, seed=10, day_var=DAY,
+                               day_known=False)
+    assert known.false_alarm <= 0.05 and known.detection >= 0.9, known
+    assert unknown.false_alarm > 0.1, unknown  # ten runs a side cannot average a shared day away
+
+
+def test_sessions_are_host_and_day_of_each_invocation():
+    from bench.measure.calibration import apart, sessions
+
+    a, b, old = ("results/20261205-aa-threads1-cpu/A", "results/20261205-aa-threads1-cpu/B",
+                 "results/20261128-main-cpu-a")
+    assert sessions(a) == sessions(b) and len(sessions(a)) == 1
+    assert not apart(a, b) and apart(a, old) and apart(old, a)
+    assert not apart(a, "results/no-such-run")  # unknown sessions: not called apart
