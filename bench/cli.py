@@ -31,11 +31,6 @@ COMMANDS = {
     "query": "bench.commands.query:query_command",
     "history": "bench.commands.history:history_command",
 }
-#: The commands that run torch ops in this process: denormals are flushed before their first one.
-#: ``run``, ``profile`` and ``finetune`` flush in bench/commands/ once their input is checked, so
-#: that a refused command line costs no torch import. ``slurm`` runs no torch op here (its jobs are
-#: bench runs).
-TORCH_COMMANDS = frozenset({"flops"})
 
 
 class LazyGroup(click.Group):
@@ -77,10 +72,9 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
               help="Show bench's, torch's, CUDA's and Python's versions and exit.")
 def main() -> None:
     """Benchmark and profile vision backbones (PVT, ViT, ResNet) for dense prediction."""
-    if click.get_current_context().invoked_subcommand in TORCH_COMMANDS:
-        from bench.environment import flush_denormals
-
-        flush_denormals()  # before any torch op starts the OpenMP worker threads
+    # Each command that runs torch ops (run, profile, finetune, flops) flushes denormals itself
+    # (bench.environment.flush_denormals) once its command line is checked and before its first
+    # torch op: a refused command line costs no torch import.
 
 
 def entry() -> None:

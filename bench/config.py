@@ -112,13 +112,21 @@ def parse_float(value: Any, what: str, minimum: float | None = None, min_open: b
 
 
 def parse_models(text: str | list) -> list[str]:
-    from models.catalog import model_names as list_models  # the names alone: no torch, no timm yet
+    import sys
+
+    from models.catalog import model_names  # the names alone: no torch, no timm yet
 
     items = text if isinstance(text, list) else str(text).split(",")
     names = [str(n).strip() for n in items if str(n).strip()]
     if not names:
         raise BadInput("--models is empty; give a comma-separated list, e.g. pvt_small,vit_s,resnet50")
-    known = list_models()
+    known = model_names()
+    if any(n not in known for n in names) and "models.registry" in sys.modules:
+        # a program that registered variants of its own (register_model) before calling bench's
+        # entry: the registry, not the catalog, knows them
+        from models import list_models
+
+        known = list_models()
     for n in names:
         if n not in known:
             raise BadInput(f"unknown model '{_shown(n)}'; known models: {', '.join(known)}")

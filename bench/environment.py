@@ -17,7 +17,7 @@ _FLUSH_DENORMAL: bool | None = None
 
 def flush_denormals() -> bool:
     """Flush denormal floats to zero (FTZ/DAZ) on CPU, in every command that runs torch ops, before
-    its first one (once its command line is checked: bench.cli.TORCH_COMMANDS, bench/commands/).
+    its first one, once its command line is checked (bench/commands/: run, profile, finetune, flops).
 
     Losses drive gradients of confident predictions below 1e-38; x86 CPUs compute on such
     denormals 10-100x slower (a RetinaNet step measured 5 s instead of 0.25 s), a cost GPUs don't
@@ -86,7 +86,7 @@ def collect_env(command: str, device: torch.device | None = None, run_id: str | 
         "packages": versions,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "flush_denormal": _FLUSH_DENORMAL,
-        # The math mode every cell of this invocation ran in (bench.scenarios.classify.apply_math_mode).
+        # The math mode every cell of this invocation ran in (bench.scenarios.step.apply_math_mode).
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,

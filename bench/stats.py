@@ -738,7 +738,7 @@ def compare_between_runs(base: Timings, new: Timings, metric: str = "latency", t
 def _uncalibrated_advice(price: str | None) -> str:
     return ("one process per side and no calibration of this device: calibrate it "
             "(bench calibrate --from RUN_DIR... or bench calibrate --models ...), or measure each side "
-            "in 3 or more processes (bench run --repeats i --out DIR, for i = 1, 2, 3)"
+            "in 3 or more processes (bench run --repeats auto, or --repeats i --out DIR for i = 1, 2, 3)"
             + (f"; {price}" if price else ""))
 
 

@@ -1,7 +1,7 @@
 """One sweep loop for ``bench run`` and ``bench finetune``: run directory, invocation log, resume,
 claims, preemption, progress, summary.
 
-A scenario (bench.scenarios.classify, bench.scenarios.finetune) says what its cells are, what one
+A scenario (bench.scenarios.step, bench.scenarios.finetune) says what its cells are, what one
 cell measures and how to summarise; the sweep does everything around the cells, the same way for
 both:
 

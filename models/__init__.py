@@ -1,10 +1,11 @@
 """Backbones (PVT v1 ours; PVT v2, Swin, ConvNeXt, ViT and ResNet from timm) behind one
 timm-style registry.
 
-The registry is imported first and imports no family; the family modules register their
-variants with ``@register_model`` as they are imported. They load on first use of a name below
-(PEP 562), not on ``import models``: ``models.catalog`` (the names, no torch) is then importable
-alone, which is what lets ``bench run`` refuse a bad ``--models`` before it imports torch and timm.
+The family modules register their variants with ``@register_model`` as they are imported, and
+the registry imports them on the first question asked of it (``models.registry.FAMILIES``). The
+names below load on first use (PEP 562), not on ``import models``: ``models.catalog`` (the names,
+no torch) is then importable alone, which is what lets ``bench run`` refuse a bad ``--models``
+before it imports torch and timm.
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ _EXPORTS = {
     "list_models": "models.registry",
     "model_family": "models.registry",
 }
-_FAMILIES = ("convnext", "pvt", "pvt_v2", "swin", "timm_backbones")
-
 __all__ = sorted(_EXPORTS)
 
 
@@ -29,8 +28,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'models' has no attribute '{name}'")
-    for family in _FAMILIES:  # registers every variant before the registry answers
-        importlib.import_module(f"models.{family}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

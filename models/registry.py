@@ -4,11 +4,13 @@ Each family module registers a builder per variant with ``@register_model``. A b
 ``num_classes`` and ``features_only`` and returns an ``nn.Module``; ``create_model`` adds the
 checkpoint loading that is the same for every family.
 
-This module is a leaf: it imports no family (``models/__init__.py`` imports them after it, so
-``import models`` registers everything), which keeps the arrows pointing one way.
+This module imports no family when it loads (the families import it for ``register_model``):
+it imports them on the first question asked of it (``FAMILIES``), so whichever way a caller
+reaches the registry, every variant is registered before it answers.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch.nn as nn
@@ -17,6 +19,13 @@ from models.checkpoint import load_into_model
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
+#: The family modules (models/<name>.py); a new family is one line here (and its names in catalog.py).
+FAMILIES = ("convnext", "pvt", "pvt_v2", "swin", "timm_backbones")
+
+
+def _register_families() -> None:
+    for family in FAMILIES:  # each registers its variants as it is imported; once imported, free
+        importlib.import_module(f"models.{family}")
 
 
 class UnknownModelError(ValueError):
@@ -35,6 +44,7 @@ def register_model(family: str):
 
 
 def list_models() -> list[str]:
+    _register_families()
     return sorted(_BUILDERS)
 
 
@@ -68,6 +78,7 @@ def create_model(
 
 
 def _check_known(name: str) -> None:
+    _register_families()
     if name not in _BUILDERS:
         raise UnknownModelError(
             f"unknown model '{name}'; known models: {', '.join(sorted(_BUILDERS))}"

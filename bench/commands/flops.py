@@ -24,10 +24,12 @@ def flops_command(models_text: str, task: str, res_text: str | None, as_json: bo
     """Parameters, GMACs and GFLOPs (= 2 x GMACs) per model and resolution, per stage and part.
 
     A size whose count does not fit in memory is printed as an oom row; the others go on."""
-    from bench.measure.flops import print_flops_table
-
     names = cfgmod.parse_models(models_text)
     sizes = cfgmod.parse_resolutions(res_text or cfgmod.DEFAULT_FLOPS_RES[task], 1 if task == "det" else 32)
+    from bench.environment import flush_denormals
+    from bench.measure.flops import print_flops_table
+
+    flush_denormals()  # torch from here on, before any torch op starts the OpenMP worker threads
     rows, reports = _count_all(names, sizes, task, not no_cross_check, as_json)
     if as_json:
         click.echo(json.dumps(rows, indent=2, allow_nan=False))

@@ -13,16 +13,20 @@ from bench.record import RunDir, default_run_dir
 
 
 def start(nproc: int, threads: int | None, out: str | None, new_out: bool) -> str | None:
-    """Self-launch under torchrun for --nproc > 1 (exits with the job's status); else set threads.
-    The run directory is chosen here, before the ranks exist, so every rank writes into one."""
-    import torch
-
+    """Self-launch under torchrun for --nproc > 1 (exits with the job's status); else flush
+    denormals and set threads: this process measures. The run directory is chosen here, before
+    the ranks exist, so every rank writes into one. A parent that launches imports no torch."""
     from bench.launch.local import die_with_launcher, relaunch_if_requested
 
     die_with_launcher()  # a rank of our own --nproc job: dies with torchrun (nothing elsewhere)
     if nproc > 1:
         out = out or str(default_run_dir())
         relaunch_if_requested(nproc, [] if not new_out else ["--out", out], threads)
+    import torch
+
+    from bench.environment import flush_denormals
+
+    flush_denormals()  # before any torch op starts the OpenMP worker threads
     if threads:
         torch.set_num_threads(threads)
     return out
@@ -85,23 +89,20 @@ def _run(cfg: cfgmod.RunConfig, source_out_given: bool, batch_given: bool = Fals
     if traces is not None and (traces.is_symlink() or (traces.exists() and not traces.is_dir())):
         raise BadInput(f"{traces} exists but is not a directory; bench profile writes its traces there "
                        "(remove it or choose another --out)")
-    # torch from here on: what is refused above costs no torch import
-    import torch
+    if cfg.device == "cuda":
+        import torch
 
-    from bench.environment import flush_denormals
-
-    flush_denormals()  # before any torch op starts the OpenMP worker threads (cli.TORCH_COMMANDS)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda, but no CUDA device is visible; use --device cpu")
     check_nproc(cfg.nproc, cfg.device)
     if cfg.repeats == "auto":
         repeats_auto(cfg)
     if len(cfg.nproc) > 1:
         study(cfg)
-    from bench.scenarios.classify import ClassifyScenario
-
     cfg.out = start(cfg.nproc[0], cfg.threads, cfg.out, new_out=not source_out_given)
-    sweep(ClassifyScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
+    from bench.scenarios.step import StepScenario  # torch, timm: in the process that measures
+
+    sweep(StepScenario(cfg), cfg.device, cfg.timeout, report=not cfg.no_report)
 
 
 def study(cfg: cfgmod.RunConfig) -> None:

@@ -1,5 +1,5 @@
 """The runtimes by name (one module each registers itself), and the backends ``--backend`` takes:
-PyTorch's own two, run by bench.scenarios.classify as ever, and the deployed ones registered here.
+PyTorch's own two, run by bench.scenarios.step as ever, and the deployed ones registered here.
 
 Names without imports: ``RUNTIME_MODULES`` says which module registers each runtime, so parsing
 ``--backend`` (every ``bench`` command builds its options) imports no runtime and not torch; the
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench.deploy.base import Backend
 
-#: PyTorch's own backends: the eager cell and the torch.compile cell (bench.scenarios.classify)
+#: PyTorch's own backends: the eager cell and the torch.compile cell (bench.scenarios.step)
 PYTORCH_BACKENDS = ("eager", "compile")
 #: Each deployed runtime's name and the module whose @register_backend registers it.
 RUNTIME_MODULES = {

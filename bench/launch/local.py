@@ -47,10 +47,10 @@ def check_nproc(sizes: list[int], device: str) -> None:
     largest = max(sizes, default=1)
     if largest <= 1 or under_launcher():
         return
-    import torch
-
     shown = ",".join(map(str, sizes)) if len(sizes) > 1 else str(largest)
-    if torch.cuda.is_available() if device == "auto" else device == "cuda":
+    if on_cuda(device):
+        import torch
+
         gpus = torch.cuda.device_count()
         if largest > gpus:
             raise BadInput(f"--nproc {shown}: {largest} ranks need {largest} GPUs and {gpus} are visible (two ranks "
@@ -60,6 +60,20 @@ def check_nproc(sizes: list[int], device: str) -> None:
     if largest > cores:
         raise BadInput(f"--nproc {shown}: {largest} ranks on {cores} allotted core(s); give at most --nproc {cores} "
                        "(one core per rank)")
+
+
+def on_cuda(device: str) -> bool:
+    """Whether ``--device`` means CUDA here: ``cuda``, or ``auto`` when torch sees a GPU. A machine
+    with no GPU device node (NVIDIA's /dev/nvidia*, ROCm's /dev/kfd) has none, and is answered
+    without importing torch (2 s), so the parent of a CPU job of several ranks, which only
+    launches them, loads nothing heavy; once torch is loaded, torch answers."""
+    if device != "auto":
+        return device == "cuda"
+    if "torch" not in sys.modules and not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/dev/kfd").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_out_dir(out: str | None) -> None:

@@ -7,7 +7,7 @@ distribution-free 95% CI, as for a cell's latency). The peak is the best size's 
 its CI the inverted CI of that median. One best-of-N of a single size (the old figure) moved 20%
 between runs on a shared VM; a median of a steady series does not chase the luckiest iteration.
 
-Interleaved with the cells (bench.scenarios.classify): the whole sweep once before the first cell
+Interleaved with the cells (bench.scenarios.step): the whole sweep once before the first cell
 picks the best size; after each timed cell that size is measured again briefly, and the cell's MFU
 uses that measurement, the one nearest in time to its own timing (machine state drifts over a
 sweep: the peak is measured under the load the cell just had).

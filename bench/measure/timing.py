@@ -63,7 +63,7 @@ Statistics (times in ms, x_(1) <= ... <= x_(n) sorted, 1-based)
       enough, which lowers the true coverage somewhat (sequential testing); the flags below and
       the repeats of bench.stats, not this interval, carry comparisons.
 
-Throughput (bench.scenarios.classify): images over the summed time of the timed blocks, the
+Throughput (bench.scenarios.step): images over the summed time of the timed blocks, the
 sustained rate of timm's benchmark.py and MLPerf Offline; the median step is the latency.
 
 Result flags (each means a figure may be wrong): "wide-ci" (the CI's half-width exceeds 2% of

@@ -4,7 +4,7 @@ records) and ``rundir`` (the files on disk). Everything public is re-exported he
 import ``bench.record`` alone.
 
 A record is one finished cell, one JSON line. ``Record`` lists every field a record may hold; the
-writers (classify, finetune, sweep) are checked against it when they append (an unknown field is a
+writers (step, finetune, sweep) are checked against it when they append (an unknown field is a
 programming error, caught by the tests), and the report reads it to decide what to show: fields of
 kind ``setting`` that vary between cells become columns, a ``measure`` declared with a ``Display``
 is a column of its section's main or details table (label, unit, direction, format: declared once,

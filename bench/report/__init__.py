@@ -8,7 +8,7 @@ inline, and every string from a user or a results file goes through jinja2's aut
 Modules, in the order the data flows:
 
 - ``load``: run directories -> Run objects -> one DataFrame of records with labels and sort keys
-- ``tables``: the Table/Cell structure, cell formatting, best-value marks, performance tables
+- ``tables``: the Table/TableCell structure, cell formatting, best-value marks, performance tables
 - ``scaling``: cost ∝ pixels^k fitted per model (``fit_power_law``), crossovers, attention's share
 - ``references``: the PVT paper's and published figures (classification and dense prediction),
   and the tables that compare with them

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.report.load import Run
 from bench.report.plots import PlotSpec, panel_grid
-from bench.report.tables import Cell, Table
+from bench.report.tables import Table, TableCell
 from bench.stats import Comparison, Timings, adjust, compare_models, default_threshold, ratio_text
 
 DEPLOYED_INTRO = [
@@ -90,19 +90,20 @@ def deployed_table(rows: list[_Row]) -> Table:
             reason = rec.get("error") or ""
             if rec.get("export_error_op"):
                 reason += f" (at {rec['export_error_op']})"
-            out.append([Cell(row.model), Cell(row.res), Cell(str(row.batch)), Cell(row.backend),
-                        Cell(f"{status}: {reason}", kind="error")] + [Cell("—")] * 7)
+            out.append([TableCell(row.model), TableCell(row.res), TableCell(str(row.batch)), TableCell(row.backend),
+                        TableCell(f"{status}: {reason}", kind="error")] + [TableCell("—")] * 7)
             continue
         speed = "reference" if row.backend == "eager" else \
             "no eager cell" if row.speedup is None else f"×{ratio_text(row.speedup)} {row.speedup.verdict}"
         answer, kind = _answer(rec) if row.backend != "eager" else ("reference", "")
         size = rec.get("artifact_bytes")
-        out.append([Cell(row.model), Cell(row.res), Cell(str(row.batch)), Cell(row.backend), Cell("ok"), Cell(speed),
-                    Cell(_fmt(rec.get("throughput"), ".1f"), kind="num"), Cell(answer, kind=kind),
-                    Cell(_fmt(rec.get("export_s"), ".1f"), kind="num"),
-                    Cell(_fmt(rec.get("build_s"), ".1f"), kind="num"),
-                    Cell(_fmt(None if size is None else size / 2**20, ".1f"), kind="num"),
-                    Cell(rec.get("runtime_version") or "torch (eager)")])
+        out.append([TableCell(row.model), TableCell(row.res), TableCell(str(row.batch)), TableCell(row.backend),
+                    TableCell("ok"), TableCell(speed),
+                    TableCell(_fmt(rec.get("throughput"), ".1f"), kind="num"), TableCell(answer, kind=kind),
+                    TableCell(_fmt(rec.get("export_s"), ".1f"), kind="num"),
+                    TableCell(_fmt(rec.get("build_s"), ".1f"), kind="num"),
+                    TableCell(_fmt(None if size is None else size / 2**20, ".1f"), kind="num"),
+                    TableCell(rec.get("runtime_version") or "torch (eager)")])
     return Table("deployed", "Each backbone per backend against its eager fp32 cell",
                  ["model", "res", "batch", "backend", "status", "speed-up vs eager fp32 (throughput ratio [95% CI])",
                   "throughput (img/s)", "agreement with fp32 eager", "export (s)", "build (s)", "artifact (MB)",
@@ -131,9 +132,10 @@ def ranking(rows: list[_Row]) -> tuple[Table | None, list[str]]:
     for key, rank, r, c in lines:
         c = next(adjusted) if c is not None else None
         against = "fastest" if c is None else f"×{ratio_text(c)} of #{rank - 1}: {c.verdict}"
-        table_rows.append([Cell(key[0]), Cell(key[1]), Cell(key[2]), Cell(str(rank)), Cell(r.model),
-                           Cell(_fmt(r.timings.estimate("throughput"), ".1f"), kind="num"), Cell(against),
-                           Cell(_answer(r.record)[0] if r.backend != "eager" else "reference")])
+        table_rows.append([TableCell(key[0]), TableCell(key[1]), TableCell(key[2]), TableCell(str(rank)),
+                           TableCell(r.model),
+                           TableCell(_fmt(r.timings.estimate("throughput"), ".1f"), kind="num"), TableCell(against),
+                           TableCell(_answer(r.record)[0] if r.backend != "eager" else "reference")])
     for key, members in groups.items():
         if len(members) > 1:
             order = [r.model for r in sorted(members, key=lambda r: -r.timings.estimate("throughput"))]

@@ -10,7 +10,7 @@ from bench.record import FINETUNE, Display
 from bench.report.load import finetune_cells, is_missing
 from bench.report.plots import PANELS_PER_ROW, PlotSpec, figure, one_legend, panel_grid, slanted_xticks
 from bench.report.references import DENSE_NOTES, paper_dense_score
-from bench.report.tables import Cell, Metric, Table, metric_table, schema_metrics
+from bench.report.tables import Metric, Table, TableCell, metric_table, schema_metrics
 
 # What the report derives itself: the mean loss over the last steps (the last step's loss for
 # records without it).
@@ -50,7 +50,7 @@ def finetune_tables(df: pd.DataFrame) -> list[Table]:
         # The paper's score goes just before the status column (the last but one: flags close the row).
         table.columns.insert(len(table.columns) - 2, PAPER_DENSE_HEADERS.get(task, "paper"))
         for row, model in zip(table.rows, part["model"]):
-            row.insert(len(row) - 2, Cell(paper_dense_score(model, task), kind="num"))
+            row.insert(len(row) - 2, TableCell(paper_dense_score(model, task), kind="num"))
         tables.append(table)
         details = metric_table(f"finetune-{task}-details", f"{title}: step times", part, FINETUNE_ID_COLUMNS,
                                schema_metrics(FINETUNE, main=False), ["res"])

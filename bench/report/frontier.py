@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench.report.load import is_missing, performance_cells
 from bench.report.plots import PlotSpec, figure, one_legend, res_axis
-from bench.report.tables import Cell, Table, as_text, fmt_number, missing_cell, status_cell
+from bench.report.tables import Table, TableCell, as_text, fmt_number, missing_cell, status_cell
 
 FRONTIER_INTRO = [
     "Cells run with --batch auto search for the largest batch that runs one step: the batch "
@@ -61,14 +61,15 @@ def frontier_table(df: pd.DataFrame) -> Table | None:
         if group != previous:
             starts.add(len(rows))
             previous = group
-        row = [Cell(r["mode"]), Cell(r["model"])] + ([Cell(r["task"])] if several_tasks else [])
-        row += [Cell(r["strategy"]), Cell(as_text(r["world_size"])), Cell(as_text(r["precision"]))]
-        row += [Cell(r["run_id"])] if several_runs else []
-        row += [Cell(r["res"]), Cell(largest_text(r), kind="num"),
-                Cell(str(int(r["smallest_failed"])), kind="num") if not is_missing(r["smallest_failed"])
+        row = [TableCell(r["mode"]), TableCell(r["model"])] + ([TableCell(r["task"])] if several_tasks else [])
+        row += [TableCell(r["strategy"]), TableCell(as_text(r["world_size"])), TableCell(as_text(r["precision"]))]
+        row += [TableCell(r["run_id"])] if several_runs else []
+        row += [TableCell(r["res"]), TableCell(largest_text(r), kind="num"),
+                TableCell(str(int(r["smallest_failed"])), kind="num") if not is_missing(r["smallest_failed"])
                 else missing_cell("none (search cap)"),
-                Cell(str(r["tried"]), kind="num"),
-                Cell(fmt_number(r["peak_mem_mb"]), kind="num") if not is_missing(r["peak_mem_mb"]) else missing_cell(),
+                TableCell(str(r["tried"]), kind="num"),
+                TableCell(fmt_number(r["peak_mem_mb"]),
+                          kind="num") if not is_missing(r["peak_mem_mb"]) else missing_cell(),
                 status_cell(r["status"], r["error"])]
         rows.append(row)
     return Table("frontier", "Memory frontier: largest batch per resolution", columns, rows, [], starts)

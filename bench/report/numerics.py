@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bench.measure.agreement import math_mode
 from bench.report.load import Run
-from bench.report.tables import Cell, Table
+from bench.report.tables import Table, TableCell
 from bench.stats import Timings, compare_runs, ratio_text
 
 NUMERICS_INTRO = [
@@ -53,18 +53,19 @@ def _fmt(value, spec: str = ".6f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _num(value, spec: str = ".6f") -> Cell:
-    return Cell(_fmt(value, spec), kind="num")
+def _num(value, spec: str = ".6f") -> TableCell:
+    return TableCell(_fmt(value, spec), kind="num")
 
 
-def _main_row(key: tuple, a: dict, speed: str, labels: dict) -> list[Cell]:
+def _main_row(key: tuple, a: dict, speed: str, labels: dict) -> list[TableCell]:
     task_score = (a.get("task_agreement") or {}).get("score")
     within = a.get("within_tolerance")
     answer = "kept" if within else "DRIFTED: " + "; ".join(a.get("failures") or [])
-    return [Cell(key[1]), Cell(key[0]), Cell(str(key[2])), Cell(str(key[3])), Cell(a["mode"]), Cell(speed),
+    return [TableCell(key[1]), TableCell(key[0]), TableCell(str(key[2])), TableCell(str(key[3])),
+            TableCell(a["mode"]), TableCell(speed),
             _num(a.get("worst_cosine")), _num(a.get("worst_rel_l2"), ".3g"), _num(a.get("grad_cosine")),
             _num(a.get("loss_rel_err"), ".3g"), _num(task_score, ".3f"), _num(labels.get("ratio"), ".3f"),
-            Cell(a.get("weights") or "random"), Cell(answer, kind="" if within else "error")]
+            TableCell(a.get("weights") or "random"), TableCell(answer, kind="" if within else "error")]
 
 
 def numerics_section(runs: list[Run]) -> tuple[list[str], list[Table]]:
@@ -87,8 +88,9 @@ def numerics_section(runs: list[Run]) -> tuple[list[str], list[Table]]:
         (kept if a.get("within_tolerance") else drifted).setdefault(key[1:3] + key[3:4], []).append(a["mode"])
         rows.append(_main_row(key, a, _speed(references.get(key[:-1], []), cell_records),
                               rec.get("accuracy_vs_labels") or {}))
-        detail_rows += [[Cell(key[1]), Cell(str(key[2])), Cell(str(key[3])), Cell(a["mode"]), Cell(o["name"]),
-                         Cell("—" if o.get("stride") is None else str(o["stride"])),
+        detail_rows += [[TableCell(key[1]), TableCell(str(key[2])), TableCell(str(key[3])), TableCell(a["mode"]),
+                         TableCell(o["name"]),
+                         TableCell("—" if o.get("stride") is None else str(o["stride"])),
                          _num(o.get("cosine")), _num(o.get("rel_l2"), ".3g"), _num(o.get("max_abs"), ".3g")]
                         for o in a.get("per_output") or []]
     main = Table("numerics", "Speed beside agreement with the fp32 eager reference",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.report.tables import Cell, Table, as_text, fmt_number, fmt_optional, missing_cell, sort_cells
+from bench.report.tables import Table, TableCell, as_text, fmt_number, fmt_optional, missing_cell, sort_cells
 from models.references import PVT_V1_TABLE2
 
 # PVT v1 paper (Wang et al., 2021), Table 2 (params, GMACs at 224x224): kept once, with the models.
@@ -60,14 +60,14 @@ def reference_table(df: pd.DataFrame) -> Table | None:
         if params.empty and gmacs.empty:
             continue
         paper_name, paper_params, paper_gmacs = PAPER_TABLE2[model]
-        row = [Cell(model), Cell(paper_name)]
+        row = [TableCell(model), TableCell(paper_name)]
         for ours, paper, scale in ((params, paper_params, 1e-6), (gmacs, paper_gmacs, 1.0)):
             if ours.empty:
-                row += [missing_cell("not measured"), Cell(fmt_number(paper), kind="num"), missing_cell()]
+                row += [missing_cell("not measured"), TableCell(fmt_number(paper), kind="num"), missing_cell()]
                 continue
             value = float(ours.iloc[0]) * scale
-            row += [Cell(fmt_number(value), kind="num"), Cell(fmt_number(paper), kind="num"),
-                    Cell(f"{(value - paper) / paper * 100:+.1f}%", kind="num")]
+            row += [TableCell(fmt_number(value), kind="num"), TableCell(fmt_number(paper), kind="num"),
+                    TableCell(f"{(value - paper) / paper * 100:+.1f}%", kind="num")]
         rows.append(row)
     if not rows:
         return None
@@ -88,11 +88,12 @@ def throughput_reference_table(df: pd.DataFrame) -> Table | None:
         same_gpu = [gpu for gpu in published if gpu.replace(" ", "").lower() in device]
         verdict = (f"same GPU family as the {same_gpu[0]} figure; check dtype and batch" if same_gpu
                    else f"not comparable: measured on {r['device_name']}")
-        rows.append([Cell(r["model"]), Cell(as_text(r["batch"])), Cell(as_text(r["dtype"])), Cell(r["setup"]),
-                     Cell(fmt_number(float(r["throughput"])), kind="num"),
-                     Cell(fmt_optional(published.get("V100")), kind="num"),
-                     Cell(fmt_optional(published.get("RTX 4090")), kind="num"),
-                     Cell(verdict)])
+        rows.append([TableCell(r["model"]), TableCell(as_text(r["batch"])), TableCell(as_text(r["dtype"])),
+                     TableCell(r["setup"]),
+                     TableCell(fmt_number(float(r["throughput"])), kind="num"),
+                     TableCell(fmt_optional(published.get("V100")), kind="num"),
+                     TableCell(fmt_optional(published.get("RTX 4090")), kind="num"),
+                     TableCell(verdict)])
     if not rows:
         return None
     columns = ["model", "batch", "dtype", "run", "throughput (img/s), ours", "V100, published",
@@ -214,24 +215,24 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
         g = at_size.iloc[0] if not at_size.empty else None
         reasons = _config_differences(r, task)
         deltas = []
-        row = [Cell(f"{DENSE_HEAD[task]} ({task})"), Cell(model), Cell(str(paper["name"]))]
+        row = [TableCell(f"{DENSE_HEAD[task]} ({task})"), TableCell(model), TableCell(str(paper["name"]))]
         paper_params = float(paper[f"{task}_params_m"])
         if not with_params.empty:
             ours = float(r["params"]) / 1e6
             deltas.append((ours - paper_params) / paper_params * 100)
-            row += [Cell(fmt_number(ours), kind="num"), Cell(fmt_number(paper_params), kind="num"),
-                    Cell(_delta(ours, paper_params), kind="num")]
+            row += [TableCell(fmt_number(ours), kind="num"), TableCell(fmt_number(paper_params), kind="num"),
+                    TableCell(_delta(ours, paper_params), kind="num")]
         else:
-            row += [missing_cell("not counted"), Cell(fmt_number(paper_params), kind="num"), missing_cell()]
+            row += [missing_cell("not counted"), TableCell(fmt_number(paper_params), kind="num"), missing_cell()]
         paper_gmacs = paper.get("seg_gmacs") if task == "seg" else PAPER_RETINANET_V100.get(model, {}).get("gmacs")
         size_text = f"{size[0]}×{size[1]}"
         if g is not None:
             ours_g = float(g["gmacs"])
-            row += [Cell(size_text), Cell(fmt_number(ours_g), kind="num")]
+            row += [TableCell(size_text), TableCell(fmt_number(ours_g), kind="num")]
             if paper_gmacs is not None:
                 deltas.append((ours_g - float(paper_gmacs)) / float(paper_gmacs) * 100)
-                row += [Cell(fmt_number(float(paper_gmacs)), kind="num"),
-                        Cell(_delta(ours_g, float(paper_gmacs)), kind="num")]
+                row += [TableCell(fmt_number(float(paper_gmacs)), kind="num"),
+                        TableCell(_delta(ours_g, float(paper_gmacs)), kind="num")]
             else:
                 row += [missing_cell("not in the paper"), missing_cell()]
             reasons += [d for d in _config_differences(g, task) if d not in reasons]
@@ -239,12 +240,12 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
             sizes = sorted({hw for hw in (_hw(x) for _, x in other_sizes.iterrows()) if hw},
                            key=lambda hw: hw[0] * hw[1])
             only = f" (only at {', '.join(f'{h}×{w}' for h, w in sizes)})" if sizes else ""
-            row += [Cell(size_text), missing_cell("not measured" + only),
-                    Cell(fmt_number(float(paper_gmacs)), kind="num") if paper_gmacs is not None
+            row += [TableCell(size_text), missing_cell("not measured" + only),
+                    TableCell(fmt_number(float(paper_gmacs)), kind="num") if paper_gmacs is not None
                     else missing_cell("not in the paper"),
                     missing_cell()]
         split_from = g if g is not None else r
-        row += [Cell(_split(r.get("part_params"), 1e-6)), Cell(_split(split_from.get("part_gmacs")))]
+        row += [TableCell(_split(r.get("part_params"), 1e-6)), TableCell(_split(split_from.get("part_gmacs")))]
         if task == "seg" and model.startswith("resnet"):
             reasons.append(RESNET_V1C_REASON)
         if not reasons:
@@ -253,7 +254,7 @@ def dense_reference_table(df: pd.DataFrame) -> Table | None:
             elif deltas:
                 reasons.append("no known cause: check the head's configuration against the paper's")
         differs = bool(deltas) and max(abs(d) for d in deltas) > AGREE_PERCENT
-        row.append(Cell("; ".join(reasons), kind="note warn" if differs else "note"))
+        row.append(TableCell("; ".join(reasons), kind="note warn" if differs else "note"))
         rows.append(row)
     if not rows:
         return None
@@ -278,20 +279,21 @@ def v100_reference_table(df: pd.DataFrame) -> Table | None:
         timed = det[(det["model"] == model) & (det["mode"] == "infer") & (det["status"] == "ok")
                     & det["latency_ms"].notna()]
         at800 = timed[timed.apply(lambda r: (_hw(r) or (0, 0))[0] == 800, axis=1)]
-        row = [Cell(model), Cell(str(PAPER_DENSE_COST[model]["name"])), Cell(fmt_number(paper["ms"]), kind="num")]
+        row = [TableCell(model), TableCell(str(PAPER_DENSE_COST[model]["name"])), TableCell(fmt_number(paper["ms"]),
+                                                                                            kind="num")]
         if at800.empty:
             row += [missing_cell("no inference cell at 800"), missing_cell(), missing_cell(), missing_cell(),
-                    Cell("comparable only on a V100")]
+                    TableCell("comparable only on a V100")]
         else:
             r = sort_cells(at800).iloc[0]
             batch = float(r["batch"]) if pd.notna(r["batch"]) and r["batch"] else 1.0
             hw = _hw(r)
             on_v100 = "v100" in str(r["device_name"]).lower()
-            row += [Cell(fmt_number(float(r["latency_ms"]) / batch), kind="num"),
-                    Cell(f"{hw[0]}×{hw[1]}" if hw else "—"),
-                    Cell(f"{r['device_name']} · {r['precision']} · batch {as_text(r['batch'])}"),
-                    Cell(_split(r.get("part_latency_ms"), 1.0 / batch)),
-                    Cell("a V100: comparable at the same precision" if on_v100
+            row += [TableCell(fmt_number(float(r["latency_ms"]) / batch), kind="num"),
+                    TableCell(f"{hw[0]}×{hw[1]}" if hw else "—"),
+                    TableCell(f"{r['device_name']} · {r['precision']} · batch {as_text(r['batch'])}"),
+                    TableCell(_split(r.get("part_latency_ms"), 1.0 / batch)),
+                    TableCell("a V100: comparable at the same precision" if on_v100
                          else f"comparable only on a V100: not comparable, ran on {r['device_name']}",
                          kind="" if on_v100 else "warn")]
         rows.append(row)

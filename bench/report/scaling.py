@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.load import is_missing, performance_cells, series_names
-from bench.report.tables import Cell, Table, as_text, cell_flags, fmt_number, missing_cell
+from bench.report.tables import Table, TableCell, as_text, cell_flags, fmt_number, missing_cell
 
 MIN_RESOLUTIONS = 3  # distinct pixel counts a fit needs: two points always lie on a line
 # A crossover outside the measured range is shown when it lies within this factor of the range
@@ -264,14 +264,15 @@ def fits_table(fits: list[Fit]) -> Table | None:
         if (f.metric, f.mode) != previous:
             starts.add(len(rows))
             previous = (f.metric, f.mode)
-        row = [Cell(METRIC_NAMES[f.metric]), Cell(f.mode or "per image"), Cell(f.model)]
-        row += [Cell(f.task)] if several_tasks else []
-        row += [Cell(f.run)] if several_runs else []
-        row += [Cell("—" if f.mode is None else as_text(f.batch)),
-                Cell("—" if f.mode is None else as_text(f.precision)),
-                Cell(", ".join(f.res)), Cell(f"{f.k:.3f}", kind="num"), Cell(f"{f.coefficient:.3g}", kind="num"),
-                Cell(f"{f.r2:.4f}", kind="num"),
-                Cell("; ".join(f.flagged), kind="warn") if f.flagged else missing_cell()]
+        row = [TableCell(METRIC_NAMES[f.metric]), TableCell(f.mode or "per image"), TableCell(f.model)]
+        row += [TableCell(f.task)] if several_tasks else []
+        row += [TableCell(f.run)] if several_runs else []
+        row += [TableCell("—" if f.mode is None else as_text(f.batch)),
+                TableCell("—" if f.mode is None else as_text(f.precision)),
+                TableCell(", ".join(f.res)), TableCell(f"{f.k:.3f}", kind="num"), TableCell(f"{f.coefficient:.3g}",
+                                                                                            kind="num"),
+                TableCell(f"{f.r2:.4f}", kind="num"),
+                TableCell("; ".join(f.flagged), kind="warn") if f.flagged else missing_cell()]
         rows.append(row)
     notes = ["GMACs are per image: one fit per model, whatever the mode or batch. Latency is the "
              "median time of one iteration (one step when training) at the cell's batch.",
@@ -289,11 +290,11 @@ def crossover_table(found: list[Crossover], fits: list[Fit]) -> Table | None:
             previous = (x.a.metric, x.a.mode)
         steep, flat = x.steeper, x.flatter
         rows.append([
-            Cell(METRIC_NAMES[x.a.metric]), Cell(x.a.mode or "per image"),
-            Cell(f"{fit_label(x.a, fits)} / {fit_label(x.b, fits)}"), Cell(side_text(x.pixels), kind="num"),
-            Cell(x.where, kind="" if x.within else "warn"),
-            Cell(f"{fit_label(steep, fits)} (k {steep.k:.2f} vs {flat.k:.2f})"),
-            Cell(fit_label(flat, fits)),
+            TableCell(METRIC_NAMES[x.a.metric]), TableCell(x.a.mode or "per image"),
+            TableCell(f"{fit_label(x.a, fits)} / {fit_label(x.b, fits)}"), TableCell(side_text(x.pixels), kind="num"),
+            TableCell(x.where, kind="" if x.within else "warn"),
+            TableCell(f"{fit_label(steep, fits)} (k {steep.k:.2f} vs {flat.k:.2f})"),
+            TableCell(fit_label(flat, fits)),
         ])
     notes = ["From the fitted lines, not from a measured cell: shown only where the crossover lies "
              f"within the range both models were measured over, or within {NEAR_FACTOR:g}× of it in "
@@ -319,14 +320,14 @@ def attention_share_table(df: pd.DataFrame) -> Table | None:
     for _, part in data.groupby(["run_id", "task", "model"], sort=False):
         by_res = {r["res"]: r for _, r in part.iterrows()}
         first = part.iloc[0]
-        row = [Cell(first["label"])] + ([Cell(first["run_id"])] if several_runs else [])
+        row = [TableCell(first["label"])] + ([TableCell(first["run_id"])] if several_runs else [])
         for res in resolutions:
             r = by_res.get(res)
             if r is None:
                 row.append(missing_cell())
                 continue
             attention = attention_gmacs(r["attention_gmacs_per_stage"])
-            row.append(Cell(f"{attention / r['gmacs'] * 100:.1f}% ({fmt_number(attention)} of "
+            row.append(TableCell(f"{attention / r['gmacs'] * 100:.1f}% ({fmt_number(attention)} of "
                             f"{fmt_number(r['gmacs'])})", kind="num"))
         rows.append(row)
     columns = ["model", *(["run id"] if several_runs else []), *[f"at {res}" for res in resolutions]]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.report.load import is_missing, performance_cells, series_names
 from bench.report.plots import stage_order
-from bench.report.tables import Cell, Table, as_text, cell_flags, fmt_number, missing_cell, status_cell
+from bench.report.tables import Table, TableCell, as_text, cell_flags, fmt_number, missing_cell, status_cell
 
 NOSR_SUFFIX = "_nosr"
 # PVT v1's reduction ratios R_i of stages 1-4 (paper, Table 1; every variant).
@@ -66,14 +66,14 @@ def _one(part: pd.DataFrame, model: str, need: str | None = None) -> pd.Series |
     return None if rows.empty else rows.iloc[0]
 
 
-def _num(value: float) -> Cell:
-    return Cell(fmt_number(float(value)), kind="num")
+def _num(value: float) -> TableCell:
+    return TableCell(fmt_number(float(value)), kind="num")
 
 
-def _ratio_cell(without_sr, with_sr) -> Cell:
+def _ratio_cell(without_sr, with_sr) -> TableCell:
     if is_missing(without_sr) or is_missing(with_sr) or not with_sr:
         return missing_cell()
-    return Cell(ratio_text(float(without_sr) / float(with_sr)), kind="num")
+    return TableCell(ratio_text(float(without_sr) / float(with_sr)), kind="num")
 
 
 def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
@@ -97,8 +97,8 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
             if not {base, nosr} <= set(at["model"]):
                 continue
             run = names[series]
-            ident = [Cell(base + ("" if task == "cls" else f" ({task})"))] + ([Cell(run)] if several_runs else []) \
-                + [Cell(res)]
+            ident = [TableCell(base + ("" if task == "cls" else f" ({task})"))] \
+                + ([TableCell(run)] if several_runs else []) + [TableCell(res)]
             rows, cuts = _attention(at, base, nosr, ident)
             if rows:
                 attention_starts.add(len(attention_rows))
@@ -116,7 +116,8 @@ def sra_section(df: pd.DataFrame) -> tuple[list[str], list[Table]]:
     return statements, _sra_tables(ident_columns, attention_rows, attention_starts, cost_rows, cost_starts)
 
 
-def _attention(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tuple[list[list[Cell]], list[str]]:
+def _attention(at: pd.DataFrame, base: str, nosr: str, ident: list[TableCell]) -> tuple[list[list[TableCell]],
+                                                                                        list[str]]:
     """The per-stage attention rows of one pair at one size, and the stage-1 cut in words
     ("stage-1 attention from X to Y GMACs (64.0×; R₁² = 64)"); none where either lacks them."""
     with_sr = _one(at, base, "attention_gmacs_per_stage")
@@ -129,10 +130,10 @@ def _attention(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tup
         r_i = _stage_ratio(base, stage)
         va, vb = a.get(stage), b.get(stage)
         rows.append(ident + [
-            Cell(stage), Cell(as_text(r_i)),
+            TableCell(stage), TableCell(as_text(r_i)),
             _num(vb) if not is_missing(vb) else missing_cell(),
             _num(va) if not is_missing(va) else missing_cell(),
-            _ratio_cell(vb, va), Cell(as_text(r_i * r_i) if r_i else "—", kind="num")])
+            _ratio_cell(vb, va), TableCell(as_text(r_i * r_i) if r_i else "—", kind="num")])
     first = stage_order(a)[0] if a else None
     if not (first and not is_missing(a.get(first)) and not is_missing(b.get(first)) and a[first] > 0):
         return rows, []
@@ -160,7 +161,7 @@ class _Clauses:
     failures: list[str] = field(default_factory=list)  # cells that ran out of memory or failed
 
 
-def _costs(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tuple[list[list[Cell]], _Clauses]:
+def _costs(at: pd.DataFrame, base: str, nosr: str, ident: list[TableCell]) -> tuple[list[list[TableCell]], _Clauses]:
     """The whole-model rows of one pair at one size (per mode, batch, precision): GMACs, then
     latency and memory, and what they say in words."""
     rows, said = [], _Clauses()
@@ -168,7 +169,7 @@ def _costs(at: pd.DataFrame, base: str, nosr: str, ident: list[Cell]) -> tuple[l
         rw, rn = _one(cells, base), _one(cells, nosr)
         if rw is None or rn is None:
             continue
-        row = ident + [Cell(mode), Cell(as_text(batch)), Cell(as_text(precision)),
+        row = ident + [TableCell(mode), TableCell(as_text(batch)), TableCell(as_text(precision)),
                        _value_cell(rn, "gmacs", counted=True), _value_cell(rw, "gmacs", counted=True),
                        _ratio_cell(rn["gmacs"], rw["gmacs"])]
         said.failures += [f"{m} {'ran out of memory' if r['status'] == 'oom' else 'failed'} in {mode}"
@@ -221,7 +222,7 @@ def _sra_tables(ident_columns: list[str], attention_rows: list, attention_starts
     return tables
 
 
-def _value_cell(r: pd.Series, field: str, counted: bool = False) -> Cell:
+def _value_cell(r: pd.Series, field: str, counted: bool = False) -> TableCell:
     """A measured value, or the status of a cell that did not finish (GMACs are counted before
     the cell runs: ``counted`` shows them whatever its status)."""
     if r["status"] != "ok" and not counted:

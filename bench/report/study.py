@@ -21,7 +21,7 @@ from bench.measure.derived import StudyEfficiency, match_base, scaling_mode, stu
 from bench.record import span
 from bench.report.load import FINETUNE_MODES, Run
 from bench.report.plots import PlotSpec, panel_grid
-from bench.report.tables import Cell, Table, fmt_number, missing_cell
+from bench.report.tables import Table, TableCell, fmt_number, missing_cell
 from bench.stats import Timings, estimate_ci, identity_key
 
 STUDY_INTRO = [
@@ -188,15 +188,16 @@ def study_table(rows: list[StudyRow]) -> Table | None:
         e = r.efficiency
         ideal = r.ideal
         table_rows.append(
-            [Cell(r.model), Cell(r.res), Cell(r.mode), *([Cell(r.run_id)] if several_runs else []),
-             Cell(str(r.world_size), kind="num"), Cell(str(r.nodes), kind="num"), Cell(r.scaling_mode),
-             Cell(str(r.batch), kind="num"), Cell(str(r.global_batch), kind="num"),
-             Cell(fmt_number(r.throughput), kind="num"), Cell(_ci_text(r.throughput_ci), kind="num"),
-             Cell(fmt_number(ideal), kind="num") if ideal is not None else missing_cell(),
-             Cell(_pct(e.efficiency), kind="num") if e else missing_cell("base" if r.world_size == 1 else "no base"),
-             Cell(_ci_text(e.ci95, True), kind="num") if e else missing_cell(),
-             Cell(e.basis) if e else missing_cell(),
-             Cell(_pct(r.exposed_share), kind="num") if r.exposed_share is not None else missing_cell("-")])
+            [TableCell(r.model), TableCell(r.res), TableCell(r.mode), *([TableCell(r.run_id)] if several_runs else []),
+             TableCell(str(r.world_size), kind="num"), TableCell(str(r.nodes), kind="num"), TableCell(r.scaling_mode),
+             TableCell(str(r.batch), kind="num"), TableCell(str(r.global_batch), kind="num"),
+             TableCell(fmt_number(r.throughput), kind="num"), TableCell(_ci_text(r.throughput_ci), kind="num"),
+             TableCell(fmt_number(ideal), kind="num") if ideal is not None else missing_cell(),
+             TableCell(_pct(e.efficiency),
+                       kind="num") if e else missing_cell("base" if r.world_size == 1 else "no base"),
+             TableCell(_ci_text(e.ci95, True), kind="num") if e else missing_cell(),
+             TableCell(e.basis) if e else missing_cell(),
+             TableCell(_pct(r.exposed_share), kind="num") if r.exposed_share is not None else missing_cell("-")])
     return Table("study", "Scaling study: throughput and efficiency against the world-size-1 cells", columns,
                  table_rows, ["ideal: the world-size-1 throughput times the resource factor (N, or 1 where the "
                               "total CPU threads were fixed)"], starts)

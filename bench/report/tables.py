@@ -13,7 +13,7 @@ from bench.report.load import is_missing, performance_cells
 
 
 @dataclass
-class Cell:
+class TableCell:
     text: str
     best: bool = False
     kind: str = ""  # a CSS class: "num", "oom", "error", "missing"
@@ -24,12 +24,12 @@ class Table:
     key: str
     title: str
     columns: list[str]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     notes: list[str] = field(default_factory=list)
     group_starts: set[int] = field(default_factory=set)  # row indices that start a new group
 
     def to_frame(self, mark_best: str = "") -> pd.DataFrame:
-        """Cell texts; ``mark_best`` wraps best cells (Markdown: "**")."""
+        """TableCell texts; ``mark_best`` wraps best cells (Markdown: "**")."""
         data = [[f"{mark_best}{c.text}{mark_best}" if c.best and mark_best else c.text for c in row]
                 for row in self.rows]
         return pd.DataFrame(data, columns=self.columns)
@@ -99,7 +99,7 @@ def varying_settings(df: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Cell texts
+# TableCell texts
 # --------------------------------------------------------------------------------------------
 
 
@@ -202,17 +202,17 @@ def status_kind(status: str) -> str:
     return "" if status == "ok" else ("oom" if status == "oom" else "error")
 
 
-def status_cell(status: str, error: Any) -> Cell:
+def status_cell(status: str, error: Any) -> TableCell:
     """A cell that says how a benchmark cell ended (with its error, if one is given)."""
-    return Cell(status_text(status, error), kind=status_kind(status))
+    return TableCell(status_text(status, error), kind=status_kind(status))
 
 
-def number_cell(value: float, best: bool = False) -> Cell:
-    return Cell(fmt_number(float(value)), best, "num")
+def number_cell(value: float, best: bool = False) -> TableCell:
+    return TableCell(fmt_number(float(value)), best, "num")
 
 
-def missing_cell(text: str = "—") -> Cell:
-    return Cell(text, kind="missing")
+def missing_cell(text: str = "—") -> TableCell:
+    return TableCell(text, kind="missing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
     for name in TIMED & best.keys():
         best[name] = _beyond_noise(df, name, best[name], group_by, timings or {})
 
-    rows: list[list[Cell]] = []
+    rows: list[list[TableCell]] = []
     group_starts: set[int] = set()
     previous_group = None
     for i, (idx, r) in enumerate(df.iterrows()):
@@ -241,11 +241,11 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
         if group != previous_group:
             group_starts.add(i)
             previous_group = group
-        row = [Cell(as_text(r[c])) for c, _ in id_columns]
+        row = [TableCell(as_text(r[c])) for c, _ in id_columns]
         for m in metrics:
             text = m.text(r[m.field])
             if text is not None:
-                row.append(Cell(text, bool(best[m.field].loc[idx]), "num"))
+                row.append(TableCell(text, bool(best[m.field].loc[idx]), "num"))
             elif r["status"] != "ok":
                 row.append(status_cell(r["status"], None))
             else:
@@ -253,7 +253,7 @@ def metric_table(key: str, title: str, df: pd.DataFrame, id_columns: list[tuple[
         row.append(status_cell(r["status"], r["error"]))
         if "flags" in df.columns:
             flags = cell_flags(r)
-            row.append(Cell(", ".join(flags) or "—", kind="warn" if flags else ""))
+            row.append(TableCell(", ".join(flags) or "—", kind="warn" if flags else ""))
         rows.append(row)
     columns = [h for _, h in id_columns] + [m.header for m in metrics] + ["status"] + \
         (["flags"] if "flags" in df.columns else [])
@@ -350,8 +350,8 @@ def provenance_table(df: pd.DataFrame) -> Table | None:
         return None
     part = sort_cells(df).reset_index(drop=True)
     columns = ["model", "res", "mode", "batch", "run id", *[f.replace("_", " ") for f in shown]]
-    rows = [[Cell(as_text(r[c])) for c in ("model", "res", "mode", "batch", "run_id")]
-            + [Cell(_provenance_text(r[f])) for f in shown] for _, r in part.iterrows()]
+    rows = [[TableCell(as_text(r[c])) for c in ("model", "res", "mode", "batch", "run_id")]
+            + [TableCell(_provenance_text(r[f])) for f in shown] for _, r in part.iterrows()]
     return Table("provenance", "Provenance of each cell", columns, rows)
 
 
@@ -385,7 +385,7 @@ def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None
     for values, part in ordered.groupby(key, sort=False, dropna=False):
         by_series = {s: g.iloc[0] for s, g in part.groupby("series", sort=False)}
         ok = {s: r for s, r in by_series.items() if r["status"] == "ok" and pd.notna(r["throughput"])}
-        row = [Cell(as_text(v)) for v in values]
+        row = [TableCell(as_text(v)) for v in values]
         for s in series:
             row.append(_comparison_cell(by_series.get(s), ok[s]["throughput"] if s in ok else None))
         for s in series[1:]:
@@ -395,7 +395,7 @@ def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None
             tb = timings.get(ok[first]["run_id"], {}).get(identity_key(ok[first]))
             tn = timings.get(ok[s]["run_id"], {}).get(identity_key(ok[s]))
             c = compare_runs(tb, tn, "throughput", threshold) if tb and tn else Comparison.no_samples("throughput")
-            row.append(Cell("", kind="num"))
+            row.append(TableCell("", kind="num"))
             pending.append((row[-1], c, ok[s]["throughput"] / ok[first]["throughput"]))
         if values[:2] != previous:  # a new mode or resolution
             group_starts.add(len(rows))
@@ -415,7 +415,7 @@ def comparison_table(df: pd.DataFrame, runs: list | None = None) -> Table | None
     return Table("comparison", "Runs side by side: throughput", columns, rows, notes, group_starts)
 
 
-def _comparison_cell(record: pd.Series | None, throughput: Any) -> Cell:
+def _comparison_cell(record: pd.Series | None, throughput: Any) -> TableCell:
     if record is None:
         return missing_cell("not run")
     if record["status"] != "ok":

@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.report.load import Run, is_missing, performance_cells
 from bench.report.scaling import crossovers, scaling_fits, side_text
-from bench.report.tables import Cell, Table, fmt_number, missing_cell
+from bench.report.tables import Table, TableCell, fmt_number, missing_cell
 from bench.stats import Comparison, Timings, adjust, compare_models, default_threshold, identity_key
 
 SEED = 0
@@ -216,7 +216,7 @@ def matrix_tables(df: pd.DataFrame, runs: list[Run]) -> list[Table]:
     for key, title, labels, grid in pending:
         rows = []
         for label, row in zip(labels, grid):
-            cells = [Cell(label)]
+            cells = [TableCell(label)]
             for c in row:
                 if c is None:
                     cells.append(missing_cell("—"))
@@ -224,7 +224,7 @@ def matrix_tables(df: pd.DataFrame, runs: list[Run]) -> list[Table]:
                     cells.append(missing_cell("no samples"))
                 else:
                     c = next(adjusted)
-                    cells.append(Cell(f"{ratio_ci(c)} {c.verdict}", kind=f"num v-{c.verdict}"))
+                    cells.append(TableCell(f"{ratio_ci(c)} {c.verdict}", kind=f"num v-{c.verdict}"))
             rows.append(cells)
         tables.append(Table(key, title, ["model", *labels], rows))
     return tables

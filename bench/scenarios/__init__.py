@@ -1,1 +1,1 @@
-"""What one cell does: classify (infer / train step timing), finetune (det / seg training and scoring)."""
+"""What one cell does: step (the infer / train step of any task, timed), finetune (det / seg training and scoring)."""

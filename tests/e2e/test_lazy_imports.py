@@ -81,9 +81,10 @@ _REFUSAL_PROBE = textwrap.dedent("""
     ("run", "--models", "resnet18,nope", "--res", "64"),             # refused while parsing
     ("run", "--models", "resnet18", "--res", "64", "--out", "/proc/no/run"),  # refused by the command
     ("finetune", "--models", "resnet18", "--out", "/proc/no/run"),
+    ("flops", "--models", "nope"),
     ("report", "/no/such/run"),
     ("slurm", "submit", "--", "run", "--models", "nope"),
-], ids=["run-parse", "run-out", "finetune-out", "report", "slurm-submit"])
+], ids=["run-parse", "run-out", "finetune-out", "flops", "report", "slurm-submit"])
 def test_a_refused_command_line_loads_neither_torch_nor_timm(argv):
     """A refusal is one line in a fraction of a second: it took 4.8 s (run) and 2 s (report) when
     the refusal came after importing torch and timm (model names: models.catalog; the engines and

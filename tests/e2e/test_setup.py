@@ -17,11 +17,11 @@ from bench.record import RunDir
 # The first call of a matching cell's step sleeps (a slow compile / engine build) or raises.
 _PLANT = '''
 import os, time
-import bench.scenarios.classify as classify
+import bench.scenarios.step as step_scenario
 import torch
 
 RES, ACTION, SECONDS, RANKS = {res!r}, {action!r}, {seconds!r}, {ranks!r}
-_real = classify._make_step
+_real = step_scenario._make_step
 
 
 def _make_step(task, cell, batch, model, ctx, cfg):
@@ -42,7 +42,7 @@ def _make_step(task, cell, batch, model, ctx, cfg):
     return planted, trainer
 
 
-classify._make_step = _make_step
+step_scenario._make_step = _make_step
 '''
 
 
@@ -113,7 +113,7 @@ def test_a_failure_on_one_rank_only_still_ends_the_job(tmp_path):
     """OOM on rank 1 alone leaves rank 0 in the step's all-reduce: no agreement, the job ends."""
     out = tmp_path / "run"
     proc = run_bench("run", "--models", "resnet18", "--res", "64,96", "--modes", "train", "--engine", "ddp",
-                     "--nproc", "2", "--budget", "0.3", "--timeout", "20", "--out", str(out), "--no-report",
+                     "--nproc", "2", "--budget", "0.3", "--timeout", "10", "--out", str(out), "--no-report",
                      env=plant(tmp_path, 64, "oom", ranks=(1,)), timeout=600)
     assert proc.returncode != 0
     assert 96 not in records(out)

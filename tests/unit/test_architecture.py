@@ -267,7 +267,7 @@ def test_imports_follow_the_layers_in_pyproject():
     # a launcher that reaches up into the sweep (a lazy import counts too)
     ("bench/launch/upward.py", "def f():\n    from bench.sweep import run_sweep\n    return run_sweep\n",
      "bench.launch is not allowed to import bench.sweep"),
-    # a scenario that reaches up into a command (as classify.py once rendered the report)
+    # a scenario that reaches up into a command (as step.py once rendered the report)
     ("bench/scenarios/upward.py", "from bench.commands.run import render_run_report\n",
      "bench.scenarios is not allowed to import bench.commands"),
     # two independent siblings

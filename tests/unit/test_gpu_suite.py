@@ -28,7 +28,7 @@ def test_the_gpu_suite_is_there():
 
 def test_batch_auto_cells_are_timed_where_the_gpu_tests_read_their_latency():
     # check_cuda_record reads latency_ms; a --batch auto cell without --time-auto-batch is the
-    # frontier only and has none (bench.scenarios.classify._resolve_batch).
+    # frontier only and has none (bench.scenarios.step._resolve_batch).
     for path in GPU_TESTS:
         for args in _bench_calls(ast.parse(path.read_text())):
             if "--batch" in args and args[args.index("--batch") + 1] == "auto":

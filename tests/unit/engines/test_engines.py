@@ -194,14 +194,14 @@ def test_fsdp2_is_compiled_with_static_shapes(private_group, monkeypatch):
     140-line traceback and an error record after minutes). The cell compiles what the engine asks."""
     from bench.config import run_config
     from bench.plan import make_cells
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
     from bench.tasks import task_for
 
     compiled: list[dict] = []
     monkeypatch.setattr(torch, "compile", lambda model, **options: compiled.append(options) or model)
     cfg = run_config({"models": "resnet18", "res": "64", "modes": "train", "engine": "fsdp2", "compile": True})
     (cell,) = make_cells(cfg.models, cfg.res, cfg.modes, [1], cfg.task)
-    classify._make_step(task_for(cell.task), cell, 1, models.create_model("resnet18"), CPU, cfg)
+    step_scenario._make_step(task_for(cell.task), cell, 1, models.create_model("resnet18"), CPU, cfg)
     assert compiled == [{"dynamic": False}]
     plain = build_trainer(models.create_model("resnet18"), CPU, TrainSpec(engine="none"))
     assert plain.compile_options == {}  # every other engine: torch.compile's defaults

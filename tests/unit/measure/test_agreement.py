@@ -21,7 +21,8 @@ from bench.measure.agreement import (
 )
 from bench.measure.timing import Latency
 from bench.plan import Cell
-from bench.scenarios import classify, numerics
+from bench.scenarios import numerics
+from bench.scenarios import step as step_scenario
 from bench.tasks import task_for
 
 CPU = torch.device("cpu")
@@ -83,7 +84,7 @@ def _one_timed_step(monkeypatch):
         step()
         return Latency(times_ms=[10.0] * 10, warmup_iters=1, warmup_ms=10.0, stop_reason="converged")
 
-    monkeypatch.setattr(classify, "measure_lockstep", timed)
+    monkeypatch.setattr(step_scenario, "measure_lockstep", timed)
 
 
 def _cfg(**settings) -> RunConfig:
@@ -96,7 +97,7 @@ def test_bf16_cells_record_agreement_within_tolerance(model, mode):
     """A bf16 cell's record holds its agreement: the logits and the four stages, close to but not
     bit-equal to the reference (a check that compared the cell with itself would read exactly 1);
     a training cell adds the first step's loss and the whole gradient."""
-    out = classify.measure_cell(Cell(model, 64, 64, mode, 2), ONE, _cfg(dtype="bf16")).to_record()
+    out = step_scenario.measure_cell(Cell(model, 64, 64, mode, 2), ONE, _cfg(dtype="bf16")).to_record()
     assert out["status"] == "ok", out["error"]
     agreement = out["agreement"]
     assert agreement["mode"] == "bf16" and agreement["reference"].startswith("fp32 eager")
@@ -115,7 +116,7 @@ def test_bf16_cells_record_agreement_within_tolerance(model, mode):
 def test_fp32_eager_cell_records_no_agreement():
     """fp32 eager contiguous with TF32 off (CPU) *is* the reference: checking it would compare the
     cell with itself, so it records None rather than a trivial 1.0."""
-    out = classify.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, _cfg()).to_record()
+    out = step_scenario.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, _cfg()).to_record()
     assert out["status"] == "ok" and out["agreement"] is None and "agreement_s" not in out
 
 
@@ -132,7 +133,7 @@ def test_a_wrong_fast_path_is_flagged_numerics_drift(monkeypatch):
     task = task_for("cls")
     built = task.build
     monkeypatch.setattr(type(task), "build", lambda self, cell: _zero_stage3_under_autocast(built(cell)))
-    out = classify.measure_cell(Cell("resnet18", 64, 64, "infer", 2), ONE, _cfg(dtype="bf16")).to_record()
+    out = step_scenario.measure_cell(Cell("resnet18", 64, 64, "infer", 2), ONE, _cfg(dtype="bf16")).to_record()
     assert out["status"] == "ok", out["error"]  # the timing stands; the answer is flagged
     assert DRIFT_FLAG in out["flags"] and not out["agreement"]["within_tolerance"]
     by_name = {o["name"]: o for o in out["agreement"]["per_output"]}

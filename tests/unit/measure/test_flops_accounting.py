@@ -63,7 +63,7 @@ def test_run_counts_with_the_cross_check_once_per_model_and_size(monkeypatch):
     """bench run's count (cls and dense) asks for the cross-check; the scenario caches per
     (model, size), so infer and train cells of one size share one count."""
     from bench.config import RunConfig
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
     from bench.tasks import cls, dense, task_for
 
     calls = []
@@ -76,7 +76,7 @@ def test_run_counts_with_the_cross_check_once_per_model_and_size(monkeypatch):
     monkeypatch.setattr(cls, "count_flops", spy)
     monkeypatch.setattr(dense, "count_flops", spy)
     monkeypatch.setattr(cls.Classify, "build", lambda self, cell: _Cheap())
-    scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
+    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
     first = scenario._count(Cell("resnet18", 64, 64, "infer", 1), ONE)
     again = scenario._count(Cell("resnet18", 64, 64, "train", 1), ONE)
     assert calls == [True] and first is again and first.crosscheck_rel_diff is not None

@@ -77,7 +77,7 @@ def _cell_with_a_big_first_call(monkeypatch, compile: bool):
     import types
 
     from bench.measure.timing import Latency
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
 
     calls = []
 
@@ -92,17 +92,17 @@ def _cell_with_a_big_first_call(monkeypatch, compile: bool):
         step_fn()
         return Latency(times_ms=[1.0, 1.0], warmup_iters=0, warmup_ms=0.0)
 
-    monkeypatch.setattr(classify, "_make_step", lambda *a: (step, None))
-    monkeypatch.setattr(classify, "measure_lockstep", timed)
+    monkeypatch.setattr(step_scenario, "_make_step", lambda *a: (step, None))
+    monkeypatch.setattr(step_scenario, "measure_lockstep", timed)
     cfg = types.SimpleNamespace(compile=compile, max_time=60.0, budget=0.1, dtype="fp32", channels_last=False,
                                 setup_timeout=None, numerics=False, data="synthetic")
     warm = lambda m, x, amp: lambda: calls.append("warm-up")  # noqa: E731 - the CPU warm-up, before the window
     model = nn.Linear(4, 4)
     task = types.SimpleNamespace(input=lambda *a: torch.zeros(1, 4), infer_step=warm, build=lambda cell: model,
                                  part_latency_ms=lambda *a: None)
-    monkeypatch.setattr(classify, "task_for", lambda name: task)
+    monkeypatch.setattr(step_scenario, "task_for", lambda name: task)
     cell = types.SimpleNamespace(train=False, batch=1, task="cls", model="linear")
-    result = classify.measure_cell(cell, CPU, cfg)
+    result = step_scenario.measure_cell(cell, CPU, cfg)
     assert result.status == "ok", result.error
     return calls, result
 
@@ -208,12 +208,12 @@ def test_each_record_says_its_place_in_the_process_visit_order(tmp_path):
 
     from bench.config import parse_command
     from bench.record import RunDir
-    from bench.scenarios.classify import ClassifyScenario
+    from bench.scenarios.step import StepScenario
     from bench.sweep import run_sweep
 
     _, cfg, _ = parse_command(["run", "--models", "resnet18,pvt_tiny", "--res", "64", "--modes", "infer",
                                "--out", str(tmp_path / "run"), "--no-report"])
-    scenario = ClassifyScenario(cfg)
+    scenario = StepScenario(cfg)
     scenario.prepare = lambda *a: None
     scenario.summarize = lambda *a: None
     scenario.run = lambda cell, ctx, history: types.SimpleNamespace(

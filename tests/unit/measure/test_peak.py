@@ -77,12 +77,12 @@ def test_scenario_uses_the_peak_measured_after_each_cell(monkeypatch):
     from bench.measure.flops import Flops
     from bench.measure.timing import Throughput
     from bench.plan import Cell
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
     from bench.scenarios.result import CellResult
 
     times = {512: [1.0] * 10, 1024: [10.0] * 10, 2048: [40.0] * 10}
     monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, []))
-    scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
+    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
     scenario.prepare(ONE, SimpleNamespace(path=Path("/nonexistent")), [])
     counted = Flops(model="m", res="64", batch=1, params=1, gmacs=1.0, gflops=2.0)
     cell = Cell("resnet18", 64, 64, "infer", 1)

@@ -61,11 +61,11 @@ def test_scaling_efficiency_has_the_bootstrap_interval_of_the_throughput_ratio()
 def test_scenario_compares_within_its_own_run(monkeypatch):
     from bench.measure import peak
     from bench.measure.flops import Flops
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
 
     monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: None)
-    monkeypatch.setattr(classify, "measure_peak", lambda *a, **k: None)
-    scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
+    monkeypatch.setattr(step_scenario, "measure_peak", lambda *a, **k: None)
+    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
     scenario.prepare(ONE, SimpleNamespace(path=Path("/somewhere/20260202-new")), [])
     counted = Flops(model="r", res="64", batch=1, params=1, gmacs=1.0, gflops=2.0)
     two = _rec(2, 1, _samples(12.0, seed=1))
@@ -82,19 +82,19 @@ def test_scenario_compares_within_its_own_run(monkeypatch):
 
 
 def test_cudnn_benchmark_auto_is_recorded_resolved_and_applied(monkeypatch):
-    from bench.scenarios import classify
+    from bench.scenarios import step as step_scenario
 
     before = torch.backends.cudnn.benchmark
     try:
         monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # --device auto would pick CUDA
-        scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"]))
+        scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"]))
         assert torch.backends.cudnn.benchmark is True
         assert scenario._base(Cell("resnet18", 64, 64, "infer", 1), ONE)["cudnn_benchmark"] is True
-        off = classify.ClassifyScenario(RunConfig(models=["resnet18"], cudnn_benchmark=False))
+        off = step_scenario.StepScenario(RunConfig(models=["resnet18"], cudnn_benchmark=False))
         assert torch.backends.cudnn.benchmark is False
         assert off._base(Cell("resnet18", 64, 64, "infer", 1), ONE)["cudnn_benchmark"] is False
         monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-        cpu = classify.ClassifyScenario(RunConfig(models=["resnet18"]))
+        cpu = step_scenario.StepScenario(RunConfig(models=["resnet18"]))
         assert cpu._base(Cell("resnet18", 64, 64, "infer", 1), ONE)["cudnn_benchmark"] is False
     finally:
         torch.backends.cudnn.benchmark = before

@@ -10,7 +10,7 @@ import torch
 from bench.config import RunConfig
 from bench.launch.context import DistContext
 from bench.plan import Cell
-from bench.scenarios import classify
+from bench.scenarios import step as step_scenario
 from bench.tasks import task_for
 from bench.tasks.dense import PARTS_MIN_ITERS, PartsSetup
 from bench.tasks.det import TRAINED_SCORE_THRESH, count_nms_candidates, det_load
@@ -51,7 +51,7 @@ def test_bench_run_detector_is_the_worst_case_and_the_finetune_keeps_its_thresho
 
 def test_det_cell_records_its_nms_load_and_per_part_cis():
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], budget=0.1, max_time=400)
-    out = classify.measure_cell(CELL, ONE, cfg).to_record()
+    out = step_scenario.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert out["det_load"] == "score_thresh=0 (random head, worst case)"
     assert out["nms_candidates"] == WORST_CASE_AT_64
@@ -93,15 +93,15 @@ def test_compiled_cells_say_their_parts_are_eager():
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_classify_passes_the_cells_autocast_to_the_parts(monkeypatch, amp):
+def test_step_scenario_passes_the_cells_autocast_to_the_parts(monkeypatch, amp):
     """The scenario hands the parts pass the cell's own autocast dtype, budget and cap."""
     got: list[PartsSetup] = []
     det = task_for("det")
     monkeypatch.setattr(type(det), "part_latency_ms", lambda self, model, x, setup: got.append(setup))
-    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: _scripted())
+    monkeypatch.setattr(step_scenario, "measure_lockstep", lambda step, device, budget, agree, cap: _scripted())
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], dtype="bf16" if amp else "fp32",
                     budget=0.3, max_time=50, compile=False)
-    out = classify.measure_cell(CELL, ONE, cfg).to_record()
+    out = step_scenario.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert got == [PartsSetup(amp, 0.3, 50.0, False, False)]
 
@@ -155,7 +155,7 @@ def test_det_cell_with_coco_data_times_val_images_at_their_own_aspect_ratio(tmp_
     assert model.transform.min_size == (64,) and model.transform.max_size == 64  # the cell's transform restored
 
     cfg = RunConfig(models=["resnet18"], task="det", res=[(64, 64)], budget=0.1, max_time=400, data=f"coco:{root}")
-    out = classify.measure_cell(CELL, ONE, cfg).to_record()
+    out = step_scenario.measure_cell(CELL, ONE, cfg).to_record()
     assert out["status"] == "ok", out["error"]
     assert out["fps_images"] >= 1 and out["fps_real_images"] > 0 and out["latency_ms"] > 0
 

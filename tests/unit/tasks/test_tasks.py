@@ -1,5 +1,5 @@
 """Direct unit tests of the task adapters (bench.tasks), the cell scenarios that call them
-(bench.scenarios.classify, bench.scenarios.dense, bench.scenarios.common), the typed tracker
+(bench.scenarios.step, bench.scenarios.dense, bench.scenarios.common), the typed tracker
 results (Latency, Memory, Energy, Flops, Compile) and bench.measure.derived, each checked
 against hand-computed figures."""
 from __future__ import annotations
@@ -20,7 +20,8 @@ from bench.measure.memory import Energy, Memory
 from bench.measure.peak import Peak
 from bench.measure.timing import RECORD_KEYS, Latency, median, percentile
 from bench.plan import Cell
-from bench.scenarios import classify, dense
+from bench.scenarios import dense
+from bench.scenarios import step as step_scenario
 from bench.scenarios.common import base_record, train_spec
 from bench.scenarios.finetune import step_time_fields
 from bench.tasks import TASKS, task_for
@@ -160,14 +161,14 @@ def test_one_base_record_and_one_train_spec_for_every_scenario():
     assert (ft_spec.lr, ft_spec.weight_decay, ft_spec.micro_batch, ft_spec.ds_config) == (3e-3, 0.05, 8, None)
 
 
-def test_classify_record_is_assembled_from_the_trackers(monkeypatch):
+def test_step_scenario_record_is_assembled_from_the_trackers(monkeypatch):
     """The cell's record holds exactly each tracker's to_record, the throughput of its median and
     the derived MFU; a stubbed-out tracker would leave its fields out."""
     scripted = Latency(times_ms=[20.0, 21.0, 19.0, 22.0, 20.5, 20.2, 19.8, 20.1, 20.3, 20.4], warmup_iters=6,
                        warmup_ms=120.0, stop_reason="converged")
-    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: scripted)
-    monkeypatch.setattr(classify, "remeasure", lambda peak, *a: peak)
-    scenario = classify.ClassifyScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
+    monkeypatch.setattr(step_scenario, "measure_lockstep", lambda step, device, budget, agree, cap: scripted)
+    monkeypatch.setattr(step_scenario, "remeasure", lambda peak, *a: peak)
+    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
     scenario.peak = Peak(tflops=1.0, ci95=None, size=512, iters=10)
     rec = scenario.run(Cell("resnet18", 64, 64, "infer", 2), ONE, history=[]).to_record()
     assert rec["status"] == "ok", rec["error"]
@@ -184,12 +185,12 @@ def test_classify_record_is_assembled_from_the_trackers(monkeypatch):
     assert rec["input_hw"] == [64, 64] and rec["bn_mode"] is None and rec["engine"] == "none"
 
 
-def test_classify_cell_without_a_timed_iteration_is_an_error_that_keeps_its_flags(monkeypatch):
+def test_step_scenario_cell_without_a_timed_iteration_is_an_error_that_keeps_its_flags(monkeypatch):
     empty = Latency(times_ms=[], warmup_iters=2, warmup_ms=10.0, stop_reason="time-cap", sample_rules_met=False,
                     warmup_steady=False)
-    monkeypatch.setattr(classify, "measure_lockstep", lambda step, device, budget, agree, cap: empty)
+    monkeypatch.setattr(step_scenario, "measure_lockstep", lambda step, device, budget, agree, cap: empty)
     cfg = RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10)
-    out = classify.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, cfg).to_record()
+    out = step_scenario.measure_cell(Cell("resnet18", 64, 64, "infer", 1), ONE, cfg).to_record()
     assert out["status"] == "error" and out["error"].startswith("TimeoutError: --max-time 10 s ran out")
     assert out["flags"] == ["wide-ci", "few-samples", "time-cap", "warmup-unsteady"] and out["latency_ms"] is None
 

@@ -71,7 +71,7 @@ def apply_math_mode(cfg: RunConfig) -> None:
     torch.backends.cudnn.benchmark = cudnn_benchmark_on(cfg)  # --cudnn-benchmark auto: on for CUDA
 
 
-class ClassifyScenario:
+class StepScenario:
     def __init__(self, config: RunConfig):
         self.config = config
         apply_math_mode(config)  # before the environment is recorded, so env.json says it too
