@@ -40,9 +40,8 @@ import click
 
 from bench.config_files import MAX_CONFIG_BYTES, MAX_CONFIG_EXPANDED, config_option  # noqa: F401 (re-exported: the file limits)
 from bench.errors import BadInput
-from bench.measure.auto_runs import DEFAULT_CHANGE as AUTO_CHANGE
-from bench.measure.auto_runs import MAX_RUNS as AUTO_MAX_RUNS
-from bench.record import MAX_REPEATS
+from bench.record import AUTO_CHANGE, MAX_REPEATS
+from bench.record import MAX_AUTO_RUNS as AUTO_MAX_RUNS
 
 MODES = ("infer", "train")
 TASKS = ("cls", "det", "seg")

@@ -64,6 +64,13 @@ def default_threshold(device: str | None) -> float:
     return DEFAULT_THRESHOLD["cuda" if str(device or "").startswith("cuda") else "cpu"]
 
 
+def records_threshold(records: list[dict]) -> float:
+    """The default threshold for these records: the largest of their ok cells' devices' (bench
+    compare's and history's without --threshold; bench run --repeats auto sizes for it)."""
+    devices = {str(r.get("device") or "") for r in records if r.get("status") == "ok"}
+    return max(default_threshold(d) for d in devices) if devices else default_threshold("cpu")
+
+
 def lower_is_better(metric: str) -> bool:
     return metric != "throughput"
 

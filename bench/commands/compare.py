@@ -36,8 +36,7 @@ def _threshold(given: float | None, records: list[dict]) -> float:
         if not (0 < given < 1 and math.isfinite(given)):
             raise BadInput(f"--threshold {given!r} must lie strictly between 0 and 1 (0.03 = 3%)")
         return given
-    devices = {str(r.get("device") or "") for r in records if r.get("status") == "ok"}
-    return max(stats.default_threshold(d) for d in devices) if devices else stats.default_threshold("cpu")
+    return stats.records_threshold(records)
 
 
 @click.command("compare")

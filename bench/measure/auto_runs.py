@@ -32,10 +32,10 @@ from typing import Callable
 
 from bench import stats
 from bench.measure import calibration
+from bench.record import AUTO_CHANGE as DEFAULT_CHANGE  # noqa: F401 (--change's default, named here too)
+from bench.record import MAX_AUTO_RUNS as MAX_RUNS
 
-MAX_RUNS = 20            # the ceiling on the processes one --repeats auto run measures
 STAGE_ONE = 3            # processes that estimate the noise of an uncalibrated machine
-DEFAULT_CHANGE = 0.10    # --change: the change the run should be able to tell
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,6 @@ class Decision:
     @property
     def capped(self) -> bool:
         return self.wanted is None or self.wanted > self.runs
-
-
-def threshold_of(records: list[dict]) -> float:
-    """``bench compare``'s default threshold for these records: the largest of their devices'."""
-    devices = {str(r.get("device") or "") for r in records if r.get("status") == "ok"}
-    return max(stats.default_threshold(d) for d in devices) if devices else stats.default_threshold("cpu")
 
 
 def _what(change: float, threshold: float) -> str:
@@ -148,7 +142,7 @@ class AutoRuns:
         if done == 0:
             return 1  # the first process's records name the machine its calibration is found by
         measured = calibration.read_run(self.run_dir)
-        threshold = threshold_of(measured.records)
+        threshold = stats.records_threshold(measured.records)
         if not self._looked_up:
             self._looked_up = True
             key = calibration.key_of(measured)

@@ -26,9 +26,11 @@ kept) before the next append, and said so. Reading skips unreadable lines (not J
 object, invalid UTF-8) with one warning that counts them.
 """
 from bench.record.declared import (
+    AUTO_CHANGE,
     CELL,
     FIELDS,
     FINETUNE,
+    MAX_AUTO_RUNS,
     MAX_KEPT_SAMPLES,
     MAX_REPEATS,
     MAX_STEP_MS,
@@ -74,7 +76,8 @@ from bench.record.rundir import (
 )
 from bench.record.upgrade import V1_CONFIGURATION, upgrade
 
-__all__ = ["CELL", "ENV", "FIELDS", "FINETUNE", "INVOCATIONS", "MAX_KEPT_SAMPLES", "MAX_REPEATS", "MAX_STEP_MS",
+__all__ = ["AUTO_CHANGE", "MAX_AUTO_RUNS",
+           "CELL", "ENV", "FIELDS", "FINETUNE", "INVOCATIONS", "MAX_KEPT_SAMPLES", "MAX_REPEATS", "MAX_STEP_MS",
            "MEASURE", "PERFORMANCE", "PROVENANCE", "RECORDS", "RecordsRead", "read_records", "read_warnings",
            "thinned", "valid_samples",
            "SCHEMA", "SCHEMA_VERSION", "SETTING", "V1_CONFIGURATION", "Display", "FieldSpec", "Record",

@@ -23,6 +23,11 @@ MAX_STEP_MS = 7 * 86400 * 1e3
 # --repeats' bound (bench.config): a record's repeat index lies in [0, MAX_REPEATS). The hierarchical
 # bootstrap holds RESAMPLES x repeats values per cell, so a reader must not take more.
 MAX_REPEATS = 1000
+# bench run --repeats auto (bench.measure.auto_runs): the ceiling on the fresh processes one run
+# measures (one repeat each), and --change's default, the change the run should be able to tell.
+# Here, beside MAX_REPEATS, so that bench.config names them without importing the measuring code.
+MAX_AUTO_RUNS = 20
+AUTO_CHANGE = 0.10
 # Counts a figure divides by or multiplies with (images per step = global_batch, or batch x world
 # size): 0 would make a throughput of 0 ("slower"); a count beyond this is no machine's.
 POSITIVE_COUNTS = ("batch", "global_batch", "world_size", "nodes")
