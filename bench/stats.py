@@ -484,14 +484,20 @@ def _numbers(values) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+def repeat_index(record: dict) -> int | None:
+    """A record's repeat index: absent means 0 (written before repeats); None when it is not an int."""
+    k = record.get("repeat")
+    k = 0 if k is None else k
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
+
+
 def _latest_per_repeat(records) -> dict[int, dict]:
-    """The latest record (by timestamp) per repeat index; a record whose repeat is not an int is
-    left out (absent means 0: written before repeats)."""
+    """The latest record (by timestamp) per repeat index (``repeat_index``); a record whose repeat
+    is not an int is left out."""
     latest: dict[int, dict] = {}
     for r in records:
-        k = r.get("repeat")
-        k = 0 if k is None else k
-        if not isinstance(k, int) or isinstance(k, bool):
+        k = repeat_index(r)
+        if k is None:
             continue
         if k not in latest or str(r.get("timestamp") or "") >= str(latest[k].get("timestamp") or ""):
             latest[k] = r

@@ -85,7 +85,7 @@ def stage_one_noise(measured: calibration.Measured, first: int = STAGE_ONE,
     """The variance between processes that the repeats ``0 .. first - 1`` of a run directory show
     (each cell's components, pooled over the cells by degrees of freedom), and how many cells
     gave it; None when no cell was measured in two or more of those processes."""
-    keep = [i for i, r in enumerate(measured.records) if _repeat(r) is not None and _repeat(r) < first]
+    keep = [i for i, r in enumerate(measured.records) if (k := stats.repeat_index(r)) is not None and k < first]
     stage = calibration.Measured(measured.run_dir, [measured.records[i] for i in keep],
                                  [measured.keys[i] for i in keep])
     cells = calibration.components_by_cell([stage], metric)
@@ -96,12 +96,6 @@ def stage_one_noise(measured: calibration.Measured, first: int = STAGE_ONE,
     if df < 1 or not math.isfinite(process):
         return None
     return stats.RunNoise(process, df, None, 0, f"the first {first} runs of {measured.run_dir}"), len(cells)
-
-
-def _repeat(record: dict) -> int | None:
-    r = record.get("repeat")
-    r = 0 if r is None else r  # written before repeats: the first
-    return r if isinstance(r, int) and not isinstance(r, bool) else None
 
 
 def from_stage_one(measured: calibration.Measured, change: float, threshold: float) -> Decision:
