@@ -113,8 +113,9 @@ def _invocations(path: Path) -> dict[str, dict]:
 
 
 def sessions(path: str | Path) -> set[str]:
-    """The sessions a run directory's processes ran in: host and UTC date of each invocation
-    (a VM is a new host; a day on one host a new session). Empty when none is recorded."""
+    """The sessions a run directory's processes ran in: host name and UTC date of each invocation
+    (another day, or a host of another name, is another session; machines that share a name, as
+    this project's CI VMs all called ``vm`` do, count as one on one day). Empty when none is recorded."""
     out = set()
     for inv in _invocations(Path(path)).values():
         host, started = inv.get("hostname"), inv.get("started_at")
