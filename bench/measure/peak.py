@@ -4,7 +4,11 @@ Measured (``measure_peak``): square GEMMs of several sizes (``SIZES``: 512, 1024
 4096, 8192 on CUDA) in the cell's dtype and math mode, each timed by the latency protocol of
 bench.measure.timing (warm-up until steady, then samples; the statistic is the median with its
 distribution-free 95% CI, as for a cell's latency). The peak is the best size's median TFLOP/s,
-its CI the inverted CI of that median. One best-of-N of a single size (the old figure) moved 20%
+its CI the inverted CI of that median. A size is skipped, and the record's method says so, when
+its ``MIN_ITERS`` iterations would not fit in its share of the sweep's budget at the speed of the
+size below it: on a 2-core CPU one 2048^3 GEMM takes 0.2 s at one thread, so six of them plus
+warm-up cost seconds per cell for a peak no higher than 1024's (0.081 vs 0.083 TFLOP/s at one
+thread, 0.181 vs 0.170 at two), which made the peak, not the cell, most of a short run's time. One best-of-N of a single size (the old figure) moved 20%
 between runs on a shared VM; a median of a steady series does not chase the luckiest iteration.
 
 Interleaved with the cells (bench.scenarios.step): the whole sweep once before the first cell
@@ -42,11 +46,13 @@ class Peak:
     iters: int
     sizes: dict[int, float] = field(default_factory=dict)  # size -> median TFLOP/s (the sweep)
     when: str = "sweep"  # "sweep" (before the first cell) | "after-cell"
+    skipped: tuple[int, ...] = ()  # sizes whose MIN_ITERS iterations would not fit in the budget
 
     @property
     def method(self) -> str:
         swept = ",".join(str(n) for n in self.sizes) or str(self.size)
-        return (f"GEMM {self.size}^3 median of {self.iters} ({self.when}); best of sizes {swept}; "
+        over = f"; {','.join(str(n) for n in self.skipped)} skipped (over the budget)" if self.skipped else ""
+        return (f"GEMM {self.size}^3 median of {self.iters} ({self.when}); best of sizes {swept}{over}; "
                 f"timing protocol of bench.measure.timing")
 
 
@@ -70,18 +76,31 @@ def sizes_for(device: torch.device | str) -> tuple[int, ...]:
 
 def measure_peak(device: torch.device | str, dtype: torch.dtype, budget_s: float = 1.0,
                  sizes: tuple[int, ...] | None = None, when: str = "sweep") -> Peak | None:
-    """The GEMM sweep over ``sizes`` (default: the device's ``SIZES``), ``budget_s`` shared among
-    them; None when no size gave a timed iteration."""
+    """The GEMM sweep over ``sizes`` (default: the device's ``SIZES``), smallest first,
+    ``budget_s`` shared among them; a size whose ``MIN_ITERS`` iterations at the speed of the
+    largest size measured so far would overrun its share is skipped (the smallest never is);
+    None when no size gave a timed iteration."""
     device = torch.device(device)
-    sizes = sizes or sizes_for(device)
+    sizes = tuple(sorted(sizes or sizes_for(device)))
     share = budget_s / len(sizes)
-    found: dict[int, tuple[float, list[float] | None, int]] = {n: _gemm(device, dtype, n, share) for n in sizes}
+    found: dict[int, tuple[float, list[float] | None, int]] = {}
+    skipped: list[int] = []
+    for n in sizes:
+        if found and _seconds_at(n, found[max(found)][0]) * MIN_ITERS > share:
+            skipped.append(n)
+            continue
+        found[n] = _gemm(device, dtype, n, share)
     good = {n: v for n, v in found.items() if math.isfinite(v[0]) and v[0] > 0}
     if not good:
         return None
     best = max(good, key=lambda n: good[n][0])
     tflops, ci, iters = good[best]
-    return Peak(tflops, ci, best, iters, {n: v[0] for n, v in good.items()}, when)
+    return Peak(tflops, ci, best, iters, {n: v[0] for n, v in good.items()}, when, tuple(skipped))
+
+
+def _seconds_at(n: int, tflops: float) -> float:
+    """One n^3 GEMM's seconds at ``tflops`` (NaN, never skipping, when that speed is unknown)."""
+    return 2 * n**3 / 1e12 / tflops if math.isfinite(tflops) and tflops > 0 else math.nan
 
 
 def remeasure(previous: Peak, device: torch.device | str, dtype: torch.dtype, budget_s: float) -> Peak:
@@ -90,6 +109,7 @@ def remeasure(previous: Peak, device: torch.device | str, dtype: torch.dtype, bu
     if again is None:
         return previous
     again.sizes = {**previous.sizes, previous.size: again.tflops}
+    again.skipped = previous.skipped
     return again
 
 

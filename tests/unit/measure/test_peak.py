@@ -32,12 +32,27 @@ def test_sweep_takes_the_best_sizes_median_not_the_luckiest_iteration(monkeypatc
     times = {512: [1.0] * 10, 1024: [10.0] * 9 + [1.0], 2048: [40.0] * 10}
     seen: list[int] = []
     monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, seen))
-    got = peak.measure_peak(CPU, torch.float32, budget_s=0.3)
+    got = peak.measure_peak(CPU, torch.float32, budget_s=3.0)
     assert seen == [512, 1024, 2048]
     assert got.size == 2048 and got.tflops == pytest.approx(2 * 2048**3 / 0.040 / 1e12)
     assert got.ci95 == [pytest.approx(got.tflops), pytest.approx(got.tflops)]
     assert set(got.sizes) == {512, 1024, 2048} and got.when == "sweep"
-    assert "2048^3 median of 10" in got.method and "512,1024,2048" in got.method
+    assert "2048^3 median of 10" in got.method and "512,1024,2048" in got.method and "skipped" not in got.method
+
+
+def test_a_size_whose_iterations_overrun_its_share_of_the_budget_is_skipped_and_said(monkeypatch):
+    """0.3 s over three sizes is 0.1 s each; 1024's 10 ms median puts six 2048 GEMMs at 0.48 s,
+    so 2048 is never run (on the 2-core CPU it cost seconds per cell for no higher a peak)."""
+    times = {512: [2.0] * 10, 1024: [10.0] * 10, 2048: [40.0] * 10}
+    seen: list[int] = []
+    monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, seen))
+    got = peak.measure_peak(CPU, torch.float32, budget_s=0.3)
+    assert seen == [512, 1024] and got.size == 1024 and got.skipped == (2048,)
+    assert set(got.sizes) == {512, 1024} and "2048 skipped (over the budget)" in got.method
+    assert "2048 skipped" in peak.remeasure(got, CPU, torch.float32, 0.1).method  # each cell's record says it too
+    # the smallest size is measured whatever the budget, and a remeasure is of one size
+    seen.clear()
+    assert peak.measure_peak(CPU, torch.float32, budget_s=1e-6).size == 512 and seen == [512]
 
 
 def test_ci_is_the_inverted_ci_of_the_median():
@@ -62,7 +77,7 @@ def test_remeasure_measures_the_best_size_only(monkeypatch):
     times = {512: [1.0] * 10, 1024: [10.0] * 10, 2048: [40.0] * 10}
     seen: list[int] = []
     monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, seen))
-    first = peak.measure_peak(CPU, torch.float32, budget_s=0.3)
+    first = peak.measure_peak(CPU, torch.float32, budget_s=3.0)
     seen.clear()
     times[2048] = [50.0] * 10
     again = peak.remeasure(first, CPU, torch.float32, 0.1)
@@ -80,14 +95,14 @@ def test_scenario_uses_the_peak_measured_after_each_cell(monkeypatch):
     from bench.scenarios import step as step_scenario
     from bench.scenarios.result import CellResult
 
-    times = {512: [1.0] * 10, 1024: [10.0] * 10, 2048: [40.0] * 10}
+    times = {512: [0.1] * 10, 1024: [1.0] * 10, 2048: [4.0] * 10}
     monkeypatch.setattr(peak, "_gemm", lambda d, t, n, b: _fake(times, n, []))
-    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=0.1, max_time=10))
+    scenario = step_scenario.StepScenario(RunConfig(models=["resnet18"], res=[(64, 64)], budget=1.0, max_time=10))
     scenario.prepare(ONE, SimpleNamespace(path=Path("/nonexistent")), [])
     counted = Flops(model="m", res="64", batch=1, params=1, gmacs=1.0, gflops=2.0)
     cell = Cell("resnet18", 64, 64, "infer", 1)
     rates = []
-    for ms in (40.0, 80.0):
+    for ms in (4.0, 8.0):
         times[2048] = [ms] * 10
         result = CellResult({"device_name": "cpu"}, throughput=Throughput(100.0, 1, 1, [10.0]))
         scenario._derive(result, counted, cell, ONE, [])
