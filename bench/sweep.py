@@ -153,6 +153,9 @@ def run_sweep(scenario: Scenario, ctx: DistContext, console) -> SweepResult:
     invocation = _open_run_dir(run_dir, cfg, ctx)
     sweep = _Sweep(scenario, ctx, console, run_dir, invocation, _todo(scenario, run_dir, ctx, console))
     if sweep.todo.visits:
+        from bench.measure.memory import freeze_startup_objects  # torch is loaded by now
+
+        freeze_startup_objects()
         scenario.prepare(ctx, run_dir, list(dict.fromkeys(v.cell for v in sweep.todo.visits)))
     new_records, exit_code = sweep.run_cells()
     if ctx.is_main and exit_code != PREEMPTED_EXIT:

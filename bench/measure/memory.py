@@ -205,6 +205,16 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
+def freeze_startup_objects() -> None:
+    """Once per process, before the first cell builds anything: collect, then move every live
+    object (the imported modules, classes and registries of torch, timm and torchvision: ~400k)
+    into the permanent generation, so the ``gc.collect()`` of ``free_memory`` (four per cell)
+    walks only what the cells made: 0.2 s to 0.2 ms each on the 2-core CPU. Nothing a cell builds
+    is frozen, so a cell's cyclic garbage is still collected between cells."""
+    gc.collect()
+    gc.freeze()
+
+
 def free_memory(device: torch.device) -> None:
     """Between cells: drop garbage and cached blocks so one cell's memory doesn't count in the next.
 

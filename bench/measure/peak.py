@@ -8,8 +8,9 @@ its CI the inverted CI of that median. A size is skipped, and the record's metho
 its ``MIN_ITERS`` iterations would not fit in its share of the sweep's budget at the speed of the
 size below it: on a 2-core CPU one 2048^3 GEMM takes 0.2 s at one thread, so six of them plus
 warm-up cost seconds per cell for a peak no higher than 1024's (0.081 vs 0.083 TFLOP/s at one
-thread, 0.181 vs 0.170 at two), which made the peak, not the cell, most of a short run's time. One best-of-N of a single size (the old figure) moved 20%
-between runs on a shared VM; a median of a steady series does not chase the luckiest iteration.
+thread, 0.181 vs 0.170 at two), which made the peak, not the cell, most of a short run's time.
+One best-of-N of a single size (the old figure) moved 20% between runs on a shared VM; a median
+of a steady series does not chase the luckiest iteration.
 
 Interleaved with the cells (bench.scenarios.step): the whole sweep once before the first cell
 picks the best size; after each timed cell that size is measured again briefly, and the cell's MFU
