@@ -198,5 +198,11 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(small_run):
         if proc.returncode == BAD_INPUT_EXIT:  # finished before the signal: the same directory, refused
             assert len(lines) == 1 and "same run directory" in lines[0], (delay, proc.stderr[-2000:])
             continue
+        ours = any(f'File "{path}' in proc.stderr for path in (REPO, "bench"))  # a frame of bench's code
+        if delay < 0.1 and proc.returncode == -signal.SIGINT and not ours:
+            # Before bench's first line ran: the interpreter's own start-up (`-m` resolving the
+            # module), where no program can hold a handler yet (bench/console.py). Under two busy
+            # xdist workers it can outlast 50 ms.
+            continue
         assert proc.returncode == INTERRUPTED_EXIT and lines == ["Interrupted."], \
             (delay, proc.returncode, proc.stderr[-2000:])
